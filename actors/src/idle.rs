@@ -1,0 +1,41 @@
+//! Idle tracking shared by entity actors: after a quiet period an entity asks its shard to
+//! passivate it (its state is already durable, so nothing is lost).
+
+use std::time::{Duration, Instant};
+
+use convene_cluster::{EntityKey, ShardMessage};
+use ractor::{ActorRef, Message};
+
+pub(crate) struct Idle {
+    last: Instant,
+    after: Duration,
+    asked: bool,
+}
+
+impl Idle {
+    pub(crate) fn new(after: Duration) -> Self {
+        Self {
+            last: Instant::now(),
+            after,
+            asked: false,
+        }
+    }
+
+    /// How often the actor should check.
+    pub(crate) fn tick_every(&self) -> Duration {
+        (self.after / 4).clamp(Duration::from_millis(50), Duration::from_secs(30))
+    }
+
+    pub(crate) fn touch(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// On a tick: asks the shard once to passivate `key` if the actor has been idle long enough.
+    pub(crate) fn check<M: Message>(&mut self, shard: &ActorRef<ShardMessage<M>>, key: &EntityKey) {
+        if !self.asked && self.last.elapsed() >= self.after {
+            self.asked = true;
+            // A shard that is gone takes its linked children with it.
+            let _ = shard.cast(ShardMessage::Passivate { key: key.clone() });
+        }
+    }
+}

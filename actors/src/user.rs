@@ -1,0 +1,206 @@
+//! The user actor: owns one account's name, profile and role, and the revocation of its tokens.
+//! Sign-up creates the row (no actor owns a user before it exists); every later change of the
+//! account goes through its actor.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use convene_cluster::{EntityFactory, EntityKey, ShardMessage};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
+use serde_json::{Value, json};
+
+use crate::error::EntityError;
+use crate::event::Reply;
+use crate::idle::Idle;
+use crate::model::{DomainEvent, NewUser, User, topics};
+use crate::store::{Store, StoreError};
+
+/// Messages a user actor takes.
+pub enum UserMessage {
+    /// The account.
+    Get(Reply<User>),
+    /// Change name and/or profile.
+    Update {
+        /// New display name.
+        name: Option<String>,
+        /// New profile object (replaces the old one).
+        profile: Option<Value>,
+        /// The account as changed.
+        reply: Reply<User>,
+    },
+    /// Refuse a token of this user from now on.
+    RevokeToken {
+        /// The token's id.
+        jti: String,
+        /// When it expires anyway.
+        expires_at: DateTime<Utc>,
+        /// Done.
+        reply: Reply<()>,
+    },
+    /// Idle check (sent by a timer).
+    Tick,
+    /// Panics inside the handler, for supervision tests and fault drills.
+    InjectFault,
+}
+
+/// Creates an account; fails with `Conflict` (`email_taken`) when the address is in use.
+pub async fn sign_up(store: &dyn Store, user: NewUser) -> Result<User, EntityError> {
+    store.create_user(user).await.map_err(|e| match e {
+        StoreError::Duplicate(_) => {
+            EntityError::conflict("email_taken", "an account with this e-mail address exists")
+        }
+        other => other.into(),
+    })
+}
+
+/// Starts user actors for the shard.
+pub struct UserFactory {
+    store: Arc<dyn Store>,
+    idle_after: Duration,
+}
+
+impl UserFactory {
+    /// A factory whose actors passivate after `idle_after` without messages.
+    pub fn new(store: Arc<dyn Store>, idle_after: Duration) -> Self {
+        Self { store, idle_after }
+    }
+}
+
+impl EntityFactory for UserFactory {
+    type Msg = UserMessage;
+
+    fn kind(&self) -> &'static str {
+        "user"
+    }
+
+    fn spawn(
+        &self,
+        key: EntityKey,
+        shard: ActorRef<ShardMessage<UserMessage>>,
+        supervisor: ActorCell,
+    ) -> Pin<Box<dyn Future<Output = Result<ActorRef<UserMessage>, SpawnErr>> + Send>> {
+        let args = UserArgs {
+            key,
+            store: self.store.clone(),
+            shard,
+            idle_after: self.idle_after,
+        };
+        Box::pin(async move {
+            let (actor, _) = Actor::spawn_linked(None, UserActor, args, supervisor).await?;
+            Ok(actor)
+        })
+    }
+}
+
+/// Start-up arguments of a user actor.
+pub struct UserArgs {
+    key: EntityKey,
+    store: Arc<dyn Store>,
+    shard: ActorRef<ShardMessage<UserMessage>>,
+    idle_after: Duration,
+}
+
+/// The user actor.
+pub struct UserActor;
+
+/// Everything a user actor holds.
+pub struct UserState {
+    key: EntityKey,
+    store: Arc<dyn Store>,
+    shard: ActorRef<ShardMessage<UserMessage>>,
+    idle: Idle,
+    user: Option<User>,
+}
+
+impl UserState {
+    async fn load(&mut self) -> Result<(), StoreError> {
+        self.user = self.store.load_user(self.key.numeric_id().unwrap_or(-1)).await?;
+        Ok(())
+    }
+
+    async fn update(&mut self, name: Option<String>, profile: Option<Value>) -> Result<User, EntityError> {
+        // One retry: a role granted from the command line bumps the version under the actor.
+        for attempt in 0..2 {
+            let current = self.user.clone().ok_or(EntityError::NotFound)?;
+            let mut next = current.clone();
+            if let Some(n) = &name {
+                next.name = n.clone();
+            }
+            if let Some(p) = &profile {
+                next.profile = p.clone();
+            }
+            next.version += 1;
+            next.updated_at = Utc::now();
+            let event = DomainEvent::new(
+                topics::USER_UPDATED,
+                self.key.to_string(),
+                json!({"user_id": next.id, "name": next.name}),
+                next.updated_at,
+            );
+            match self.store.save_user(&next, current.version, &[event]).await {
+                Ok(()) => {
+                    self.user = Some(next.clone());
+                    return Ok(next);
+                }
+                Err(StoreError::Conflict) if attempt == 0 => self.load().await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(EntityError::conflict("concurrent_update", "the account changed meanwhile; retry"))
+    }
+}
+
+impl Actor for UserActor {
+    type Msg = UserMessage;
+    type State = UserState;
+    type Arguments = UserArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<UserMessage>,
+        args: UserArgs,
+    ) -> Result<UserState, ActorProcessingErr> {
+        let mut state = UserState {
+            key: args.key,
+            store: args.store,
+            shard: args.shard,
+            idle: Idle::new(args.idle_after),
+            user: None,
+        };
+        state.load().await?;
+        myself.send_interval(state.idle.tick_every(), || UserMessage::Tick);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<UserMessage>,
+        message: UserMessage,
+        state: &mut UserState,
+    ) -> Result<(), ActorProcessingErr> {
+        if !matches!(message, UserMessage::Tick) {
+            state.idle.touch();
+        }
+        match message {
+            UserMessage::Get(reply) => {
+                let _ = reply.send(state.user.clone().ok_or(EntityError::NotFound));
+            }
+            UserMessage::Update { name, profile, reply } => {
+                let _ = reply.send(state.update(name, profile).await);
+            }
+            UserMessage::RevokeToken { jti, expires_at, reply } => {
+                let answer = match &state.user {
+                    None => Err(EntityError::NotFound),
+                    Some(_) => state.store.revoke_token(&jti, expires_at).await.map_err(Into::into),
+                };
+                let _ = reply.send(answer);
+            }
+            UserMessage::Tick => state.idle.check(&state.shard, &state.key),
+            UserMessage::InjectFault => panic!("fault injected into {}", state.key),
+        }
+        Ok(())
+    }
+}

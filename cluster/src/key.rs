@@ -1,0 +1,101 @@
+//! Entity keys such as `event/42`: the unit of ownership and placement.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The key of one entity: its kind (`user`, `event`, `room`) and its id within that kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityKey {
+    kind: &'static str,
+    id: String,
+}
+
+/// Why a string is not an entity key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    /// The string has no `/` between kind and id.
+    #[error("an entity key looks like kind/id")]
+    Malformed,
+    /// The kind is not one this node knows.
+    #[error("unknown entity kind `{0}`")]
+    UnknownKind(String),
+    /// The id is empty or longer than 200 bytes.
+    #[error("entity id must be 1 to 200 bytes")]
+    BadId,
+}
+
+impl EntityKey {
+    /// Kinds this node places.
+    pub const KINDS: [&'static str; 3] = ["user", "event", "room"];
+
+    /// A key of `kind` (one of [`EntityKey::KINDS`]) for a numeric id.
+    pub fn new(kind: &'static str, id: impl fmt::Display) -> Self {
+        Self {
+            kind,
+            id: id.to_string(),
+        }
+    }
+
+    /// The kind part of the key.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The id part of the key.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The id part parsed as an integer, for kinds whose ids are numbers.
+    pub fn numeric_id(&self) -> Option<i64> {
+        self.id.parse().ok()
+    }
+}
+
+impl fmt::Display for EntityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.id)
+    }
+}
+
+impl FromStr for EntityKey {
+    type Err = KeyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, id) = s.split_once('/').ok_or(KeyError::Malformed)?;
+        let kind = Self::KINDS
+            .into_iter()
+            .find(|k| *k == kind)
+            .ok_or_else(|| KeyError::UnknownKind(kind.to_owned()))?;
+        if id.is_empty() || id.len() > 200 {
+            return Err(KeyError::BadId);
+        }
+        Ok(Self {
+            kind,
+            id: id.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_text() {
+        let key: EntityKey = "event/42".parse().unwrap();
+        assert_eq!(key, EntityKey::new("event", 42));
+        assert_eq!(key.to_string(), "event/42");
+        assert_eq!(key.numeric_id(), Some(42));
+    }
+
+    #[test]
+    fn malformed_keys_are_refused() {
+        assert_eq!("event42".parse::<EntityKey>(), Err(KeyError::Malformed));
+        assert_eq!(
+            "planet/1".parse::<EntityKey>(),
+            Err(KeyError::UnknownKind("planet".into()))
+        );
+        assert_eq!("user/".parse::<EntityKey>(), Err(KeyError::BadId));
+    }
+}

@@ -1,0 +1,128 @@
+//! Members of the cluster and the choice of each entity's owner by rendezvous hashing.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use serde::Serialize;
+
+use crate::EntityKey;
+
+/// Where a member is in its life in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberStatus {
+    /// Connected, not yet given entities.
+    Joining,
+    /// Owns entities.
+    Up,
+    /// Draining before it exits.
+    Leaving,
+    /// Unreachable.
+    Down,
+}
+
+/// One node of the cluster as the others see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    /// The node's unique name.
+    pub name: String,
+    /// Its node-to-node address, if it has one.
+    pub address: Option<String>,
+    /// Where it is in its life.
+    pub status: MemberStatus,
+}
+
+/// The member list and the owner of every key.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    local: String,
+    members: Vec<Member>,
+}
+
+impl Placement {
+    /// A cluster of one: the local node, up.
+    pub fn single(local: impl Into<String>) -> Self {
+        let local = local.into();
+        Self {
+            members: vec![Member {
+                name: local.clone(),
+                address: None,
+                status: MemberStatus::Up,
+            }],
+            local,
+        }
+    }
+
+    /// The name of this node.
+    pub fn local(&self) -> &str {
+        &self.local
+    }
+
+    /// Every known member.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The member that owns `key`: the `up` member with the highest weight for it (rendezvous
+    /// hashing), so adding or removing a member moves only the keys that member wins or held.
+    pub fn owner(&self, key: &EntityKey) -> Option<&Member> {
+        self.members
+            .iter()
+            .filter(|m| m.status == MemberStatus::Up)
+            .max_by_key(|m| weight(&m.name, key))
+    }
+
+    /// Whether this node owns `key`.
+    pub fn is_local(&self, key: &EntityKey) -> bool {
+        self.owner(key).is_some_and(|m| m.name == self.local)
+    }
+}
+
+fn weight(member: &str, key: &EntityKey) -> u64 {
+    // DefaultHasher::new() uses fixed keys, so every node computes the same weights.
+    let mut h = DefaultHasher::new();
+    member.hash(&mut h);
+    key.kind().hash(&mut h);
+    key.id().hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_members(names: &[&str]) -> Placement {
+        let mut p = Placement::single(names[0]);
+        p.members = names
+            .iter()
+            .map(|n| Member {
+                name: (*n).into(),
+                address: None,
+                status: MemberStatus::Up,
+            })
+            .collect();
+        p
+    }
+
+    #[test]
+    fn a_single_node_owns_everything() {
+        let p = Placement::single("a");
+        assert!(p.is_local(&EntityKey::new("event", 1)));
+    }
+
+    #[test]
+    fn adding_a_member_moves_only_keys_it_wins() {
+        let before = with_members(&["a", "b", "c"]);
+        let after = with_members(&["a", "b", "c", "d"]);
+        let keys: Vec<_> = (0..3000).map(|i| EntityKey::new("event", i)).collect();
+        let mut moved = 0;
+        for k in &keys {
+            let (o1, o2) = (before.owner(k).unwrap(), after.owner(k).unwrap());
+            if o1.name != o2.name {
+                assert_eq!(o2.name, "d", "a key moved between old members");
+                moved += 1;
+            }
+        }
+        // About a quarter of the keys go to the new member.
+        assert!((500..1000).contains(&moved), "moved {moved}");
+    }
+}

@@ -1,0 +1,258 @@
+//! The shard: one actor per entity kind and node that activates entity actors on their first
+//! message, supervises them (a crashed entity is restarted with its state reloaded), and
+//! passivates them when they ask to, buffering messages for a key while its actor starts or stops.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{
+    Actor, ActorCell, ActorProcessingErr, ActorRef, Message, RpcReplyPort, SpawnErr,
+    SupervisionEvent,
+};
+
+use crate::EntityKey;
+
+/// How to start the actor of one entity kind.
+pub trait EntityFactory: Send + Sync + 'static {
+    /// The message type of the entity actors.
+    type Msg: Message;
+
+    /// The kind of entity this factory starts (`user`, `event`, …).
+    fn kind(&self) -> &'static str;
+
+    /// Spawns the actor for `key`, linked to `supervisor`, with `shard` as the address it uses to
+    /// ask for passivation. Its `pre_start` loads the entity's state from the store.
+    fn spawn(
+        &self,
+        key: EntityKey,
+        shard: ActorRef<ShardMessage<Self::Msg>>,
+        supervisor: ActorCell,
+    ) -> Pin<Box<dyn Future<Output = Result<ActorRef<Self::Msg>, SpawnErr>> + Send>>;
+}
+
+/// Messages a shard takes.
+pub enum ShardMessage<M> {
+    /// Deliver `msg` to the actor of `key`, activating it first if needed.
+    Deliver {
+        /// The entity the message is for.
+        key: EntityKey,
+        /// The message itself.
+        msg: M,
+    },
+    /// An entity actor idle long enough asks to be stopped; the shard drains it.
+    Passivate {
+        /// The entity that asks.
+        key: EntityKey,
+    },
+    /// A spawn started by the shard finished.
+    Started {
+        /// The entity that was started.
+        key: EntityKey,
+        /// Its actor, or why it could not start.
+        result: Result<ActorRef<M>, String>,
+    },
+    /// How many entities are active, for metrics and the console.
+    Stats(RpcReplyPort<ShardStats>),
+}
+
+/// A shard's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Entity actors running now.
+    pub active: usize,
+    /// Restarts after a crash since the shard started.
+    pub restarts: u64,
+    /// Passivations since the shard started.
+    pub passivations: u64,
+}
+
+/// Start-up arguments of a shard.
+pub struct ShardArgs<F> {
+    /// Starts entity actors.
+    pub factory: Arc<F>,
+    /// At most this many crash restarts of one key within `restart_window`; past that the key is
+    /// left inactive until its next message.
+    pub max_restarts: u32,
+    /// See `max_restarts`.
+    pub restart_window: Duration,
+}
+
+/// The shard actor for one kind. Its state is the table of entity slots.
+pub struct Shard<F>(std::marker::PhantomData<F>);
+
+impl<F> Default for Shard<F> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+enum Slot<M> {
+    Starting(VecDeque<M>),
+    Running(ActorRef<M>),
+    Stopping(VecDeque<M>),
+}
+
+/// Shard state.
+pub struct ShardState<F: EntityFactory> {
+    args: ShardArgs<F>,
+    slots: HashMap<EntityKey, Slot<F::Msg>>,
+    by_actor: HashMap<ractor::ActorId, EntityKey>,
+    crashes: HashMap<EntityKey, (Instant, u32)>,
+    stats: ShardStats,
+}
+
+impl<F: EntityFactory> ShardState<F> {
+    fn start(&mut self, myself: &ActorRef<ShardMessage<F::Msg>>, key: EntityKey, buf: VecDeque<F::Msg>) {
+        self.slots.insert(key.clone(), Slot::Starting(buf));
+        let factory = self.args.factory.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = factory
+                .spawn(key.clone(), me.clone(), me.get_cell())
+                .await
+                .map_err(|e| e.to_string());
+            // If the shard is gone the new actor is linked to it and stops with it.
+            let _ = me.cast(ShardMessage::Started { key, result });
+        });
+    }
+
+    fn deliver(&mut self, myself: &ActorRef<ShardMessage<F::Msg>>, key: EntityKey, msg: F::Msg) {
+        match self.slots.get_mut(&key) {
+            Some(Slot::Starting(buf) | Slot::Stopping(buf)) => buf.push_back(msg),
+            Some(Slot::Running(actor)) => {
+                if let Err(e) = actor.cast(msg) {
+                    // The actor stopped between its last message and this one; its exit
+                    // notice is on the way. Start it again with this message first.
+                    let mut buf = VecDeque::new();
+                    if let ractor::MessagingErr::SendErr(m) = e {
+                        buf.push_back(m);
+                    }
+                    self.by_actor.retain(|_, k| *k != key);
+                    self.start(myself, key, buf);
+                }
+            }
+            None => self.start(myself, key, VecDeque::from([msg])),
+        }
+    }
+
+    fn on_exit(&mut self, myself: &ActorRef<ShardMessage<F::Msg>>, cell: &ActorCell, crashed: bool) {
+        let Some(key) = self.by_actor.remove(&cell.get_id()) else {
+            return;
+        };
+        let buf = match self.slots.remove(&key) {
+            Some(Slot::Stopping(buf)) => buf,
+            Some(Slot::Running(_)) | None => VecDeque::new(),
+            Some(other) => {
+                // A newer activation already replaced this one.
+                self.slots.insert(key, other);
+                return;
+            }
+        };
+        let restart = if crashed {
+            let now = Instant::now();
+            let entry = self.crashes.entry(key.clone()).or_insert((now, 0));
+            if now.duration_since(entry.0) > self.args.restart_window {
+                *entry = (now, 0);
+            }
+            entry.1 += 1;
+            if entry.1 <= self.args.max_restarts {
+                self.stats.restarts += 1;
+                true
+            } else {
+                tracing::error!(%key, "entity keeps crashing; left inactive until its next message");
+                false
+            }
+        } else {
+            false
+        };
+        if restart || !buf.is_empty() {
+            self.start(myself, key, buf);
+        }
+    }
+}
+
+impl<F: EntityFactory> Actor for Shard<F> {
+    type Msg = ShardMessage<F::Msg>;
+    type State = ShardState<F>;
+    type Arguments = ShardArgs<F>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ShardArgs<F>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(ShardState {
+            args,
+            slots: HashMap::new(),
+            by_actor: HashMap::new(),
+            crashes: HashMap::new(),
+            stats: ShardStats::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ShardMessage::Deliver { key, msg } => state.deliver(&myself, key, msg),
+            ShardMessage::Started { key, result } => {
+                let Some(Slot::Starting(buf)) = state.slots.remove(&key) else {
+                    return Ok(());
+                };
+                match result {
+                    Ok(actor) => {
+                        for msg in buf {
+                            // A send error means it already died; its exit notice restarts it.
+                            let _ = actor.cast(msg);
+                        }
+                        state.by_actor.insert(actor.get_id(), key.clone());
+                        state.slots.insert(key, Slot::Running(actor));
+                    }
+                    Err(reason) => {
+                        // Dropping the buffered messages drops their reply ports: each caller
+                        // sees the entity as unavailable and may retry.
+                        tracing::warn!(%key, %reason, "entity failed to start");
+                    }
+                }
+            }
+            ShardMessage::Passivate { key } => {
+                if let Some(Slot::Running(actor)) = state.slots.get(&key) {
+                    // Drain: messages already in its mailbox are handled before it stops, and
+                    // new ones wait here until it has stopped.
+                    let _ = actor.drain();
+                    state.slots.insert(key, Slot::Stopping(VecDeque::new()));
+                    state.stats.passivations += 1;
+                }
+            }
+            ShardMessage::Stats(reply) => {
+                let mut stats = state.stats;
+                stats.active = state.by_actor.len();
+                let _ = reply.send(stats);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => state.on_exit(&myself, &cell, false),
+            SupervisionEvent::ActorFailed(cell, err) => {
+                tracing::error!(actor = %cell.get_id(), error = %err, "entity crashed; restarting");
+                state.on_exit(&myself, &cell, true);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
