@@ -1,1 +1,126 @@
-fn main() {}
+//! The `convene` command: `serve` runs a node; `migrate` applies the schema; `users grant-role`
+//! gives an account a role.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use convene::config::{Config, Overrides};
+use convene::node::{Node, open_store};
+use convene_actors::model::Role;
+
+#[derive(Parser)]
+#[command(name = "convene", version, about = "Events platform backend")]
+struct Cli {
+    /// A TOML file with settings over the embedded defaults.
+    #[arg(long, global = true, env = "CONVENE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the SQLite file and the token secret live (default ./data).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a node until SIGINT or SIGTERM.
+    Serve {
+        /// HTTP listen address (default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Applies the database migrations and exits.
+    Migrate,
+    /// Manages accounts.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Gives the account with this e-mail address a role (`user` or `admin`).
+    GrantRole {
+        /// The account's e-mail address.
+        email: String,
+        /// `user` or `admin`.
+        role: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let listen = match &cli.command {
+        Command::Serve { listen } => *listen,
+        _ => None,
+    };
+    let overrides = Overrides {
+        listen,
+        data_dir: cli.data_dir.clone(),
+    };
+    let config = Config::load(cli.config.as_deref(), std::env::vars(), &overrides)
+        .context("loading configuration")?;
+    init_tracing(&config.log_format);
+    match cli.command {
+        Command::Serve { .. } => serve(config).await,
+        Command::Migrate => {
+            let store = open_store(&config).await?;
+            println!("migrations applied ({})", store.backend());
+            Ok(())
+        }
+        Command::Users {
+            command: UsersCommand::GrantRole { email, role },
+        } => {
+            let role = Role::parse(&role)
+                .with_context(|| format!("unknown role `{role}` (user or admin)"))?;
+            let store = open_store(&config).await?;
+            let email = email.trim().to_lowercase();
+            if !store.grant_role(&email, role).await? {
+                anyhow::bail!("no account with e-mail address {email}");
+            }
+            println!(
+                "{email} is now {}; new tokens carry its permissions",
+                role.as_str()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let node = Node::start(config).await?;
+    println!("convene listening on {}", node.url());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -218,8 +218,12 @@ impl EventState {
         let mut promoted = Vec::new();
         let mut active = self.active_count();
         while active < event.capacity {
-            let Some(user_id) = self.waitlist.pop_front() else { break };
-            let Some(reg) = self.registrations.get(&user_id) else { continue };
+            let Some(user_id) = self.waitlist.pop_front() else {
+                break;
+            };
+            let Some(reg) = self.registrations.get(&user_id) else {
+                continue;
+            };
             let mut reg = reg.clone();
             reg.status = RegistrationStatus::Active;
             reg.updated_at = at;
@@ -267,12 +271,19 @@ struct Batch {
 
 enum Answer {
     Ready(RegistrationOutcome),
-    Written { write: usize, outcome: fn(Registration) -> RegistrationOutcome },
+    Written {
+        write: usize,
+        outcome: fn(Registration) -> RegistrationOutcome,
+    },
 }
 
 impl EventState {
     /// Decides every pending request against the current state without changing it.
-    fn decide_batch(&mut self, pending: Vec<Pending>, now: DateTime<Utc>) -> Result<Batch, Vec<Pending>> {
+    fn decide_batch(
+        &mut self,
+        pending: Vec<Pending>,
+        now: DateTime<Utc>,
+    ) -> Result<Batch, Vec<Pending>> {
         let Some(base) = self.event.clone().filter(|e| e.deleted_at.is_none()) else {
             return Err(pending);
         };
@@ -293,32 +304,57 @@ impl EventState {
                 if let Some(&i) = keys_in_batch.get(&(p.user_id, k.clone())) {
                     let answer = match &batch.answers[i].1 {
                         Answer::Ready(o) => Answer::Ready(o.clone()),
-                        Answer::Written { write, outcome } => Answer::Written { write: *write, outcome: *outcome },
+                        Answer::Written { write, outcome } => Answer::Written {
+                            write: *write,
+                            outcome: *outcome,
+                        },
                     };
                     batch.answers.push((p, answer));
                     continue;
                 }
             }
             let answer = if let Some(&w) = in_batch.get(&p.user_id) {
-                Answer::Written { write: w, outcome: RegistrationOutcome::Existing }
+                Answer::Written {
+                    write: w,
+                    outcome: RegistrationOutcome::Existing,
+                }
             } else {
-                match decide_registration(&event, active, self.registrations.get(&p.user_id), p.waitlist, now) {
+                match decide_registration(
+                    &event,
+                    active,
+                    self.registrations.get(&p.user_id),
+                    p.waitlist,
+                    now,
+                ) {
                     Decision::Existing(r) => Answer::Ready(RegistrationOutcome::Existing(r)),
                     Decision::Full => Answer::Ready(RegistrationOutcome::Full),
                     Decision::Past => Answer::Ready(RegistrationOutcome::Past),
                     Decision::Take(status) => {
                         let at = self.stamp();
                         let write = match self.registrations.get(&p.user_id) {
-                            Some(old) => RegistrationWrite::Update { id: old.id, status, registered_at: at, at },
-                            None => RegistrationWrite::Insert { user_id: p.user_id, status, at },
+                            Some(old) => RegistrationWrite::Update {
+                                id: old.id,
+                                status,
+                                registered_at: at,
+                                at,
+                            },
+                            None => RegistrationWrite::Insert {
+                                user_id: p.user_id,
+                                status,
+                                at,
+                            },
                         };
-                        let (topic, outcome): (_, fn(Registration) -> RegistrationOutcome) = match status {
-                            RegistrationStatus::Active => {
-                                active += 1;
-                                (topics::REGISTRATION_CREATED, RegistrationOutcome::Created)
-                            }
-                            _ => (topics::REGISTRATION_WAITLISTED, RegistrationOutcome::Waitlisted),
-                        };
+                        let (topic, outcome): (_, fn(Registration) -> RegistrationOutcome) =
+                            match status {
+                                RegistrationStatus::Active => {
+                                    active += 1;
+                                    (topics::REGISTRATION_CREATED, RegistrationOutcome::Created)
+                                }
+                                _ => (
+                                    topics::REGISTRATION_WAITLISTED,
+                                    RegistrationOutcome::Waitlisted,
+                                ),
+                            };
                         batch.events.push(DomainEvent::new(
                             topic,
                             self.key.to_string(),
@@ -327,7 +363,10 @@ impl EventState {
                         ));
                         batch.writes.push(write);
                         in_batch.insert(p.user_id, batch.writes.len() - 1);
-                        Answer::Written { write: batch.writes.len() - 1, outcome }
+                        Answer::Written {
+                            write: batch.writes.len() - 1,
+                            outcome,
+                        }
                     }
                 }
             };
@@ -346,7 +385,11 @@ impl EventState {
     /// The registration a committed write produced.
     fn written(&self, write: &RegistrationWrite, id: Option<i64>, event_id: i64) -> Registration {
         match write {
-            RegistrationWrite::Insert { user_id, status, at } => Registration {
+            RegistrationWrite::Insert {
+                user_id,
+                status,
+                at,
+            } => Registration {
                 id: id.unwrap_or_default(),
                 event_id,
                 user_id: *user_id,
@@ -354,7 +397,12 @@ impl EventState {
                 registered_at: *at,
                 updated_at: *at,
             },
-            RegistrationWrite::Update { id, status, registered_at, at } => {
+            RegistrationWrite::Update {
+                id,
+                status,
+                registered_at,
+                at,
+            } => {
                 let user_id = self
                     .registrations
                     .values()
@@ -387,7 +435,9 @@ impl EventState {
                 }
             };
             batch.idempotency = self.idempotency_records(&batch);
-            let Some(current) = self.event.clone() else { return };
+            let Some(current) = self.event.clone() else {
+                return;
+            };
             if batch.writes.is_empty() && batch.idempotency.is_empty() {
                 for (p, a) in batch.answers {
                     if let Answer::Ready(o) = a {
@@ -397,9 +447,19 @@ impl EventState {
                 return;
             }
             // With no registration to write the event row keeps its version.
-            let next = if batch.writes.is_empty() { current.clone() } else { batch.event.clone() };
+            let next = if batch.writes.is_empty() {
+                current.clone()
+            } else {
+                batch.event.clone()
+            };
             match self
-                .commit(&next, current.version, &batch.writes, &batch.idempotency, &batch.events)
+                .commit(
+                    &next,
+                    current.version,
+                    &batch.writes,
+                    &batch.idempotency,
+                    &batch.events,
+                )
                 .await
             {
                 Ok(ids) => {
@@ -408,7 +468,9 @@ impl EventState {
                         .writes
                         .iter()
                         .map(|w| {
-                            let id = matches!(w, RegistrationWrite::Insert { .. }).then(|| ids.next()).flatten();
+                            let id = matches!(w, RegistrationWrite::Insert { .. })
+                                .then(|| ids.next())
+                                .flatten();
                             self.written(w, id, next.id)
                         })
                         .collect();
@@ -425,7 +487,9 @@ impl EventState {
                             Answer::Written { write, outcome } => outcome(regs[write].clone()),
                         };
                         if let Some(k) = p.idempotency_key {
-                            self.idempotency.entry((p.user_id, k)).or_insert_with(|| outcome.clone());
+                            self.idempotency
+                                .entry((p.user_id, k))
+                                .or_insert_with(|| outcome.clone());
                         }
                         let _ = p.reply.send(Ok(outcome));
                     }
@@ -463,14 +527,17 @@ impl EventState {
             .iter()
             .filter_map(|(p, a)| {
                 let key = p.idempotency_key.clone()?;
-                if self.idempotency.contains_key(&(p.user_id, key.clone())) || !seen.insert((p.user_id, key.clone())) {
+                if self.idempotency.contains_key(&(p.user_id, key.clone()))
+                    || !seen.insert((p.user_id, key.clone()))
+                {
                     return None;
                 }
                 let (outcome, write) = match a {
                     Answer::Ready(o) => (o.clone(), None),
-                    Answer::Written { write, outcome } => {
-                        (outcome(self.written(&batch.writes[*write], None, batch.event.id)), Some(*write))
-                    }
+                    Answer::Written { write, outcome } => (
+                        outcome(self.written(&batch.writes[*write], None, batch.event.id)),
+                        Some(*write),
+                    ),
                 };
                 Some(IdempotencyRecord {
                     user_id: p.user_id,
@@ -528,7 +595,10 @@ impl EventState {
         next.registered_count = event.registered_count - freed + promoted.len() as i64;
         next.version += 1;
         next.updated_at = at;
-        match self.commit(&next, event.version, &writes, &[], &events).await {
+        match self
+            .commit(&next, event.version, &writes, &[], &events)
+            .await
+        {
             Ok(_) => {
                 self.registrations.insert(user_id, cancelled);
                 for (p, _) in &promoted {
@@ -552,13 +622,19 @@ impl EventState {
     ) -> Result<Event, EntityError> {
         let event = self.live()?.clone();
         if !principal.may_manage(&event, permissions::EVENTS_UPDATE) {
-            return Err(EntityError::Forbidden("only the creator or an admin may change this event".into()));
+            return Err(EntityError::Forbidden(
+                "only the creator or an admin may change this event".into(),
+            ));
         }
         if let Some(expected) = if_match.filter(|v| *v != event.version) {
-            return Err(EntityError::PreconditionFailed { expected, current: event.version });
+            return Err(EntityError::PreconditionFailed {
+                expected,
+                current: event.version,
+            });
         }
         let at = self.stamp();
-        let mut next = apply_patch(&event, patch).map_err(|m| EntityError::conflict("capacity_below_registered", m))?;
+        let mut next = apply_patch(&event, patch)
+            .map_err(|m| EntityError::conflict("capacity_below_registered", m))?;
         next.version += 1;
         next.updated_at = at;
         let mut events = vec![DomainEvent::new(
@@ -582,7 +658,10 @@ impl EventState {
             })
             .collect();
         next.registered_count += promoted.len() as i64;
-        match self.commit(&next, event.version, &writes, &[], &events).await {
+        match self
+            .commit(&next, event.version, &writes, &[], &events)
+            .await
+        {
             Ok(_) => {
                 for (p, _) in promoted {
                     self.registrations.insert(p.user_id, p);
@@ -600,7 +679,9 @@ impl EventState {
     async fn delete(&mut self, principal: &Principal) -> Result<(), EntityError> {
         let event = self.live()?.clone();
         if !principal.may_manage(&event, permissions::EVENTS_DELETE) {
-            return Err(EntityError::Forbidden("only the creator or an admin may delete this event".into()));
+            return Err(EntityError::Forbidden(
+                "only the creator or an admin may delete this event".into(),
+            ));
         }
         let at = self.stamp();
         let mut next = event.clone();
@@ -718,7 +799,12 @@ impl Actor for EventActor {
             EventMessage::Get(reply) => {
                 let _ = reply.send(state.live().cloned());
             }
-            EventMessage::Register { user_id, waitlist, idempotency_key, reply } => {
+            EventMessage::Register {
+                user_id,
+                waitlist,
+                idempotency_key,
+                reply,
+            } => {
                 if let Err(e) = state.live() {
                     let _ = reply.send(Err(e));
                     return Ok(());
@@ -730,7 +816,12 @@ impl Actor for EventActor {
                     let _ = reply.send(Ok(o.clone()));
                     return Ok(());
                 }
-                state.pending.push(Pending { user_id, waitlist, idempotency_key, reply });
+                state.pending.push(Pending {
+                    user_id,
+                    waitlist,
+                    idempotency_key,
+                    reply,
+                });
                 if !state.flush_scheduled {
                     // The flush is queued behind the requests already in the mailbox, so one
                     // transaction commits all of them.
@@ -742,7 +833,12 @@ impl Actor for EventActor {
             EventMessage::Cancel { user_id, reply } => {
                 let _ = reply.send(state.cancel(user_id).await);
             }
-            EventMessage::Update { principal, patch, if_match, reply } => {
+            EventMessage::Update {
+                principal,
+                patch,
+                if_match,
+                reply,
+            } => {
                 let _ = reply.send(state.update(&principal, patch, if_match).await);
             }
             EventMessage::Delete { principal, reply } => {
@@ -753,7 +849,9 @@ impl Actor for EventActor {
                     if principal.may_manage(e, permissions::ADMIN_ACCESS) {
                         Ok(state.listed())
                     } else {
-                        Err(EntityError::Forbidden("only the creator or an admin may list registrations".into()))
+                        Err(EntityError::Forbidden(
+                            "only the creator or an admin may list registrations".into(),
+                        ))
                     }
                 });
                 let _ = reply.send(answer);
@@ -767,4 +865,13 @@ impl Actor for EventActor {
         }
         Ok(())
     }
+}
+
+/// Publishes a new event with its `event.created` domain event. No actor owns an event before
+/// it exists; its actor activates on the first message for its key.
+pub async fn create(
+    store: &dyn Store,
+    event: crate::model::NewEvent,
+) -> Result<Event, EntityError> {
+    store.create_event(event).await.map_err(Into::into)
 }

@@ -154,7 +154,10 @@ mod tests {
     fn seats_are_given_until_capacity_then_waitlist_or_full() {
         let e = event(2);
         let now = Utc::now();
-        assert_eq!(decide_registration(&e, 1, None, false, now), Decision::Take(RegistrationStatus::Active));
+        assert_eq!(
+            decide_registration(&e, 1, None, false, now),
+            Decision::Take(RegistrationStatus::Active)
+        );
         assert_eq!(decide_registration(&e, 2, None, false, now), Decision::Full);
         assert_eq!(
             decide_registration(&e, 2, None, true, now),
@@ -167,7 +170,10 @@ mod tests {
         let e = event(1);
         let now = Utc::now();
         let active = reg(RegistrationStatus::Active);
-        assert_eq!(decide_registration(&e, 1, Some(&active), false, now), Decision::Existing(active));
+        assert_eq!(
+            decide_registration(&e, 1, Some(&active), false, now),
+            Decision::Existing(active)
+        );
         let cancelled = reg(RegistrationStatus::Cancelled);
         assert_eq!(
             decide_registration(&e, 0, Some(&cancelled), false, now),
@@ -179,17 +185,29 @@ mod tests {
     fn past_events_take_no_registration() {
         let mut e = event(10);
         e.date = Utc::now() - Duration::hours(1);
-        assert_eq!(decide_registration(&e, 0, None, true, Utc::now()), Decision::Past);
+        assert_eq!(
+            decide_registration(&e, 0, None, true, Utc::now()),
+            Decision::Past
+        );
     }
 
     #[test]
     fn only_creator_or_holder_of_the_permission_manages_an_event() {
         let e = event(1);
-        let creator = Principal { user_id: 7, permissions: vec![] };
-        let other = Principal { user_id: 8, permissions: vec![] };
+        let creator = Principal {
+            user_id: 7,
+            permissions: vec![],
+        };
+        let other = Principal {
+            user_id: 8,
+            permissions: vec![],
+        };
         let admin = Principal {
             user_id: 9,
-            permissions: role_permissions(Role::Admin).iter().map(|p| p.to_string()).collect(),
+            permissions: role_permissions(Role::Admin)
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
         };
         assert!(creator.may_manage(&e, permissions::EVENTS_UPDATE));
         assert!(!other.may_manage(&e, permissions::EVENTS_UPDATE));

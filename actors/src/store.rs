@@ -6,9 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::model::{
-    DomainEvent, Event, NewEvent, NewUser, Registration, RegistrationStatus, User,
-};
+use crate::model::{DomainEvent, Event, NewEvent, NewUser, Registration, RegistrationStatus, User};
 
 /// Why a store call failed. Nothing was written when it fails.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -117,11 +117,18 @@ pub struct UserState {
 
 impl UserState {
     async fn load(&mut self) -> Result<(), StoreError> {
-        self.user = self.store.load_user(self.key.numeric_id().unwrap_or(-1)).await?;
+        self.user = self
+            .store
+            .load_user(self.key.numeric_id().unwrap_or(-1))
+            .await?;
         Ok(())
     }
 
-    async fn update(&mut self, name: Option<String>, profile: Option<Value>) -> Result<User, EntityError> {
+    async fn update(
+        &mut self,
+        name: Option<String>,
+        profile: Option<Value>,
+    ) -> Result<User, EntityError> {
         // One retry: a role granted from the command line bumps the version under the actor.
         for attempt in 0..2 {
             let current = self.user.clone().ok_or(EntityError::NotFound)?;
@@ -149,7 +156,10 @@ impl UserState {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(EntityError::conflict("concurrent_update", "the account changed meanwhile; retry"))
+        Err(EntityError::conflict(
+            "concurrent_update",
+            "the account changed meanwhile; retry",
+        ))
     }
 }
 
@@ -188,13 +198,25 @@ impl Actor for UserActor {
             UserMessage::Get(reply) => {
                 let _ = reply.send(state.user.clone().ok_or(EntityError::NotFound));
             }
-            UserMessage::Update { name, profile, reply } => {
+            UserMessage::Update {
+                name,
+                profile,
+                reply,
+            } => {
                 let _ = reply.send(state.update(name, profile).await);
             }
-            UserMessage::RevokeToken { jti, expires_at, reply } => {
+            UserMessage::RevokeToken {
+                jti,
+                expires_at,
+                reply,
+            } => {
                 let answer = match &state.user {
                     None => Err(EntityError::NotFound),
-                    Some(_) => state.store.revoke_token(&jti, expires_at).await.map_err(Into::into),
+                    Some(_) => state
+                        .store
+                        .revoke_token(&jti, expires_at)
+                        .await
+                        .map_err(Into::into),
                 };
                 let _ = reply.send(answer);
             }

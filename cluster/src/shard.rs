@@ -105,7 +105,12 @@ pub struct ShardState<F: EntityFactory> {
 }
 
 impl<F: EntityFactory> ShardState<F> {
-    fn start(&mut self, myself: &ActorRef<ShardMessage<F::Msg>>, key: EntityKey, buf: VecDeque<F::Msg>) {
+    fn start(
+        &mut self,
+        myself: &ActorRef<ShardMessage<F::Msg>>,
+        key: EntityKey,
+        buf: VecDeque<F::Msg>,
+    ) {
         self.slots.insert(key.clone(), Slot::Starting(buf));
         let factory = self.args.factory.clone();
         let me = myself.clone();
@@ -138,7 +143,12 @@ impl<F: EntityFactory> ShardState<F> {
         }
     }
 
-    fn on_exit(&mut self, myself: &ActorRef<ShardMessage<F::Msg>>, cell: &ActorCell, crashed: bool) {
+    fn on_exit(
+        &mut self,
+        myself: &ActorRef<ShardMessage<F::Msg>>,
+        cell: &ActorCell,
+        crashed: bool,
+    ) {
         let Some(key) = self.by_actor.remove(&cell.get_id()) else {
             return;
         };

@@ -1,0 +1,90 @@
+//! The dependencies every edge shares: the store, the token authority, the routers to the
+//! entity shards, the metrics and the configuration.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use convene_actors::event::EventMessage;
+use convene_actors::rules::Principal;
+use convene_actors::user::UserMessage;
+use convene_cluster::Router;
+
+use crate::auth::{Auth, Claims, TokenError};
+use crate::config::Config;
+use crate::http::error::ApiError;
+use crate::metrics::Metrics;
+use crate::store::SqlStore;
+
+/// Cheap to clone; everything inside is shared.
+#[derive(Clone)]
+pub struct App(Arc<Inner>);
+
+/// See [`App`].
+pub struct Inner {
+    /// The database.
+    pub store: SqlStore,
+    /// Tokens and passwords.
+    pub auth: Auth,
+    /// Reaches user actors.
+    pub users: Router<UserMessage>,
+    /// Reaches event actors.
+    pub events: Router<EventMessage>,
+    /// Metric families.
+    pub metrics: Metrics,
+    /// The configuration the node started with.
+    pub config: Config,
+    /// When the node started.
+    pub started: Instant,
+    /// A hash checked when a login names an unknown e-mail, so both cases take as long.
+    pub dummy_hash: String,
+}
+
+impl std::ops::Deref for App {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Who.
+    pub principal: Principal,
+    /// Their token's claims.
+    pub claims: Claims,
+}
+
+impl App {
+    /// Wraps the dependencies.
+    pub fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+
+    /// The caller behind an `Authorization: Bearer …` header: a valid, unexpired token of
+    /// ours that has not been revoked.
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller, ApiError> {
+        let header =
+            header.ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
+            })?;
+        let claims = self.auth.verify(token).map_err(|e| match e {
+            TokenError::Expired => ApiError::Unauthorized("the token has expired".into()),
+            TokenError::Invalid => ApiError::Unauthorized("the token is invalid".into()),
+        })?;
+        if self.store.is_revoked(&claims.jti).await? {
+            return Err(ApiError::Unauthorized("the token has been revoked".into()));
+        }
+        let principal = claims
+            .principal()
+            .ok_or_else(|| ApiError::Unauthorized("the token is invalid".into()))?;
+        Ok(Caller { principal, claims })
+    }
+}

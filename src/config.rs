@@ -1,0 +1,176 @@
+//! Configuration: the embedded `config/default.toml`, then an optional file, then `CONVENE_*`
+//! environment variables (and `DATABASE_URL`), then command-line flags. Unknown keys are errors.
+//! The environment is passed in, so tests inject theirs.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use serde::{Deserialize, Serialize};
+
+const DEFAULT: &str = include_str!("../config/default.toml");
+
+/// A secret string that never shows in logs or debug output.
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Everything a node is configured with.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listener.
+    pub listen: SocketAddr,
+    /// Where local files live.
+    pub data_dir: PathBuf,
+    /// This node's name.
+    pub node_name: String,
+    /// PostgreSQL URL; unset means SQLite under `data_dir`.
+    pub database_url: Option<Secret>,
+    /// Pool size for PostgreSQL.
+    pub database_max_connections: u32,
+    /// Token signing secret; unset means one generated and kept under `data_dir`.
+    pub jwt_secret: Option<Secret>,
+    /// Token lifetime.
+    pub token_ttl_secs: i64,
+    /// argon2id memory cost.
+    pub password_hash_memory_kib: u32,
+    /// argon2id passes.
+    pub password_hash_iterations: u32,
+    /// Idle time before an entity is passivated.
+    pub passivate_after_secs: u64,
+    /// How long an edge waits for an entity.
+    pub request_timeout_ms: u64,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+    /// `text` or `json` logs.
+    pub log_format: String,
+}
+
+/// Values given on the command line, which win over everything else.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the configuration from the layers above; `env` is the process environment.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self, figment::Error> {
+        let mut figment = Figment::from(Toml::string(DEFAULT));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(figment::Error::from(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let mut vars = Dict::new();
+        let mut prefixed = Dict::new();
+        for (k, v) in env {
+            let value: Value = v.parse().unwrap_or_else(|_| Value::from(v.clone()));
+            if k == "DATABASE_URL" {
+                vars.insert("database_url".into(), Value::from(v));
+            } else if let Some(key) = k.strip_prefix("CONVENE_") {
+                // Secrets and URLs stay strings even when they look like numbers.
+                let key = key.to_ascii_lowercase();
+                let value = match key.as_str() {
+                    "jwt_secret" | "database_url" | "node_name" | "data_dir" => Value::from(v),
+                    _ => value,
+                };
+                prefixed.insert(key, value);
+            }
+        }
+        figment
+            .merge(Serialized::globals(vars))
+            .merge(Serialized::globals(prefixed))
+            .merge(Serialized::globals(overrides))
+            .extract()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert!(c.database_url.is_none());
+        assert_eq!(c.max_body_bytes, 65536);
+    }
+
+    #[test]
+    fn environment_then_flags_override() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("CONVENE_LISTEN", "127.0.0.1:9000"),
+                ("CONVENE_REQUEST_TIMEOUT_MS", "250"),
+                ("DATABASE_URL", "postgres://x/y"),
+            ]),
+            &Overrides {
+                data_dir: Some("/tmp/x".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.request_timeout_ms, 250);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.database_url.unwrap().expose(), "postgres://x/y");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_and_secrets_hidden() {
+        assert!(
+            Config::load(
+                None,
+                env(&[("CONVENE_LISTEN_PORT", "1")]),
+                &Overrides::default()
+            )
+            .is_err()
+        );
+        let c = Config::load(
+            None,
+            env(&[("CONVENE_JWT_SECRET", "hunter2")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,683 @@
+//! Events and registrations.
+
+use chrono::{DateTime, Utc};
+use convene_actors::event::{self, EventMessage};
+use convene_actors::model::{Category, Event, EventPatch, NewEvent, Registration};
+use convene_actors::rules::{RegistrationOutcome, permissions};
+use convene_cluster::EntityKey;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use validator::{Validate, ValidationError};
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use super::error::{ApiError, ErrorBody};
+use super::users::RegistrationList;
+use super::{bearer, body, json, parse_id, parse_json, respond, with_app};
+use crate::app::App;
+use crate::store::EventFilter;
+use crate::validation::no_control_chars;
+
+/// The routes of this module.
+pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
+    let max = app.config.max_body_bytes;
+    let a = || with_app(app.clone());
+    let list = warp::path!("api" / "v1" / "events")
+        .and(warp::get())
+        .and(a())
+        .and(warp::query::<ListQuery>())
+        .then(list)
+        .map(respond);
+    let create = warp::path!("api" / "v1" / "events")
+        .and(warp::post())
+        .and(a())
+        .and(bearer())
+        .and(body(max))
+        .then(create)
+        .map(respond);
+    let one = || warp::path!("api" / "v1" / "events" / String);
+    let get = one().and(warp::get()).and(a()).then(get).map(respond);
+    let patch = one()
+        .and(warp::patch())
+        .and(a())
+        .and(bearer())
+        .and(warp::header::optional::<String>("if-match"))
+        .and(body(max))
+        .then(update)
+        .map(respond);
+    let delete = one()
+        .and(warp::delete())
+        .and(a())
+        .and(bearer())
+        .then(delete)
+        .map(respond);
+    let regs = || warp::path!("api" / "v1" / "events" / String / "registrations");
+    let register = regs()
+        .and(warp::post())
+        .and(a())
+        .and(bearer())
+        .and(warp::header::optional::<String>("idempotency-key"))
+        .and(body(max))
+        .then(register)
+        .map(respond);
+    let registrations = regs()
+        .and(warp::get())
+        .and(a())
+        .and(bearer())
+        .then(registrations)
+        .map(respond);
+    let cancel = warp::path!("api" / "v1" / "events" / String / "registrations" / "me")
+        .and(warp::delete())
+        .and(a())
+        .and(bearer())
+        .then(cancel)
+        .map(respond);
+    list.or(create)
+        .unify()
+        .or(get)
+        .unify()
+        .or(patch)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(register)
+        .unify()
+        .or(registrations)
+        .unify()
+        .or(cancel)
+        .unify()
+        .boxed()
+}
+
+/// An event as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+    /// Seats still free.
+    pub seats_left: i64,
+    /// Price in currency units, absent when free.
+    pub price: Option<f64>,
+}
+
+impl From<Event> for EventView {
+    fn from(event: Event) -> Self {
+        Self {
+            seats_left: event.seats_left(),
+            price: event.price(),
+            event,
+        }
+    }
+}
+
+fn in_future(date: &str) -> Result<(), ValidationError> {
+    let date = parse_date(date).ok_or_else(|| {
+        ValidationError::new("date").with_message("must be an RFC 3339 date-time".into())
+    })?;
+    if date <= Utc::now() {
+        return Err(ValidationError::new("future").with_message("must be in the future".into()));
+    }
+    Ok(())
+}
+
+fn known_category(c: &str) -> Result<(), ValidationError> {
+    Category::parse(c).map(|_| ()).ok_or_else(|| {
+        ValidationError::new("category")
+            .with_message("must be one of tech, business, arts, sports".into())
+    })
+}
+
+fn valid_tags(tags: &[String]) -> Result<(), ValidationError> {
+    if tags
+        .iter()
+        .any(|t| t.trim().is_empty() || t.chars().count() > 50 || no_control_chars(t).is_err())
+    {
+        return Err(ValidationError::new("tags")
+            .with_message("each tag must be 1 to 50 printable characters".into()));
+    }
+    Ok(())
+}
+
+fn parse_date(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
+fn price_cents(price: Option<f64>) -> Option<i64> {
+    price.map(|p| (p * 100.0).round() as i64)
+}
+
+/// A new event. Rules: title 3–255, description ≤ 5000, date in the future, location ≤ 500,
+/// capacity 1–100000, category one of tech/business/arts/sports.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+pub struct CreateEventRequest {
+    /// Title.
+    #[validate(
+        required,
+        length(min = 3, max = 255),
+        custom(function = "no_control_chars")
+    )]
+    pub title: Option<String>,
+    /// Description.
+    #[validate(required, length(max = 5000), custom(function = "no_control_chars"))]
+    pub description: Option<String>,
+    /// RFC 3339 date-time in the future.
+    #[validate(required, custom(function = "in_future"))]
+    pub date: Option<String>,
+    /// Venue.
+    #[validate(
+        required,
+        length(min = 1, max = 500),
+        custom(function = "no_control_chars")
+    )]
+    pub location: Option<String>,
+    /// Latitude, -90 to 90.
+    #[validate(range(min = -90.0, max = 90.0))]
+    pub latitude: Option<f64>,
+    /// Longitude, -180 to 180.
+    #[validate(range(min = -180.0, max = 180.0))]
+    pub longitude: Option<f64>,
+    /// Seats, 1 to 100000.
+    #[validate(required, range(min = 1, max = 100000))]
+    pub capacity: Option<i64>,
+    /// tech, business, arts or sports.
+    #[validate(required, custom(function = "known_category"))]
+    pub category: Option<String>,
+    /// Up to 20 tags.
+    #[validate(length(max = 20), custom(function = "valid_tags"))]
+    pub tags: Option<Vec<String>>,
+    /// Price, 0 to 1000000.
+    #[validate(range(min = 0.0, max = 1000000.0))]
+    pub price: Option<f64>,
+}
+
+/// Changes to an event; absent fields stay. The same rules as creation apply.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+pub struct UpdateEventRequest {
+    /// Title.
+    #[validate(length(min = 3, max = 255), custom(function = "no_control_chars"))]
+    pub title: Option<String>,
+    /// Description.
+    #[validate(length(max = 5000), custom(function = "no_control_chars"))]
+    pub description: Option<String>,
+    /// RFC 3339 date-time in the future.
+    #[validate(custom(function = "in_future"))]
+    pub date: Option<String>,
+    /// Venue.
+    #[validate(length(min = 1, max = 500), custom(function = "no_control_chars"))]
+    pub location: Option<String>,
+    /// Latitude.
+    #[validate(range(min = -90.0, max = 90.0))]
+    pub latitude: Option<f64>,
+    /// Longitude.
+    #[validate(range(min = -180.0, max = 180.0))]
+    pub longitude: Option<f64>,
+    /// Seats; not below the seats taken.
+    #[validate(range(min = 1, max = 100000))]
+    pub capacity: Option<i64>,
+    /// Category.
+    #[validate(custom(function = "known_category"))]
+    pub category: Option<String>,
+    /// Tags.
+    #[validate(length(max = 20), custom(function = "valid_tags"))]
+    pub tags: Option<Vec<String>>,
+    /// Price.
+    #[validate(range(min = 0.0, max = 1000000.0))]
+    pub price: Option<f64>,
+}
+
+/// Filters and paging of the event list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only this category.
+    pub category: Option<String>,
+    /// Only events on or after this RFC 3339 date-time.
+    pub from: Option<String>,
+    /// Only events on or before this RFC 3339 date-time.
+    pub to: Option<String>,
+    /// Only events created by this user id.
+    pub created_by: Option<String>,
+    /// 1 to 100 events per page (default 20).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of events.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventPage {
+    /// Events by date, then id.
+    pub events: Vec<EventView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Registration request body (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    /// Join the waitlist when the event is full.
+    #[serde(default)]
+    pub waitlist: bool,
+}
+
+/// A registration as answered.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RegistrationResponse {
+    /// The registration.
+    pub registration: Registration,
+}
+
+fn event_key(id: &str) -> Result<EntityKey, ApiError> {
+    Ok(EntityKey::new("event", parse_id(id)?))
+}
+
+fn encode_cursor(e: &Event) -> String {
+    format!("{}_{}", e.date.timestamp_micros(), e.id)
+}
+
+fn decode_cursor(c: &str) -> Option<(DateTime<Utc>, i64)> {
+    let (micros, id) = c.split_once('_')?;
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id.parse().ok()?,
+    ))
+}
+
+impl ListQuery {
+    fn filter(&self) -> Result<EventFilter, ApiError> {
+        let mut problems = std::collections::BTreeMap::<String, Vec<String>>::new();
+        let mut bad = |field: &str, problem: &str| {
+            problems
+                .entry(field.into())
+                .or_default()
+                .push(problem.into())
+        };
+        let category = self.category.as_deref().and_then(|c| {
+            let parsed = Category::parse(c);
+            if parsed.is_none() {
+                bad("category", "must be one of tech, business, arts, sports");
+            }
+            parsed
+        });
+        let mut date = |field: &str, v: &Option<String>| {
+            v.as_deref().and_then(|s| {
+                let d = parse_date(s);
+                if d.is_none() {
+                    bad(field, "must be an RFC 3339 date-time");
+                }
+                d
+            })
+        };
+        let from = date("from", &self.from);
+        let to = date("to", &self.to);
+        let created_by = self.created_by.as_deref().and_then(|s| {
+            let id = s.parse::<i64>().ok();
+            if id.is_none() {
+                bad("created_by", "must be a user id");
+            }
+            id
+        });
+        let limit = match self.limit.as_deref().map(str::parse::<i64>) {
+            None => 20,
+            Some(Ok(n)) if (1..=100).contains(&n) => n,
+            Some(_) => {
+                bad("limit", "must be between 1 and 100");
+                20
+            }
+        };
+        let after = self.cursor.as_deref().and_then(|c| {
+            let d = decode_cursor(c);
+            if d.is_none() {
+                bad("cursor", "is not a cursor this API gave");
+            }
+            d
+        });
+        if !problems.is_empty() {
+            return Err(ApiError::Validation(problems));
+        }
+        Ok(EventFilter {
+            category,
+            from,
+            to,
+            created_by,
+            after,
+            limit,
+        })
+    }
+}
+
+/// Lists live events; no token needed.
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(ListQuery),
+    responses(
+        (status = 200, description = "A page of events", body = EventPage),
+        (status = 422, description = "Invalid filters", body = ErrorBody),
+    ))]
+pub async fn list(app: App, query: ListQuery) -> Result<Response, ApiError> {
+    let filter = query.filter()?;
+    let events = app.store.list_events(&filter).await?;
+    let next_cursor = (events.len() as i64 == filter.limit)
+        .then(|| events.last().map(encode_cursor))
+        .flatten();
+    let events = events.into_iter().map(EventView::from).collect();
+    Ok(json(
+        StatusCode::OK,
+        &EventPage {
+            events,
+            next_cursor,
+        },
+    ))
+}
+
+/// Publishes an event.
+#[utoipa::path(post, path = "/api/v1/events", tag = "events", security(("bearer" = [])),
+    request_body = CreateEventRequest,
+    responses(
+        (status = 201, description = "Created", body = EventView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "No events:create permission", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+    ))]
+pub async fn create(
+    app: App,
+    auth: Option<String>,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = app.authenticate(auth.as_deref()).await?;
+    if !caller.principal.has(permissions::EVENTS_CREATE) {
+        return Err(ApiError::Forbidden(
+            "creating events needs the events:create permission".into(),
+        ));
+    }
+    let req: CreateEventRequest = parse_json(&body, None)?;
+    req.validate()?;
+    let new = NewEvent {
+        title: req.title.unwrap_or_default(),
+        description: req.description.unwrap_or_default(),
+        date: req.date.as_deref().and_then(parse_date).unwrap_or_default(),
+        location: req.location.unwrap_or_default(),
+        latitude: req.latitude,
+        longitude: req.longitude,
+        capacity: req.capacity.unwrap_or_default(),
+        category: req
+            .category
+            .as_deref()
+            .and_then(Category::parse)
+            .unwrap_or(Category::Tech),
+        tags: req.tags.unwrap_or_default(),
+        price_cents: price_cents(req.price),
+        created_by: caller.principal.user_id,
+    };
+    let event = event::create(&app.store, new).await?;
+    let location = format!("/api/v1/events/{}", event.id);
+    let mut res = json(StatusCode::CREATED, &EventView::from(event));
+    if let Ok(v) = warp::http::HeaderValue::from_str(&location) {
+        res.headers_mut().insert("location", v);
+    }
+    Ok(res)
+}
+
+/// One event; no token needed.
+#[utoipa::path(get, path = "/api/v1/events/{id}", tag = "events",
+    params(("id" = i64, Path, description = "Event id")),
+    responses(
+        (status = 200, description = "The event", body = EventView),
+        (status = 404, description = "No such event", body = ErrorBody),
+    ))]
+pub async fn get(id: String, app: App) -> Result<Response, ApiError> {
+    let event = app.events.ask(event_key(&id)?, EventMessage::Get).await??;
+    let mut res = json(StatusCode::OK, &EventView::from(event.clone()));
+    if let Ok(v) = warp::http::HeaderValue::from_str(&format!("\"{}\"", event.version)) {
+        res.headers_mut().insert("etag", v);
+    }
+    Ok(res)
+}
+
+fn parse_if_match(v: &str) -> Result<i64, ApiError> {
+    v.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map_err(|_| ApiError::BadRequest("If-Match must be the event's version".into()))
+}
+
+/// Changes an event (its creator, or holders of events:update).
+#[utoipa::path(patch, path = "/api/v1/events/{id}", tag = "events", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Event id"),
+           ("If-Match" = Option<String>, Header, description = "The version the change is based on")),
+    request_body = UpdateEventRequest,
+    responses(
+        (status = 200, description = "The event as changed", body = EventView),
+        (status = 400, description = "Malformed JSON or If-Match", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not the creator", body = ErrorBody),
+        (status = 404, description = "No such event", body = ErrorBody),
+        (status = 409, description = "Capacity below the seats taken", body = ErrorBody),
+        (status = 412, description = "If-Match does not match", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+    ))]
+pub async fn update(
+    id: String,
+    app: App,
+    auth: Option<String>,
+    if_match: Option<String>,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = app.authenticate(auth.as_deref()).await?;
+    let key = event_key(&id)?;
+    let if_match = if_match.as_deref().map(parse_if_match).transpose()?;
+    let req: UpdateEventRequest = parse_json(&body, None)?;
+    req.validate()?;
+    let patch = EventPatch {
+        title: req.title,
+        description: req.description,
+        date: req.date.as_deref().and_then(parse_date),
+        location: req.location,
+        latitude: req.latitude,
+        longitude: req.longitude,
+        capacity: req.capacity,
+        category: req.category.as_deref().and_then(Category::parse),
+        tags: req.tags,
+        price_cents: price_cents(req.price),
+    };
+    let principal = caller.principal;
+    let event = app
+        .events
+        .ask(key, |reply| EventMessage::Update {
+            principal,
+            patch,
+            if_match,
+            reply,
+        })
+        .await??;
+    Ok(json(StatusCode::OK, &EventView::from(event)))
+}
+
+/// Deletes an event (its creator, or holders of events:delete).
+#[utoipa::path(delete, path = "/api/v1/events/{id}", tag = "events", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Event id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not the creator", body = ErrorBody),
+        (status = 404, description = "No such event", body = ErrorBody),
+    ))]
+pub async fn delete(id: String, app: App, auth: Option<String>) -> Result<Response, ApiError> {
+    let caller = app.authenticate(auth.as_deref()).await?;
+    let key = event_key(&id)?;
+    let principal = caller.principal;
+    app.events
+        .ask(key, |reply| EventMessage::Delete { principal, reply })
+        .await??;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Registers the signed-in user. A repeat with the same `Idempotency-Key` answers as the first.
+#[utoipa::path(post, path = "/api/v1/events/{id}/registrations", tag = "registrations", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Event id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry answer as the first request")),
+    request_body(content = Option<RegisterRequest>, description = "Optional; `{\"waitlist\": true}` joins the waitlist when full"),
+    responses(
+        (status = 201, description = "Seat taken", body = RegistrationResponse),
+        (status = 200, description = "Already registered", body = RegistrationResponse),
+        (status = 202, description = "Waitlisted", body = RegistrationResponse),
+        (status = 400, description = "Malformed JSON or header", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such event", body = ErrorBody),
+        (status = 409, description = "Full (`event_full`) or past (`event_past`)", body = ErrorBody),
+    ))]
+pub async fn register(
+    id: String,
+    app: App,
+    auth: Option<String>,
+    idempotency_key: Option<String>,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = app.authenticate(auth.as_deref()).await?;
+    let key = event_key(&id)?;
+    if let Some(k) = &idempotency_key {
+        if k.is_empty() || k.len() > 255 || k.chars().any(|c| c.is_control()) {
+            return Err(ApiError::BadRequest(
+                "Idempotency-Key must be 1 to 255 printable characters".into(),
+            ));
+        }
+    }
+    let req: RegisterRequest = parse_json(&body, Some(RegisterRequest::default()))?;
+    let user_id = caller.principal.user_id;
+    let outcome = app
+        .events
+        .ask(key, |reply| EventMessage::Register {
+            user_id,
+            waitlist: req.waitlist,
+            idempotency_key,
+            reply,
+        })
+        .await?;
+    let label = match &outcome {
+        Ok(RegistrationOutcome::Created(_)) => "created",
+        Ok(RegistrationOutcome::Existing(_)) => "existing",
+        Ok(RegistrationOutcome::Waitlisted(_)) => "waitlisted",
+        Ok(RegistrationOutcome::Full) => "full",
+        Ok(RegistrationOutcome::Past) => "past",
+        Err(_) => "error",
+    };
+    app.metrics.registrations.with_label_values(&[label]).inc();
+    let (status, registration) = match outcome? {
+        RegistrationOutcome::Created(r) => (StatusCode::CREATED, r),
+        RegistrationOutcome::Existing(r) => (StatusCode::OK, r),
+        RegistrationOutcome::Waitlisted(r) => (StatusCode::ACCEPTED, r),
+        RegistrationOutcome::Full => {
+            return Err(ApiError::Conflict {
+                code: "event_full".into(),
+                message: "the event is full".into(),
+            });
+        }
+        RegistrationOutcome::Past => {
+            return Err(ApiError::Conflict {
+                code: "event_past".into(),
+                message: "the event has already taken place".into(),
+            });
+        }
+    };
+    Ok(json(status, &RegistrationResponse { registration }))
+}
+
+/// Cancels the signed-in user's registration; the oldest waitlisted user takes the seat.
+#[utoipa::path(delete, path = "/api/v1/events/{id}/registrations/me", tag = "registrations", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Event id")),
+    responses(
+        (status = 204, description = "Cancelled"),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such event or registration", body = ErrorBody),
+    ))]
+pub async fn cancel(id: String, app: App, auth: Option<String>) -> Result<Response, ApiError> {
+    let caller = app.authenticate(auth.as_deref()).await?;
+    let key = event_key(&id)?;
+    let user_id = caller.principal.user_id;
+    app.events
+        .ask(key, |reply| EventMessage::Cancel { user_id, reply })
+        .await??;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The event's registrations, first come first (its creator or an admin).
+#[utoipa::path(get, path = "/api/v1/events/{id}/registrations", tag = "registrations", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Event id")),
+    responses(
+        (status = 200, description = "Registrations", body = RegistrationList),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not the creator", body = ErrorBody),
+        (status = 404, description = "No such event", body = ErrorBody),
+    ))]
+pub async fn registrations(
+    id: String,
+    app: App,
+    auth: Option<String>,
+) -> Result<Response, ApiError> {
+    let caller = app.authenticate(auth.as_deref()).await?;
+    let key = event_key(&id)?;
+    let principal = caller.principal;
+    let registrations = app
+        .events
+        .ask(key, |reply| EventMessage::ListRegistrations {
+            principal,
+            reply,
+        })
+        .await??;
+    Ok(json(StatusCode::OK, &RegistrationList { registrations }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_validation_rules_report_every_failing_field() {
+        let req: CreateEventRequest = serde_json::from_value(serde_json::json!({
+            "title": "ab", "description": "x".repeat(5001), "date": "2001-01-01T00:00:00Z",
+            "location": "", "capacity": 0, "category": "music"
+        }))
+        .unwrap();
+        let ApiError::Validation(fields) = ApiError::from(req.validate().unwrap_err()) else {
+            panic!("expected a validation error");
+        };
+        let names: Vec<_> = fields.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "capacity",
+                "category",
+                "date",
+                "description",
+                "location",
+                "title"
+            ]
+        );
+    }
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let q = ListQuery {
+            category: None,
+            from: None,
+            to: None,
+            created_by: None,
+            limit: Some("500".into()),
+            cursor: Some("nope".into()),
+        };
+        let ApiError::Validation(fields) = q.filter().unwrap_err() else {
+            panic!()
+        };
+        assert!(fields.contains_key("limit") && fields.contains_key("cursor"));
+        let at = DateTime::from_timestamp_micros(1_900_000_000_123_456).unwrap();
+        assert_eq!(
+            decode_cursor(&format!("{}_{}", at.timestamp_micros(), 7)),
+            Some((at, 7))
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! Operations endpoints: `/health` in the seed's format, `/metrics` for Prometheus and
+//! `/openapi.json` generated from the handlers.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use super::{auth, events, json, users, with_app};
+use crate::app::App;
+
+/// The routes of this module.
+pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
+    let health = warp::path!("health")
+        .and(warp::get())
+        .and(with_app(app.clone()))
+        .then(health);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_app(app))
+        .then(metrics);
+    let openapi = warp::path!("openapi.json")
+        .and(warp::get())
+        .map(|| warp::reply::json(&ApiDoc::openapi()).into_response());
+    health.or(metrics).unify().or(openapi).unify().boxed()
+}
+
+/// One dependency's health.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CheckResult {
+    /// `healthy` or `unhealthy`.
+    pub status: String,
+    /// What went wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The node's health, in the seed's format.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HealthStatus {
+    /// Always `convene`.
+    pub service: String,
+    /// `healthy`, `degraded` or `unhealthy`.
+    pub status: String,
+    /// When the check ran.
+    pub timestamp: DateTime<Utc>,
+    /// Per dependency.
+    pub checks: BTreeMap<String, CheckResult>,
+}
+
+fn check(result: Result<(), String>) -> CheckResult {
+    match result {
+        Ok(()) => CheckResult {
+            status: "healthy".into(),
+            error: None,
+        },
+        Err(e) => CheckResult {
+            status: "unhealthy".into(),
+            error: Some(e),
+        },
+    }
+}
+
+/// Health of the node and its dependencies; 503 when unhealthy.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "Healthy", body = HealthStatus),
+        (status = 503, description = "Unhealthy", body = HealthStatus),
+    ))]
+pub async fn health(app: App) -> Response {
+    let mut checks = BTreeMap::new();
+    checks.insert(
+        "database".to_owned(),
+        check(app.store.ping().await.map_err(|e| e.to_string())),
+    );
+    checks.insert(
+        "actors".to_owned(),
+        check(match (app.users.stats().await, app.events.stats().await) {
+            (Ok(_), Ok(_)) => Ok(()),
+            _ => Err("an entity shard is not answering".into()),
+        }),
+    );
+    let healthy = checks.values().all(|c| c.status == "healthy");
+    let body = HealthStatus {
+        service: "convene".into(),
+        status: if healthy { "healthy" } else { "unhealthy" }.into(),
+        timestamp: Utc::now(),
+        checks,
+    };
+    json(
+        if healthy {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &body,
+    )
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn metrics(app: App) -> Response {
+    for (kind, stats) in [
+        ("user", app.users.stats().await),
+        ("event", app.events.stats().await),
+    ] {
+        if let Ok(s) = stats {
+            app.metrics
+                .actors_active
+                .with_label_values(&[kind])
+                .set(s.active as i64);
+        }
+    }
+    warp::reply::with_header(
+        app.metrics.render(),
+        "content-type",
+        "text/plain; version=0.0.4",
+    )
+    .into_response()
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI 3 document of every route.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Convene", description = "Events platform API: accounts, events, registrations."),
+    paths(
+        auth::register, auth::login, auth::logout,
+        users::get_me, users::update_me, users::my_registrations,
+        events::list, events::create, events::get, events::update, events::delete,
+        events::register, events::cancel, events::registrations,
+        health, metrics,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Sign-up, login, logout"),
+        (name = "users", description = "The signed-in account"),
+        (name = "events", description = "Events"),
+        (name = "registrations", description = "Seats and waitlists"),
+        (name = "operations", description = "Health and metrics"),
+    )
+)]
+pub struct ApiDoc;

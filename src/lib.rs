@@ -1,0 +1,12 @@
+//! Convene: an events platform backend. Users, events and their registrations are long-lived
+//! actors (see `convene-actors`) placed on nodes by `convene-cluster`; this crate is the program
+//! around them: configuration, the sqlx store, authentication, the HTTP edge and metrics.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod store;
+pub mod validation;

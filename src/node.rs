@@ -1,0 +1,151 @@
+//! A running node: opens the store, starts the entity shards under the cluster seam, and serves
+//! the HTTP edge until asked to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use convene_actors::event::EventFactory;
+use convene_actors::user::UserFactory;
+use convene_cluster::{EntityFactory, Placement, Router, Shard, ShardArgs};
+use ractor::Actor;
+use tokio::sync::oneshot;
+
+use crate::app::{App, Inner};
+use crate::auth::{Auth, load_or_create_secret};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{SqlStore, is_postgres};
+
+/// A node serving HTTP; dropping it does not stop it, [`Node::shutdown`] does.
+pub struct Node {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its dependencies (tests reach the routers through it).
+    pub app: App,
+    stop: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<()>,
+    shards: Vec<ractor::ActorCell>,
+}
+
+/// Opens the store the configuration names.
+pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+    match &config.database_url {
+        Some(url) if is_postgres(url.expose()) => {
+            SqlStore::postgres(url.expose(), config.database_max_connections)
+                .await
+                .context("connecting to PostgreSQL")
+        }
+        Some(url) => {
+            let path = url
+                .expose()
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            SqlStore::sqlite(path.as_ref())
+                .await
+                .context("opening SQLite")
+        }
+        None => {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("creating {}", config.data_dir.display()))?;
+            SqlStore::sqlite(&config.data_dir.join("convene.db"))
+                .await
+                .context("opening SQLite")
+        }
+    }
+}
+
+async fn start_shard<F: EntityFactory>(
+    factory: F,
+    placement: &Placement,
+    timeout: Duration,
+) -> anyhow::Result<(Router<F::Msg>, ractor::ActorCell)> {
+    let args = ShardArgs {
+        factory: Arc::new(factory),
+        max_restarts: 5,
+        restart_window: Duration::from_secs(30),
+    };
+    let (shard, _) = Actor::spawn(None, Shard::<F>::default(), args).await?;
+    let cell = shard.get_cell();
+    Ok((Router::new(placement.clone(), shard, timeout), cell))
+}
+
+impl Node {
+    /// Starts a node with `config`, listening on its `listen` address (port 0 picks one).
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let store = open_store(&config).await?;
+        let secret = match &config.jwt_secret {
+            Some(s) if s.expose().len() >= 32 => s.expose().as_bytes().to_vec(),
+            Some(_) => anyhow::bail!("jwt_secret must be at least 32 bytes"),
+            None => {
+                std::fs::create_dir_all(&config.data_dir)?;
+                load_or_create_secret(&config.data_dir)?
+            }
+        };
+        let auth = Auth::new(
+            &secret,
+            config.token_ttl_secs,
+            config.password_hash_memory_kib,
+            config.password_hash_iterations,
+        )?;
+        let dummy_hash = auth.hash_password("a password nobody has")?;
+        let placement = Placement::single(config.node_name.clone());
+        let timeout = Duration::from_millis(config.request_timeout_ms);
+        let idle = Duration::from_secs(config.passivate_after_secs);
+        let store_dyn: Arc<dyn convene_actors::Store> = Arc::new(store.clone());
+        let (users, user_shard) = start_shard(
+            UserFactory::new(store_dyn.clone(), idle),
+            &placement,
+            timeout,
+        )
+        .await?;
+        let (events, event_shard) =
+            start_shard(EventFactory::new(store_dyn, idle), &placement, timeout).await?;
+        let app = App::new(Inner {
+            store,
+            auth,
+            users,
+            events,
+            metrics: Metrics::new(),
+            config: config.clone(),
+            started: Instant::now(),
+            dummy_hash,
+        });
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = warp::serve(crate::http::routes(app.clone()))
+            .incoming(listener)
+            .graceful(async move {
+                let _ = stopped.await;
+            });
+        let served = tokio::spawn(server.run());
+        tracing::info!(%addr, backend = app.store.backend(), node = %config.node_name, "node started");
+        Ok(Self {
+            addr,
+            app,
+            stop: Some(stop),
+            served,
+            shards: vec![user_shard, event_shard],
+        })
+    }
+
+    /// The base URL of the HTTP edge.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops taking requests, lets those in flight finish, then stops the actors.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.served).await;
+        for shard in &self.shards {
+            let _ = shard.drain_and_wait(Some(Duration::from_secs(5))).await;
+        }
+    }
+}
