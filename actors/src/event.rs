@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use convene_cluster::{EntityFactory, EntityKey, ShardMessage};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use serde_json::json;
@@ -186,7 +186,8 @@ impl EventState {
 
     /// A timestamp later than every one this actor handed out, so first-come order is total.
     fn stamp(&mut self) -> DateTime<Utc> {
-        let now = Utc::now();
+        // Microseconds: what PostgreSQL keeps, so a reloaded state equals the one in memory.
+        let now = Utc::now().trunc_subsecs(6);
         self.last_stamp = if now > self.last_stamp {
             now
         } else {
@@ -862,6 +863,9 @@ impl Actor for EventActor {
                 }
             }
             EventMessage::InjectFault => panic!("fault injected into {}", state.key),
+        }
+        if state.event.is_none() {
+            state.idle.release(&state.shard, &state.key);
         }
         Ok(())
     }

@@ -30,6 +30,19 @@ impl Idle {
         self.last = Instant::now();
     }
 
+    /// Asks the shard once to passivate `key` now: an actor for an entity that does not exist
+    /// holds nothing worth keeping, and must not pile up when clients probe unknown ids.
+    pub(crate) fn release<M: Message>(
+        &mut self,
+        shard: &ActorRef<ShardMessage<M>>,
+        key: &EntityKey,
+    ) {
+        if !self.asked {
+            self.asked = true;
+            let _ = shard.cast(ShardMessage::Passivate { key: key.clone() });
+        }
+    }
+
     /// On a tick: asks the shard once to passivate `key` if the actor has been idle long enough.
     pub(crate) fn check<M: Message>(&mut self, shard: &ActorRef<ShardMessage<M>>, key: &EntityKey) {
         if !self.asked && self.last.elapsed() >= self.after {

@@ -223,6 +223,9 @@ impl Actor for UserActor {
             UserMessage::Tick => state.idle.check(&state.shard, &state.key),
             UserMessage::InjectFault => panic!("fault injected into {}", state.key),
         }
+        if state.user.is_none() {
+            state.idle.release(&state.shard, &state.key);
+        }
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! Events and registrations.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use convene_actors::event::{self, EventMessage};
 use convene_actors::model::{Category, Event, EventPatch, NewEvent, Registration};
 use convene_actors::rules::{RegistrationOutcome, permissions};
@@ -140,10 +140,12 @@ fn valid_tags(tags: &[String]) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// An RFC 3339 date-time, kept to the microsecond (what PostgreSQL keeps, and what cursors
+/// carry, so every store compares dates the same way).
 fn parse_date(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .ok()
-        .map(|d| d.with_timezone(&Utc))
+        .map(|d| d.with_timezone(&Utc).trunc_subsecs(6))
 }
 
 fn price_cents(price: Option<f64>) -> Option<i64> {

@@ -1,0 +1,10 @@
+//! Black-box tests: real nodes on random ports, a fresh database each, talked to over HTTP.
+//! Every scenario runs against SQLite and against PostgreSQL.
+
+mod helpers;
+
+mod auth;
+mod events;
+mod operations;
+mod registrations;
+mod supervision;
