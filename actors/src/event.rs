@@ -3,14 +3,12 @@
 //! caller is answered only after its row is committed.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use convene_cluster::{EntityFactory, EntityKey, ShardMessage};
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use convene_cluster::{EntityFactory, EntityKey, ShardMessage, Spawning};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
 
 use crate::error::EntityError;
@@ -102,7 +100,7 @@ impl EntityFactory for EventFactory {
         key: EntityKey,
         shard: ActorRef<ShardMessage<EventMessage>>,
         supervisor: ActorCell,
-    ) -> Pin<Box<dyn Future<Output = Result<ActorRef<EventMessage>, SpawnErr>> + Send>> {
+    ) -> Spawning<EventMessage> {
         let args = EventArgs {
             key,
             store: self.store.clone(),

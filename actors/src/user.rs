@@ -2,14 +2,12 @@
 //! Sign-up creates the row (no actor owns a user before it exists); every later change of the
 //! account goes through its actor.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use convene_cluster::{EntityFactory, EntityKey, ShardMessage};
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
+use convene_cluster::{EntityFactory, EntityKey, ShardMessage, Spawning};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use serde_json::{Value, json};
 
 use crate::error::EntityError;
@@ -81,7 +79,7 @@ impl EntityFactory for UserFactory {
         key: EntityKey,
         shard: ActorRef<ShardMessage<UserMessage>>,
         supervisor: ActorCell,
-    ) -> Pin<Box<dyn Future<Output = Result<ActorRef<UserMessage>, SpawnErr>> + Send>> {
+    ) -> Spawning<UserMessage> {
         let args = UserArgs {
             key,
             store: self.store.clone(),

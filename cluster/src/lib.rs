@@ -13,4 +13,4 @@ mod shard;
 pub use key::{EntityKey, KeyError};
 pub use placement::{Member, MemberStatus, Placement};
 pub use router::{AskError, Router};
-pub use shard::{EntityFactory, Shard, ShardArgs, ShardMessage, ShardStats};
+pub use shard::{EntityFactory, Shard, ShardArgs, ShardMessage, ShardStats, Spawning};

@@ -15,6 +15,9 @@ use ractor::{
 
 use crate::EntityKey;
 
+/// The spawn of one entity actor, in flight.
+pub type Spawning<M> = Pin<Box<dyn Future<Output = Result<ActorRef<M>, SpawnErr>> + Send>>;
+
 /// How to start the actor of one entity kind.
 pub trait EntityFactory: Send + Sync + 'static {
     /// The message type of the entity actors.
@@ -30,7 +33,7 @@ pub trait EntityFactory: Send + Sync + 'static {
         key: EntityKey,
         shard: ActorRef<ShardMessage<Self::Msg>>,
         supervisor: ActorCell,
-    ) -> Pin<Box<dyn Future<Output = Result<ActorRef<Self::Msg>, SpawnErr>> + Send>>;
+    ) -> Spawning<Self::Msg>;
 }
 
 /// Messages a shard takes.
