@@ -47,6 +47,29 @@ macro_rules! on_pool {
     };
 }
 
+/// Rows per multi-row insert, well under either database's limit on bound parameters.
+const CHUNK: usize = 500;
+
+/// Writes `events` to the outbox inside the transaction `$tx`, many rows per statement.
+macro_rules! write_outbox {
+    ($tx:expr, $events:expr) => {
+        let events: Vec<&DomainEvent> = $events.into_iter().collect();
+        for chunk in events.chunks(CHUNK) {
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO outbox (message_id, topic, entity_key, payload, occurred_at) ",
+            );
+            qb.push_values(chunk, |mut row, event| {
+                row.push_bind(event.message_id)
+                    .push_bind(event.topic.clone())
+                    .push_bind(event.key.clone())
+                    .push_bind(Json(event.payload.clone()))
+                    .push_bind(event.occurred_at);
+            });
+            qb.build().execute(&mut *$tx).await.map_err(unavailable)?;
+        }
+    };
+}
+
 /// The store. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SqlStore {
@@ -186,15 +209,7 @@ impl SqlStore {
             .map_err(unavailable)?;
             let Some((id,)) = row else { return Ok(false) };
             let event = DomainEvent { key: format!("user/{id}"), ..event };
-            sqlx::query(INSERT_OUTBOX)
-                .bind(event.message_id)
-                .bind(&event.topic)
-                .bind(&event.key)
-                .bind(Json(&event.payload))
-                .bind(event.occurred_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+            write_outbox!(tx, [&event]);
             tx.commit().await.map_err(unavailable)?;
             Ok(true)
         })
@@ -255,7 +270,6 @@ const LIST_EVENTS: &str = "SELECT id, title, description, date, location, latitu
     ORDER BY date, id LIMIT $7";
 const EVENT_REGISTRATIONS: &str = "SELECT id, event_id, user_id, status, registered_at, updated_at FROM event_registrations WHERE event_id = $1 ORDER BY registered_at, id";
 const USER_REGISTRATIONS: &str = "SELECT id, event_id, user_id, status, registered_at, updated_at FROM event_registrations WHERE user_id = $1 AND status <> 'cancelled' ORDER BY registered_at DESC, id DESC";
-const INSERT_OUTBOX: &str = "INSERT INTO outbox (message_id, topic, entity_key, payload, occurred_at) VALUES ($1, $2, $3, $4, $5)";
 
 #[derive(sqlx::FromRow)]
 struct UserRow {
@@ -383,23 +397,6 @@ fn write_error(e: sqlx::Error, unique: impl FnOnce() -> StoreError) -> StoreErro
     }
 }
 
-/// Writes `events` to the outbox inside the transaction `$tx`.
-macro_rules! write_outbox {
-    ($tx:expr, $events:expr) => {
-        for event in $events {
-            sqlx::query(INSERT_OUTBOX)
-                .bind(event.message_id)
-                .bind(&event.topic)
-                .bind(&event.key)
-                .bind(Json(&event.payload))
-                .bind(event.occurred_at)
-                .execute(&mut *$tx)
-                .await
-                .map_err(unavailable)?;
-        }
-    };
-}
-
 #[async_trait]
 impl Store for SqlStore {
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
@@ -464,7 +461,7 @@ impl Store for SqlStore {
             if done.rows_affected() != 1 {
                 return Err(StoreError::Conflict);
             }
-            write_outbox!(tx, events);
+            write_outbox!(tx, events.iter());
             tx.commit().await.map_err(unavailable)
         })
     }
@@ -594,22 +591,43 @@ impl Store for SqlStore {
             if done.rows_affected() != 1 {
                 return Err(StoreError::Conflict);
             }
-            let mut ids = Vec::new();
+            // New rows go in by the hundred; the ids come back keyed by user (unique per event).
+            let inserts: Vec<(i64, RegistrationStatus, DateTime<Utc>)> = c
+                .registrations
+                .iter()
+                .filter_map(|w| match w {
+                    RegistrationWrite::Insert { user_id, status, at } => Some((*user_id, *status, *at)),
+                    RegistrationWrite::Update { .. } => None,
+                })
+                .collect();
+            let mut inserted = std::collections::HashMap::with_capacity(inserts.len());
+            for chunk in inserts.chunks(CHUNK) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "INSERT INTO event_registrations (event_id, user_id, status, registered_at, updated_at) ",
+                );
+                qb.push_values(chunk, |mut row, (user_id, status, at)| {
+                    row.push_bind(e.id)
+                        .push_bind(*user_id)
+                        .push_bind(status.as_str())
+                        .push_bind(*at)
+                        .push_bind(*at);
+                });
+                qb.push(" RETURNING id, user_id");
+                let rows: Vec<(i64, i64)> = qb
+                    .build_query_as()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|err| write_error(err, || StoreError::Conflict))?;
+                inserted.extend(rows.into_iter().map(|(id, user)| (user, id)));
+            }
+            let mut ids = Vec::with_capacity(inserts.len());
             let mut write_ids = Vec::with_capacity(c.registrations.len());
             for w in c.registrations {
                 match w {
-                    RegistrationWrite::Insert { user_id, status, at } => {
-                        let (id,): (i64,) = sqlx::query_as(
-                            "INSERT INTO event_registrations (event_id, user_id, status, registered_at, updated_at) \
-                             VALUES ($1, $2, $3, $4, $4) RETURNING id",
-                        )
-                        .bind(e.id)
-                        .bind(user_id)
-                        .bind(status.as_str())
-                        .bind(at)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(|err| write_error(err, || StoreError::Conflict))?;
+                    RegistrationWrite::Insert { user_id, .. } => {
+                        let id = *inserted.get(user_id).ok_or_else(|| {
+                            StoreError::Unavailable("an inserted registration returned no id".into())
+                        })?;
                         ids.push(id);
                         write_ids.push(Some(id));
                     }
@@ -667,7 +685,7 @@ impl Store for SqlStore {
                 .await
                 .map_err(unavailable)?;
             }
-            write_outbox!(tx, c.events);
+            write_outbox!(tx, c.events.iter());
             tx.commit().await.map_err(unavailable)?;
             Ok(ids)
         })

@@ -1,0 +1,127 @@
+//! One hot event, N concurrent clients registering through the HTTP API, next to the same load
+//! applied straight to PostgreSQL (`UPDATE … SET registered = registered + 1 WHERE … AND
+//! registered < capacity` plus an insert, one transaction per request). Prints both rates and
+//! their ratio. Needs `DATABASE_URL` naming a PostgreSQL server; makes and drops its own databases.
+
+use clap::Parser;
+use convene_bench::{
+    create_event, drive, drop_postgres, fresh_postgres, http_client, report, sign_up, start_node,
+};
+use sqlx::postgres::PgPoolOptions;
+
+#[derive(Parser)]
+struct Args {
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// Registrations (one per user) in each run.
+    #[arg(long, default_value_t = 3000)]
+    registrations: usize,
+    /// Connections the baseline may open.
+    #[arg(long, default_value_t = 40)]
+    baseline_connections: u32,
+}
+
+async fn baseline(base: &str, args: &Args) -> anyhow::Result<convene_bench::Run> {
+    let url = fresh_postgres(base, "baseline").await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(args.baseline_connections)
+        .connect(&url)
+        .await?;
+    sqlx::query("CREATE TABLE events (id BIGSERIAL PRIMARY KEY, capacity BIGINT NOT NULL, registered BIGINT NOT NULL DEFAULT 0)")
+        .execute(&pool)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE event_registrations (id BIGSERIAL PRIMARY KEY, event_id BIGINT NOT NULL REFERENCES events (id), \
+         user_id BIGINT NOT NULL, status VARCHAR(50) NOT NULL DEFAULT 'active', registered_at TIMESTAMPTZ NOT NULL DEFAULT NOW(), \
+         UNIQUE (event_id, user_id))",
+    )
+    .execute(&pool)
+    .await?;
+    let (event,): (i64,) = sqlx::query_as("INSERT INTO events (capacity) VALUES ($1) RETURNING id")
+        .bind(args.registrations as i64)
+        .fetch_one(&pool)
+        .await?;
+    let jobs: Vec<i64> = (0..args.registrations as i64).collect();
+    let p = pool.clone();
+    let run = drive(args.clients, jobs, move |user: i64| {
+        let pool = p.clone();
+        async move {
+            let Ok(mut tx) = pool.begin().await else { return false };
+            let taken = sqlx::query("UPDATE events SET registered = registered + 1 WHERE id = $1 AND registered < capacity")
+                .bind(event)
+                .execute(&mut *tx)
+                .await;
+            if !matches!(taken, Ok(r) if r.rows_affected() == 1) {
+                return false;
+            }
+            let inserted = sqlx::query("INSERT INTO event_registrations (event_id, user_id) VALUES ($1, $2)")
+                .bind(event)
+                .bind(user)
+                .execute(&mut *tx)
+                .await;
+            inserted.is_ok() && tx.commit().await.is_ok()
+        }
+    })
+    .await;
+    pool.close().await;
+    drop_postgres(base, &url).await;
+    Ok(run)
+}
+
+async fn through_convene(base: &str, args: &Args) -> anyhow::Result<convene_bench::Run> {
+    let url = fresh_postgres(base, "convene").await?;
+    let node = start_node(Some(&url)).await?;
+    let api = node.url();
+    let client = http_client(args.clients);
+    let (_, owner) = sign_up(&client, &api, "owner@bench.example").await?;
+    let event = create_event(&client, &api, &owner, args.registrations as i64).await?;
+    let emails: Vec<String> = (0..args.registrations)
+        .map(|i| format!("user{i}@bench.example"))
+        .collect();
+    let tokens = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (c, a, t) = (client.clone(), api.clone(), tokens.clone());
+    drive(32, emails, move |email: String| {
+        let (client, api, tokens) = (c.clone(), a.clone(), t.clone());
+        async move {
+            match sign_up(&client, &api, &email).await {
+                Ok((_, token)) => {
+                    tokens.lock().expect("tokens").push(token);
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    let tokens = std::mem::take(&mut *tokens.lock().expect("tokens"));
+    let target = format!("{api}/api/v1/events/{event}/registrations");
+    let run = drive(args.clients, tokens, move |token: String| {
+        let (client, target) = (client.clone(), target.clone());
+        async move {
+            matches!(client.post(&target).bearer_auth(token).send().await, Ok(r) if r.status() == 201)
+        }
+    })
+    .await;
+    node.shutdown().await;
+    drop_postgres(base, &url).await;
+    Ok(run)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let base = std::env::var("DATABASE_URL").map_err(|_| {
+        anyhow::anyhow!(
+            "set DATABASE_URL to a PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432/test"
+        )
+    })?;
+    println!(
+        "registration: one hot event, {} registrations, {} concurrent clients",
+        args.registrations, args.clients
+    );
+    let base_run = baseline(&base, &args).await?;
+    let convene_run = through_convene(&base, &args).await?;
+    report("registrations", convene_run, "postgres-only", base_run, 3.0);
+    Ok(())
+}

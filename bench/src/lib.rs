@@ -1,0 +1,201 @@
+//! Shared pieces of the load scenarios: an in-process Convene node, a load generator that
+//! drives a server with N concurrent clients, and the report line printed for each run.
+
+use std::time::{Duration, Instant};
+
+use convene::config::{Config, Overrides};
+use convene::node::Node;
+use serde_json::{Value, json};
+
+/// What one load run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// Requests that got the expected answer.
+    pub ok: usize,
+    /// Requests that did not.
+    pub failed: usize,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// Successful requests per second.
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Prints a measured run next to its baseline, and their ratio.
+pub fn report(what: &str, subject: Run, baseline_name: &str, baseline: Run, target: f64) {
+    let ratio = subject.rate() / baseline.rate();
+    println!(
+        "{what}: convene {:.0}/s ({} ok, {} failed) | {baseline_name} {:.0}/s ({} ok, {} failed) | ratio {ratio:.2} (target >= {target})",
+        subject.rate(),
+        subject.ok,
+        subject.failed,
+        baseline.rate(),
+        baseline.ok,
+        baseline.failed,
+    );
+}
+
+/// Runs `jobs` through `clients` concurrent workers; each job returns whether it succeeded.
+pub async fn drive<J, F, Fut>(clients: usize, jobs: Vec<J>, work: F) -> Run
+where
+    J: Send + 'static,
+    F: Fn(J) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(jobs));
+    let start = Instant::now();
+    let workers = (0..clients).map(|_| {
+        let queue = queue.clone();
+        let work = work.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, 0);
+            loop {
+                let job = queue.lock().expect("queue lock").pop();
+                let Some(job) = job else { break };
+                if work(job).await {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            (ok, failed)
+        })
+    });
+    let mut run = Run {
+        ok: 0,
+        failed: 0,
+        elapsed: Duration::ZERO,
+    };
+    for w in futures::future::join_all(workers).await {
+        let (ok, failed) = w.unwrap_or((0, 1));
+        run.ok += ok;
+        run.failed += failed;
+    }
+    run.elapsed = start.elapsed();
+    run
+}
+
+/// An HTTP client pooled for `clients` concurrent users.
+pub fn http_client(clients: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client")
+}
+
+/// Starts a Convene node in this process on a random port; `database_url` `None` means
+/// SQLite in a fresh directory.
+pub async fn start_node(database_url: Option<&str>) -> anyhow::Result<Node> {
+    let dir = std::env::temp_dir().join(format!("convene-bench-{}", uuid::Uuid::new_v4().simple()));
+    let mut env = vec![
+        ("CONVENE_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+        (
+            "CONVENE_PASSWORD_HASH_MEMORY_KIB".to_owned(),
+            "1024".to_owned(),
+        ),
+        (
+            "CONVENE_PASSWORD_HASH_ITERATIONS".to_owned(),
+            "1".to_owned(),
+        ),
+        ("CONVENE_REQUEST_TIMEOUT_MS".to_owned(), "30000".to_owned()),
+        (
+            "CONVENE_DATABASE_MAX_CONNECTIONS".to_owned(),
+            "20".to_owned(),
+        ),
+    ];
+    if let Some(url) = database_url {
+        env.push(("CONVENE_DATABASE_URL".to_owned(), url.to_owned()));
+    }
+    let overrides = Overrides {
+        data_dir: Some(dir),
+        ..Default::default()
+    };
+    let config = Config::load(None, env, &overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Node::start(config).await
+}
+
+/// A fresh database on the PostgreSQL server of `base`; returns its URL.
+pub async fn fresh_postgres(base: &str, label: &str) -> anyhow::Result<String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(base).await?;
+    let name = format!("convene_bench_{label}_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await?;
+    let (head, tail) = base
+        .split_once('?')
+        .map_or((base, None), |(h, t)| (h, Some(t)));
+    let server = head.rsplit_once('/').map_or(head, |(s, _)| s);
+    Ok(match tail {
+        Some(t) => format!("{server}/{name}?{t}"),
+        None => format!("{server}/{name}"),
+    })
+}
+
+/// Drops a database made by [`fresh_postgres`].
+pub async fn drop_postgres(base: &str, url: &str) {
+    use sqlx::Connection;
+    let name = url
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if let Ok(mut conn) = sqlx::PgConnection::connect(base).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+/// Signs up a user on `base` and returns (id, token).
+pub async fn sign_up(
+    client: &reqwest::Client,
+    base: &str,
+    email: &str,
+) -> anyhow::Result<(i64, String)> {
+    let res: Value = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"email": email, "password": "bench password", "name": "Bench"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok((
+        res["user"]["id"].as_i64().unwrap_or_default(),
+        res["access_token"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+/// Publishes an event of `capacity` seats and returns its id.
+pub async fn create_event(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    capacity: i64,
+) -> anyhow::Result<i64> {
+    let res: Value = client
+        .post(format!("{base}/api/v1/events"))
+        .bearer_auth(token)
+        .json(&json!({
+            "title": "Benchmark night", "description": "Load", "location": "Loopback",
+            "date": (chrono::Utc::now() + chrono::Duration::days(7)).to_rfc3339(),
+            "capacity": capacity, "category": "tech"
+        }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(res["id"].as_i64().unwrap_or_default())
+}
