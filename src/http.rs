@@ -19,7 +19,6 @@ use warp::reply::Response;
 use warp::{Buf, Filter, Rejection, Reply};
 
 use crate::app::App;
-use crate::metrics::route_template;
 use error::ApiError;
 
 /// Every route of a node, with error recovery and request metrics.
@@ -41,9 +40,15 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
             move |start: Instant,
                   method: warp::http::Method,
                   path: warp::path::FullPath,
-                  res: Response| {
+                  mut res: Response| {
                 let endpoint = route_template(path.as_str());
                 let status = res.status();
+                if status == StatusCode::METHOD_NOT_ALLOWED {
+                    if let Some(allow) = allowed_methods(endpoint) {
+                        res.headers_mut()
+                            .insert("allow", warp::http::HeaderValue::from_static(allow));
+                    }
+                }
                 metrics
                     .http_requests
                     .with_label_values(&[method.as_str(), endpoint, status.as_str()])
@@ -55,6 +60,49 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
                 res
             },
         )
+}
+
+/// Every route template and the methods it takes.
+const ROUTES: &[(&str, &str)] = &[
+    ("/api/v1/auth/register", "POST"),
+    ("/api/v1/auth/login", "POST"),
+    ("/api/v1/auth/logout", "POST"),
+    ("/api/v1/users/me", "GET, PATCH"),
+    ("/api/v1/users/me/registrations", "GET"),
+    ("/api/v1/events", "GET, POST"),
+    ("/api/v1/events/{id}", "GET, PATCH, DELETE"),
+    ("/api/v1/events/{id}/registrations", "GET, POST"),
+    ("/api/v1/events/{id}/registrations/me", "DELETE"),
+    ("/health", "GET"),
+    ("/metrics", "GET"),
+    ("/openapi.json", "GET"),
+];
+
+/// The route template of a path, so metric labels stay bounded: numeric segments become `{id}`
+/// and paths of no known route become `unmatched`.
+pub fn route_template(path: &str) -> &'static str {
+    let normalized: Vec<&str> = path
+        .trim_end_matches('/')
+        .split('/')
+        .map(|s| {
+            let digits = s.strip_prefix('-').unwrap_or(s);
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                "{id}"
+            } else {
+                s
+            }
+        })
+        .collect();
+    let normalized = normalized.join("/");
+    ROUTES
+        .iter()
+        .find(|(r, _)| *r == normalized)
+        .map_or("unmatched", |(r, _)| r)
+}
+
+/// The `Allow` header of a route template.
+fn allowed_methods(template: &str) -> Option<&'static str> {
+    ROUTES.iter().find(|(r, _)| *r == template).map(|(_, m)| *m)
 }
 
 /// The app, for handlers.
@@ -107,12 +155,30 @@ where
     Ok(buf.freeze())
 }
 
-/// Parses a JSON body; an empty body is `default` when one is given.
+/// Parses a JSON object body; an empty or `null` body is `default` when one is given.
 fn parse_json<T: DeserializeOwned>(body: &[u8], default: Option<T>) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return default.ok_or_else(|| ApiError::BadRequest("a JSON body is required".into()));
+    let value: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?
+    };
+    match value {
+        serde_json::Value::Null => {
+            default.ok_or_else(|| ApiError::BadRequest("a JSON object body is required".into()))
+        }
+        serde_json::Value::Object(_) => serde_json::from_value(value)
+            .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}"))),
+        _ => Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        )),
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+}
+
+/// The raw query string, empty when there is none; handlers parse it so that a bad query is
+/// their 400 or 422, not a rejection that another route's answer could hide.
+fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
 /// A JSON response with a status.
@@ -132,4 +198,38 @@ fn parse_id(segment: &str) -> Result<i64, ApiError> {
         .ok()
         .filter(|id| *id > 0)
         .ok_or(ApiError::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_become_placeholders_and_unknown_paths_one_label() {
+        assert_eq!(
+            route_template("/api/v1/events/42/registrations"),
+            "/api/v1/events/{id}/registrations"
+        );
+        assert_eq!(route_template("/api/v1/events/"), "/api/v1/events");
+        assert_eq!(route_template("/api/v1/events/abc"), "unmatched");
+        assert_eq!(route_template("/wp-admin/x.php"), "unmatched");
+        assert_eq!(route_template("/api/v1/events/-9"), "/api/v1/events/{id}");
+        assert_eq!(
+            allowed_methods("/api/v1/events/{id}"),
+            Some("GET, PATCH, DELETE")
+        );
+    }
+
+    #[test]
+    fn bodies_must_be_objects() {
+        #[derive(serde::Deserialize, Default, Debug)]
+        struct B {
+            #[allow(dead_code)]
+            a: Option<i64>,
+        }
+        assert!(parse_json::<B>(b"[null]", None).is_err());
+        assert!(parse_json::<B>(b"null", Some(B::default())).is_ok());
+        assert!(parse_json::<B>(b"  ", None).is_err());
+        assert!(parse_json::<B>(br#"{"a": 1}"#, None).is_ok());
+    }
 }

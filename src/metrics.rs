@@ -1,5 +1,6 @@
 //! Prometheus metrics of a node, named as the seed names them: `http_requests_total`,
-//! `http_request_duration_seconds` (labelled by route template, never by raw path),
+//! `http_request_duration_seconds` (labelled by route template, never by raw path: see
+//! [`crate::http::route_template`]),
 //! `event_registrations_total` by status, and `convene_actors_active` by kind.
 
 use prometheus::{
@@ -83,56 +84,9 @@ impl Default for Metrics {
     }
 }
 
-/// The route template of a path, so labels stay bounded: numeric segments become `{id}` and
-/// paths of no known route become `unmatched`.
-pub fn route_template(path: &str) -> &'static str {
-    const ROUTES: &[&str] = &[
-        "/api/v1/auth/register",
-        "/api/v1/auth/login",
-        "/api/v1/auth/logout",
-        "/api/v1/users/me",
-        "/api/v1/users/me/registrations",
-        "/api/v1/events",
-        "/api/v1/events/{id}",
-        "/api/v1/events/{id}/registrations",
-        "/api/v1/events/{id}/registrations/me",
-        "/health",
-        "/metrics",
-        "/openapi.json",
-    ];
-    let normalized: Vec<&str> = path
-        .trim_end_matches('/')
-        .split('/')
-        .map(|s| {
-            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-                "{id}"
-            } else {
-                s
-            }
-        })
-        .collect();
-    let normalized = normalized.join("/");
-    ROUTES
-        .iter()
-        .find(|r| **r == normalized)
-        .copied()
-        .unwrap_or("unmatched")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_become_placeholders_and_unknown_paths_one_label() {
-        assert_eq!(
-            route_template("/api/v1/events/42/registrations"),
-            "/api/v1/events/{id}/registrations"
-        );
-        assert_eq!(route_template("/api/v1/events/"), "/api/v1/events");
-        assert_eq!(route_template("/api/v1/events/abc"), "unmatched");
-        assert_eq!(route_template("/wp-admin/x.php"), "unmatched");
-    }
 
     #[test]
     fn families_render_with_the_seed_names() {

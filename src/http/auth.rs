@@ -43,16 +43,19 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 pub struct RegisterRequest {
     /// E-mail address (compared without case).
+    #[schema(value_type = String, required = true, format = Email, max_length = 255)]
     #[validate(required, email, length(max = 255))]
     pub email: Option<String>,
     /// 8 to 128 characters.
+    #[schema(value_type = String, required = true, min_length = 8, max_length = 128, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$")]
     #[validate(
         required,
         length(min = 8, max = 128),
         custom(function = "no_control_chars")
     )]
     pub password: Option<String>,
-    /// Display name, 1 to 255 characters.
+    /// Display name, 1 to 255 characters, not blank.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 255, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*\S[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$")]
     #[validate(
         required,
         length(min = 1, max = 255),
@@ -65,9 +68,11 @@ pub struct RegisterRequest {
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 pub struct LoginRequest {
     /// E-mail address.
+    #[schema(value_type = String, required = true, max_length = 255)]
     #[validate(required, length(max = 255))]
     pub email: Option<String>,
     /// Password.
+    #[schema(value_type = String, required = true, max_length = 128)]
     #[validate(required, length(max = 128))]
     pub password: Option<String>,
 }

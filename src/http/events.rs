@@ -14,7 +14,7 @@ use warp::{Filter, Reply};
 
 use super::error::{ApiError, ErrorBody};
 use super::users::RegistrationList;
-use super::{bearer, body, json, parse_id, parse_json, respond, with_app};
+use super::{bearer, body, json, parse_id, parse_json, raw_query, respond, with_app};
 use crate::app::App;
 use crate::store::EventFilter;
 use crate::validation::no_control_chars;
@@ -26,7 +26,7 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
     let list = warp::path!("api" / "v1" / "events")
         .and(warp::get())
         .and(a())
-        .and(warp::query::<ListQuery>())
+        .and(raw_query())
         .then(list)
         .map(respond);
     let create = warp::path!("api" / "v1" / "events")
@@ -157,6 +157,7 @@ fn price_cents(price: Option<f64>) -> Option<i64> {
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 pub struct CreateEventRequest {
     /// Title.
+    #[schema(value_type = String, required = true, min_length = 3, max_length = 255, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$")]
     #[validate(
         required,
         length(min = 3, max = 255),
@@ -164,12 +165,15 @@ pub struct CreateEventRequest {
     )]
     pub title: Option<String>,
     /// Description.
+    #[schema(value_type = String, required = true, max_length = 5000, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$")]
     #[validate(required, length(max = 5000), custom(function = "no_control_chars"))]
     pub description: Option<String>,
     /// RFC 3339 date-time in the future.
+    #[schema(value_type = String, required = true, format = DateTime)]
     #[validate(required, custom(function = "in_future"))]
     pub date: Option<String>,
     /// Venue.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 500, pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$")]
     #[validate(
         required,
         length(min = 1, max = 500),
@@ -177,21 +181,27 @@ pub struct CreateEventRequest {
     )]
     pub location: Option<String>,
     /// Latitude, -90 to 90.
+    #[schema(minimum = -90, maximum = 90)]
     #[validate(range(min = -90.0, max = 90.0))]
     pub latitude: Option<f64>,
     /// Longitude, -180 to 180.
+    #[schema(minimum = -180, maximum = 180)]
     #[validate(range(min = -180.0, max = 180.0))]
     pub longitude: Option<f64>,
     /// Seats, 1 to 100000.
+    #[schema(value_type = i64, required = true, minimum = 1, maximum = 100000)]
     #[validate(required, range(min = 1, max = 100000))]
     pub capacity: Option<i64>,
     /// tech, business, arts or sports.
+    #[schema(value_type = Category, required = true)]
     #[validate(required, custom(function = "known_category"))]
     pub category: Option<String>,
     /// Up to 20 tags.
+    #[schema(max_items = 20)]
     #[validate(length(max = 20), custom(function = "valid_tags"))]
     pub tags: Option<Vec<String>>,
     /// Price, 0 to 1000000.
+    #[schema(minimum = 0, maximum = 1000000)]
     #[validate(range(min = 0.0, max = 1000000.0))]
     pub price: Option<f64>,
 }
@@ -200,33 +210,54 @@ pub struct CreateEventRequest {
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 pub struct UpdateEventRequest {
     /// Title.
+    #[schema(
+        min_length = 3,
+        max_length = 255,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     #[validate(length(min = 3, max = 255), custom(function = "no_control_chars"))]
     pub title: Option<String>,
     /// Description.
+    #[schema(
+        max_length = 5000,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     #[validate(length(max = 5000), custom(function = "no_control_chars"))]
     pub description: Option<String>,
     /// RFC 3339 date-time in the future.
+    #[schema(format = DateTime)]
     #[validate(custom(function = "in_future"))]
     pub date: Option<String>,
     /// Venue.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     #[validate(length(min = 1, max = 500), custom(function = "no_control_chars"))]
     pub location: Option<String>,
     /// Latitude.
+    #[schema(minimum = -90, maximum = 90)]
     #[validate(range(min = -90.0, max = 90.0))]
     pub latitude: Option<f64>,
     /// Longitude.
+    #[schema(minimum = -180, maximum = 180)]
     #[validate(range(min = -180.0, max = 180.0))]
     pub longitude: Option<f64>,
     /// Seats; not below the seats taken.
+    #[schema(minimum = 1, maximum = 100000)]
     #[validate(range(min = 1, max = 100000))]
     pub capacity: Option<i64>,
     /// Category.
+    #[schema(value_type = Option<Category>)]
     #[validate(custom(function = "known_category"))]
     pub category: Option<String>,
     /// Tags.
+    #[schema(max_items = 20)]
     #[validate(length(max = 20), custom(function = "valid_tags"))]
     pub tags: Option<Vec<String>>,
     /// Price.
+    #[schema(minimum = 0, maximum = 1000000)]
     #[validate(range(min = 0.0, max = 1000000.0))]
     pub price: Option<f64>,
 }
@@ -236,14 +267,19 @@ pub struct UpdateEventRequest {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only this category.
+    #[param(value_type = Option<Category>)]
     pub category: Option<String>,
     /// Only events on or after this RFC 3339 date-time.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// Only events on or before this RFC 3339 date-time.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// Only events created by this user id.
+    #[param(value_type = Option<i64>)]
     pub created_by: Option<String>,
     /// 1 to 100 events per page (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -290,7 +326,20 @@ fn decode_cursor(c: &str) -> Option<(DateTime<Utc>, i64)> {
 }
 
 impl ListQuery {
-    fn filter(&self) -> Result<EventFilter, ApiError> {
+    fn filter(mut self) -> Result<EventFilter, ApiError> {
+        // `?category=` asks for no filter, as its absence does.
+        for v in [
+            &mut self.category,
+            &mut self.from,
+            &mut self.to,
+            &mut self.created_by,
+            &mut self.limit,
+            &mut self.cursor,
+        ] {
+            if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
+                *v = None;
+            }
+        }
         let mut problems = std::collections::BTreeMap::<String, Vec<String>>::new();
         let mut bad = |field: &str, problem: &str| {
             problems
@@ -356,9 +405,12 @@ impl ListQuery {
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", params(ListQuery),
     responses(
         (status = 200, description = "A page of events", body = EventPage),
+        (status = 400, description = "Malformed query string", body = ErrorBody),
         (status = 422, description = "Invalid filters", body = ErrorBody),
     ))]
-pub async fn list(app: App, query: ListQuery) -> Result<Response, ApiError> {
+pub async fn list(app: App, query: String) -> Result<Response, ApiError> {
+    let query: ListQuery = serde_urlencoded::from_str(&query)
+        .map_err(|e| ApiError::BadRequest(format!("malformed query: {e}")))?;
     let filter = query.filter()?;
     let events = app.store.list_events(&filter).await?;
     let next_cursor = (events.len() as i64 == filter.limit)
@@ -440,12 +492,18 @@ pub async fn get(id: String, app: App) -> Result<Response, ApiError> {
     Ok(res)
 }
 
-fn parse_if_match(v: &str) -> Result<i64, ApiError> {
-    v.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .map_err(|_| ApiError::BadRequest("If-Match must be the event's version".into()))
+/// The version named by `If-Match`; one that names no version can match none (412).
+fn parse_if_match(v: &str) -> Option<i64> {
+    let v = v.trim();
+    if v.is_empty() || v == "*" {
+        return None;
+    }
+    Some(
+        v.trim_start_matches("W/")
+            .trim_matches('"')
+            .parse()
+            .unwrap_or(-1),
+    )
 }
 
 /// Changes an event (its creator, or holders of events:update).
@@ -472,7 +530,7 @@ pub async fn update(
 ) -> Result<Response, ApiError> {
     let caller = app.authenticate(auth.as_deref()).await?;
     let key = event_key(&id)?;
-    let if_match = if_match.as_deref().map(parse_if_match).transpose()?;
+    let if_match = if_match.as_deref().and_then(parse_if_match);
     let req: UpdateEventRequest = parse_json(&body, None)?;
     req.validate()?;
     let patch = EventPatch {

@@ -45,7 +45,12 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
 /// Changes to the signed-in account.
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 pub struct UpdateMeRequest {
-    /// New display name, 1 to 255 characters.
+    /// New display name, 1 to 255 characters, not blank.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*\S[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     #[validate(length(min = 1, max = 255), custom(function = "no_control_chars"))]
     pub name: Option<String>,
     /// New profile (a JSON object; replaces the old one).
