@@ -112,3 +112,39 @@ both_stores! {
         assert_eq!(app.send("GET", "/api/v1/users/me", Some(&good), None).await.status, 200);
     }
 }
+
+both_stores! {
+    async fn the_command_line_makes_an_admin(app) {
+        let owner = app.sign_up("maker@example.com").await;
+        let boss = app.sign_up("boss@example.com").await;
+        let event = app.create_event(&owner, 10).await;
+        let path = format!("/api/v1/events/{event}");
+        assert_eq!(app.send("DELETE", &path, Some(&boss.token), None).await.status, 403);
+
+        let run = |args: &[&str]| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_convene"))
+                .args(args)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("CONVENE_DATABASE_URL", &app.database)
+                .env("CONVENE_DATA_DIR", &app.dir.0)
+                .output()
+                .unwrap()
+        };
+        let unknown = run(&["users", "grant-role", "nobody@example.com", "admin"]);
+        assert!(!unknown.status.success());
+        assert!(String::from_utf8_lossy(&unknown.stderr).contains("no account"));
+        let bad_role = run(&["users", "grant-role", "boss@example.com", "emperor"]);
+        assert!(!bad_role.status.success());
+        let ok = run(&["users", "grant-role", "Boss@Example.com", "admin"]);
+        assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+
+        let login = app.send("POST", "/api/v1/auth/login", None,
+            Some(json!({"email": "boss@example.com", "password": "correct horse battery"}))).await;
+        assert_eq!(login.body["user"]["role"], "admin");
+        let token = login.body["access_token"].as_str().unwrap();
+        let listed = app.send("GET", &format!("{path}/registrations"), Some(token), None).await;
+        assert_eq!(listed.status, 200, "admins list any event's registrations");
+        assert_eq!(app.send("DELETE", &path, Some(token), None).await.status, 204);
+    }
+}
