@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use convene_actors::event::EventMessage;
+use convene_actors::room::RoomCommand;
 use convene_actors::rules::Principal;
 use convene_actors::user::UserMessage;
 use convene_cluster::Router;
@@ -29,6 +30,8 @@ pub struct Inner {
     pub users: Router<UserMessage>,
     /// Reaches event actors.
     pub events: Router<EventMessage>,
+    /// Reaches room actors.
+    pub rooms: Router<RoomCommand>,
     /// Metric families.
     pub metrics: Metrics,
     /// The configuration the node started with.

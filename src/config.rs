@@ -61,6 +61,12 @@ pub struct Config {
     pub max_body_bytes: u64,
     /// `text` or `json` logs.
     pub log_format: String,
+    /// Frames queued per WebSocket connection.
+    pub ws_outbound_queue: usize,
+    /// Publishes per WebSocket connection per second.
+    pub ws_publish_per_sec: u32,
+    /// Server ping period; silence for twice as long drops the connection.
+    pub ws_heartbeat_secs: u64,
 }
 
 /// Values given on the command line, which win over everything else.

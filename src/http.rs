@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod ops;
+pub mod rooms;
 pub mod users;
 
 use std::convert::Infallible;
@@ -27,6 +28,10 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .or(users::routes(app.clone()))
         .unify()
         .or(events::routes(app.clone()))
+        .unify()
+        .or(rooms::routes(app.clone()))
+        .unify()
+        .or(crate::ws::routes(app.clone()))
         .unify()
         .or(ops::routes(app.clone()))
         .unify();
@@ -73,30 +78,33 @@ const ROUTES: &[(&str, &str)] = &[
     ("/api/v1/events/{id}", "GET, PATCH, DELETE"),
     ("/api/v1/events/{id}/registrations", "GET, POST"),
     ("/api/v1/events/{id}/registrations/me", "DELETE"),
+    ("/api/v1/rooms/{room}/presence", "GET"),
+    ("/api/v1/rooms/{room}/messages", "GET"),
+    ("/ws", "GET"),
     ("/health", "GET"),
     ("/metrics", "GET"),
     ("/openapi.json", "GET"),
 ];
 
-/// The route template of a path, so metric labels stay bounded: numeric segments become `{id}`
-/// and paths of no known route become `unmatched`.
+/// The route template of a path, so metric labels stay bounded: `{id}` stands for a number,
+/// `{room}` for any one segment, and paths of no known route become `unmatched`.
 pub fn route_template(path: &str) -> &'static str {
-    let normalized: Vec<&str> = path
-        .trim_end_matches('/')
-        .split('/')
-        .map(|s| {
-            let digits = s.strip_prefix('-').unwrap_or(s);
-            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-                "{id}"
-            } else {
-                s
-            }
-        })
-        .collect();
-    let normalized = normalized.join("/");
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let fits = |template: &str| {
+        let parts: Vec<&str> = template.split('/').collect();
+        parts.len() == segments.len()
+            && parts.iter().zip(&segments).all(|(t, s)| match *t {
+                "{id}" => {
+                    let digits = s.strip_prefix('-').unwrap_or(s);
+                    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+                }
+                "{room}" => !s.is_empty(),
+                _ => t == s,
+            })
+    };
     ROUTES
         .iter()
-        .find(|(r, _)| *r == normalized)
+        .find(|(r, _)| fits(r))
         .map_or("unmatched", |(r, _)| r)
 }
 
@@ -106,7 +114,7 @@ fn allowed_methods(template: &str) -> Option<&'static str> {
 }
 
 /// The app, for handlers.
-fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {
+pub(crate) fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {
     warp::any().map(move || app.clone())
 }
 
@@ -177,7 +185,7 @@ fn parse_json<T: DeserializeOwned>(body: &[u8], default: Option<T>) -> Result<T,
 
 /// The raw query string, empty when there is none; handlers parse it so that a bad query is
 /// their 400 or 422, not a rejection that another route's answer could hide.
-fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+pub(crate) fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
     warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
@@ -214,6 +222,10 @@ mod tests {
         assert_eq!(route_template("/api/v1/events/abc"), "unmatched");
         assert_eq!(route_template("/wp-admin/x.php"), "unmatched");
         assert_eq!(route_template("/api/v1/events/-9"), "/api/v1/events/{id}");
+        assert_eq!(
+            route_template("/api/v1/rooms/room:lobby/presence"),
+            "/api/v1/rooms/{room}/presence"
+        );
         assert_eq!(
             allowed_methods("/api/v1/events/{id}"),
             Some("GET, PATCH, DELETE")

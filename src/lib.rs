@@ -1,6 +1,7 @@
 //! Convene: an events platform backend. Users, events and their registrations are long-lived
 //! actors (see `convene-actors`) placed on nodes by `convene-cluster`; this crate is the program
-//! around them: configuration, the sqlx store, authentication, the HTTP edge and metrics.
+//! around them: configuration, the sqlx store, authentication, the HTTP and WebSocket edges and
+//! metrics.
 
 pub mod app;
 pub mod auth;
@@ -10,3 +11,4 @@ pub mod metrics;
 pub mod node;
 pub mod store;
 pub mod validation;
+pub mod ws;

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use convene_actors::event::EventFactory;
+use convene_actors::fanout::FanOut;
+use convene_actors::room::RoomFactory;
 use convene_actors::user::UserFactory;
 use convene_cluster::{EntityFactory, Placement, Router, Shard, ShardArgs};
 use ractor::Actor;
@@ -100,13 +102,21 @@ impl Node {
             timeout,
         )
         .await?;
-        let (events, event_shard) =
-            start_shard(EventFactory::new(store_dyn, idle), &placement, timeout).await?;
+        let (events, event_shard) = start_shard(
+            EventFactory::new(store_dyn.clone(), idle),
+            &placement,
+            timeout,
+        )
+        .await?;
+        let (fanout, _) = Actor::spawn(None, FanOut, ()).await?;
+        let rooms_factory = RoomFactory::new(store_dyn, events.clone(), fanout.clone(), idle);
+        let (rooms, room_shard) = start_shard(rooms_factory, &placement, timeout).await?;
         let app = App::new(Inner {
             store,
             auth,
             users,
             events,
+            rooms,
             metrics: Metrics::new(),
             config: config.clone(),
             started: Instant::now(),
@@ -129,7 +139,7 @@ impl Node {
             app,
             stop: Some(stop),
             served,
-            shards: vec![user_shard, event_shard],
+            shards: vec![user_shard, event_shard, room_shard, fanout.get_cell()],
         })
     }
 

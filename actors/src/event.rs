@@ -67,12 +67,28 @@ pub enum EventMessage {
         /// The registrations.
         reply: Reply<Vec<Registration>>,
     },
+    /// What a user may do in the event's live room.
+    Access {
+        /// The user.
+        user_id: i64,
+        /// Whether they created the event or hold a seat.
+        reply: Reply<RoomAccess>,
+    },
     /// Commit the pending registrations (sent by the actor to itself).
     Flush,
     /// Idle check (sent by a timer).
     Tick,
     /// Panics inside the handler, for supervision tests and fault drills.
     InjectFault,
+}
+
+/// A user's standing in an event, for its live room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomAccess {
+    /// They created the event.
+    pub creator: bool,
+    /// They hold an active registration.
+    pub attendee: bool,
 }
 
 /// Starts event actors for the shard.
@@ -852,6 +868,16 @@ impl Actor for EventActor {
                             "only the creator or an admin may list registrations".into(),
                         ))
                     }
+                });
+                let _ = reply.send(answer);
+            }
+            EventMessage::Access { user_id, reply } => {
+                let answer = state.live().map(|e| RoomAccess {
+                    creator: e.created_by == user_id,
+                    attendee: state
+                        .registrations
+                        .get(&user_id)
+                        .is_some_and(|r| r.status == RegistrationStatus::Active),
                 });
                 let _ = reply.send(answer);
             }

@@ -1,11 +1,14 @@
-//! Convene's domain: the user and event entity actors, their messages, the model they share with
+//! Convene's domain: the user, event and room entity actors, the per-node fan-out of room
+//! traffic, their messages, the model they share with
 //! the edges, and the rules they apply (permissions, registration with capacity and waitlist).
 //! Nothing here speaks HTTP or holds an SQL string: persistence goes through [`store::Store`].
 
 pub mod error;
 pub mod event;
+pub mod fanout;
 mod idle;
 pub mod model;
+pub mod room;
 pub mod rules;
 pub mod store;
 pub mod user;

@@ -91,6 +91,20 @@ pub struct EventCommit<'a> {
     pub events: &'a [DomainEvent],
 }
 
+/// One message of a room, as kept in its history.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RoomMessage {
+    /// Position in the room, 1, 2, 3… with no gaps.
+    pub seq: i64,
+    /// Who sent it.
+    pub from: i64,
+    /// What they sent (a JSON object).
+    #[schema(value_type = Object)]
+    pub body: Value,
+    /// When the room accepted it.
+    pub ts: DateTime<Utc>,
+}
+
 /// Persistence used by the entity actors.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -114,4 +128,14 @@ pub trait Store: Send + Sync + 'static {
     /// Writes one event transaction; returns the ids of inserted registrations in order. The
     /// store checks again, inside the transaction, that active registrations fit the capacity.
     async fn save_event(&self, commit: EventCommit<'_>) -> Result<Vec<i64>, StoreError>;
+    /// The last `keep` messages of a room, oldest first.
+    async fn load_room(&self, room: &str, keep: i64) -> Result<Vec<RoomMessage>, StoreError>;
+    /// Appends messages to a room's history and forgets those older than the last `keep`; a
+    /// sequence number written already fails with [`StoreError::Conflict`].
+    async fn append_room(
+        &self,
+        room: &str,
+        messages: &[RoomMessage],
+        keep: i64,
+    ) -> Result<(), StoreError>;
 }

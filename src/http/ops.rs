@@ -11,7 +11,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{auth, events, json, users, with_app};
+use super::{auth, events, json, rooms, users, with_app};
 use crate::app::App;
 
 /// The routes of this module.
@@ -151,6 +151,7 @@ impl Modify for BearerAuth {
         users::get_me, users::update_me, users::my_registrations,
         events::list, events::create, events::get, events::update, events::delete,
         events::register, events::cancel, events::registrations,
+        rooms::presence, rooms::messages,
         health, metrics,
     ),
     modifiers(&BearerAuth),
@@ -159,6 +160,7 @@ impl Modify for BearerAuth {
         (name = "users", description = "The signed-in account"),
         (name = "events", description = "Events"),
         (name = "registrations", description = "Seats and waitlists"),
+        (name = "rooms", description = "Live rooms (WebSocket at /ws)"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

@@ -96,12 +96,16 @@ async fn fresh_postgres() -> Option<String> {
 
 pub struct Settings {
     pub passivate_after_secs: u64,
+    pub ws_publish_per_sec: u32,
+    pub ws_outbound_queue: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             passivate_after_secs: 600,
+            ws_publish_per_sec: 20,
+            ws_outbound_queue: 1024,
         }
     }
 }
@@ -128,6 +132,14 @@ pub async fn spawn_app_with(backend: Backend, settings: Settings) -> Option<Test
         (
             "CONVENE_PASSIVATE_AFTER_SECS",
             settings.passivate_after_secs.to_string(),
+        ),
+        (
+            "CONVENE_WS_PUBLISH_PER_SEC",
+            settings.ws_publish_per_sec.to_string(),
+        ),
+        (
+            "CONVENE_WS_OUTBOUND_QUEUE",
+            settings.ws_outbound_queue.to_string(),
         ),
         ("CONVENE_REQUEST_TIMEOUT_MS", "20000".to_owned()),
         ("CONVENE_DATABASE_MAX_CONNECTIONS", "10".to_owned()),

@@ -7,4 +7,5 @@ mod auth;
 mod events;
 mod operations;
 mod registrations;
+mod rooms;
 mod supervision;

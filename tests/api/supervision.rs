@@ -152,6 +152,7 @@ async fn idle_entities_are_passivated_sqlite() {
         Backend::Sqlite,
         Settings {
             passivate_after_secs: 1,
+            ..Settings::default()
         },
     )
     .await
@@ -165,6 +166,7 @@ async fn idle_entities_are_passivated_postgres() {
         Backend::Postgres,
         Settings {
             passivate_after_secs: 1,
+            ..Settings::default()
         },
     )
     .await

@@ -1,0 +1,536 @@
+//! The room actor: owns one live room (`event:{id}` or `room:{name}`): its members and their
+//! presence (one meta per connection, Phoenix style), its sequence numbers and the last messages,
+//! persisted so history survives a restart. Broadcasts go once to the node's fan-out.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, SubsecRound, Utc};
+use convene_cluster::{EntityFactory, EntityKey, Router, ShardMessage, Spawning};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::{Map, Value, json};
+
+use crate::EntityError;
+use crate::event::EventMessage;
+use crate::fanout::{Conn, FanOutMessage};
+use crate::idle::Idle;
+use crate::store::{RoomMessage, Store, StoreError};
+
+/// Messages kept per room.
+pub const HISTORY: usize = 200;
+
+/// What kind of room a name designates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomKind {
+    /// `event:{id}`: exists while the event does; attendees and the creator publish.
+    Event(i64),
+    /// `room:{name}`: open to everyone signed in.
+    Open,
+}
+
+/// Why a room refused a request; `reason` is the code clients see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomError {
+    /// Not a room name.
+    #[error("rooms are named event:{{id}} or room:{{name}} (letters, digits, - _ . up to 64)")]
+    InvalidRoom,
+    /// The event of an event room does not exist.
+    #[error("no such room")]
+    NotFound,
+    /// The user may not publish here.
+    #[error("only registered attendees and the creator may publish in an event room")]
+    Forbidden,
+    /// The connection has not joined the room.
+    #[error("join the room first")]
+    NotJoined,
+    /// `since` is older than the kept history.
+    #[error("messages before seq {oldest} are no longer kept")]
+    HistoryGap {
+        /// The oldest seq still available.
+        oldest: i64,
+    },
+    /// Storage or the event could not be reached; nothing was changed.
+    #[error("the room is unavailable; retry")]
+    Unavailable,
+}
+
+impl RoomError {
+    /// The reason code clients see.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidRoom => "invalid_room",
+            Self::NotFound => "not_found",
+            Self::Forbidden => "forbidden",
+            Self::NotJoined => "not_joined",
+            Self::HistoryGap { .. } => "history_gap",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The kind of a room name, or why it is not one.
+pub fn parse_room(name: &str) -> Result<RoomKind, RoomError> {
+    if let Some(id) = name.strip_prefix("event:") {
+        return id
+            .parse::<i64>()
+            .ok()
+            .filter(|i| *i > 0 && i.to_string() == id)
+            .map(RoomKind::Event)
+            .ok_or(RoomError::InvalidRoom);
+    }
+    let ok = name.strip_prefix("room:").is_some_and(|n| {
+        (1..=64).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    });
+    if ok {
+        Ok(RoomKind::Open)
+    } else {
+        Err(RoomError::InvalidRoom)
+    }
+}
+
+/// Messages a room actor takes.
+pub enum RoomCommand {
+    /// A connection joins; the room queues its reply, the presence state and the missed
+    /// messages on the connection itself, so they come before any live traffic.
+    Join {
+        /// The connection.
+        conn: Arc<Conn>,
+        /// Client metadata for its presence.
+        meta: Map<String, Value>,
+        /// Resume after this seq.
+        since: Option<i64>,
+        /// The client's `ref`, echoed in the reply.
+        join_ref: Value,
+        /// Done, or why not.
+        reply: RpcReplyPort<Result<(), RoomError>>,
+    },
+    /// A connection leaves (or closed).
+    Leave {
+        /// The connection.
+        conn_id: u64,
+    },
+    /// A member publishes; answers with the message's seq once it is stored.
+    Publish {
+        /// The connection.
+        conn_id: u64,
+        /// The message body.
+        body: Value,
+        /// The seq given.
+        reply: RpcReplyPort<Result<i64, RoomError>>,
+    },
+    /// Who is present, in the `presence_state` shape.
+    Presence(RpcReplyPort<Result<Value, RoomError>>),
+    /// Messages after `since` (at most `limit`), and the room's last seq.
+    History {
+        /// Messages after this seq.
+        since: i64,
+        /// At most this many.
+        limit: usize,
+        /// The messages and the last seq.
+        reply: RpcReplyPort<Result<(Vec<RoomMessage>, i64), RoomError>>,
+    },
+    /// Idle check (sent by a timer).
+    Tick,
+}
+
+/// Starts room actors for the shard.
+pub struct RoomFactory {
+    store: Arc<dyn Store>,
+    events: Router<EventMessage>,
+    fanout: ActorRef<FanOutMessage>,
+    idle_after: Duration,
+}
+
+impl RoomFactory {
+    /// Rooms that check events through `events` and broadcast through `fanout`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        events: Router<EventMessage>,
+        fanout: ActorRef<FanOutMessage>,
+        idle_after: Duration,
+    ) -> Self {
+        Self {
+            store,
+            events,
+            fanout,
+            idle_after,
+        }
+    }
+}
+
+impl EntityFactory for RoomFactory {
+    type Msg = RoomCommand;
+
+    fn kind(&self) -> &'static str {
+        "room"
+    }
+
+    fn spawn(
+        &self,
+        key: EntityKey,
+        shard: ActorRef<ShardMessage<RoomCommand>>,
+        supervisor: ActorCell,
+    ) -> Spawning<RoomCommand> {
+        let args = RoomArgs {
+            key,
+            store: self.store.clone(),
+            events: self.events.clone(),
+            fanout: self.fanout.clone(),
+            shard,
+            idle_after: self.idle_after,
+        };
+        Box::pin(async move {
+            let (actor, _) = Actor::spawn_linked(None, RoomActor, args, supervisor).await?;
+            Ok(actor)
+        })
+    }
+}
+
+/// Start-up arguments of a room actor.
+pub struct RoomArgs {
+    key: EntityKey,
+    store: Arc<dyn Store>,
+    events: Router<EventMessage>,
+    fanout: ActorRef<FanOutMessage>,
+    shard: ActorRef<ShardMessage<RoomCommand>>,
+    idle_after: Duration,
+}
+
+/// The room actor.
+pub struct RoomActor;
+
+struct Member {
+    conn: Arc<Conn>,
+    meta: Value,
+    may_publish: bool,
+}
+
+/// Everything a room actor holds.
+pub struct RoomState {
+    key: EntityKey,
+    kind: RoomKind,
+    store: Arc<dyn Store>,
+    events: Router<EventMessage>,
+    fanout: ActorRef<FanOutMessage>,
+    shard: ActorRef<ShardMessage<RoomCommand>>,
+    idle: Idle,
+    seq: i64,
+    history: VecDeque<RoomMessage>,
+    members: HashMap<u64, Member>,
+}
+
+fn frame(v: &Value) -> Arc<str> {
+    Arc::from(v.to_string())
+}
+
+/// The `message` frame of a stored message.
+pub fn message_frame(room: &str, m: &RoomMessage) -> Value {
+    json!({
+        "op": "message", "room": room, "seq": m.seq, "from": m.from, "body": m.body,
+        "ts": m.ts.to_rfc3339_opts(SecondsFormat::Micros, true),
+    })
+}
+
+impl RoomState {
+    fn name(&self) -> &str {
+        self.key.id()
+    }
+
+    /// `{user_id: {"metas": [...]}}` over the given members.
+    fn presences<'a>(members: impl Iterator<Item = &'a Member>) -> Value {
+        let mut by_user: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for m in members {
+            by_user
+                .entry(m.conn.user_id.to_string())
+                .or_default()
+                .push(m.meta.clone());
+        }
+        Value::Object(
+            by_user
+                .into_iter()
+                .map(|(u, metas)| (u, json!({ "metas": metas })))
+                .collect(),
+        )
+    }
+
+    fn broadcast(&self, v: &Value) {
+        let _ = self.fanout.cast(FanOutMessage::Deliver {
+            room: self.name().to_owned(),
+            frame: frame(v),
+        });
+    }
+
+    fn oldest(&self) -> i64 {
+        self.history.front().map_or(self.seq + 1, |m| m.seq)
+    }
+
+    /// Messages after `since`, or a gap if some of them are no longer kept.
+    fn after(&self, since: i64) -> Result<impl Iterator<Item = &RoomMessage>, RoomError> {
+        if since + 1 < self.oldest() && since < self.seq {
+            return Err(RoomError::HistoryGap {
+                oldest: self.oldest(),
+            });
+        }
+        Ok(self.history.iter().filter(move |m| m.seq > since))
+    }
+
+    async fn access(&self, user_id: i64) -> Result<bool, RoomError> {
+        match self.kind {
+            RoomKind::Open => Ok(true),
+            RoomKind::Event(id) => {
+                let answer = self
+                    .events
+                    .ask(EntityKey::new("event", id), |reply| EventMessage::Access {
+                        user_id,
+                        reply,
+                    })
+                    .await
+                    .map_err(|_| RoomError::Unavailable)?;
+                match answer {
+                    Ok(a) => Ok(a.creator || a.attendee),
+                    Err(EntityError::NotFound) => Err(RoomError::NotFound),
+                    Err(_) => Err(RoomError::Unavailable),
+                }
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        conn: Arc<Conn>,
+        meta: Map<String, Value>,
+        since: Option<i64>,
+        join_ref: Value,
+    ) -> Result<(), RoomError> {
+        let may_publish = self.access(conn.user_id).await?;
+        let missed: Vec<Value> = match since {
+            Some(since) => self
+                .after(since)?
+                .map(|m| message_frame(self.name(), m))
+                .collect(),
+            None => Vec::new(),
+        };
+        if self.members.contains_key(&conn.id) {
+            self.leave(conn.id);
+        }
+        let mut meta = meta;
+        meta.insert("conn".into(), json!(conn.id.to_string()));
+        meta.insert(
+            "online_at".into(),
+            json!(
+                Utc::now()
+                    .trunc_subsecs(6)
+                    .to_rfc3339_opts(SecondsFormat::Micros, true)
+            ),
+        );
+        let member = Member {
+            conn: conn.clone(),
+            meta: Value::Object(meta),
+            may_publish,
+        };
+        let joins = Self::presences(std::iter::once(&member));
+        self.members.insert(conn.id, member);
+        let room = self.name().to_owned();
+        conn.push(frame(&json!({
+            "op": "reply", "ref": join_ref, "status": "ok",
+            "body": {"room": room, "seq": self.seq},
+        })));
+        conn.push(frame(&json!({
+            "op": "presence_state", "room": room, "presences": Self::presences(self.members.values()),
+        })));
+        for m in missed {
+            conn.push(frame(&m));
+        }
+        let _ = self.fanout.cast(FanOutMessage::Subscribe {
+            room: room.clone(),
+            conn,
+        });
+        self.broadcast(&json!({"op": "presence_diff", "room": room, "joins": joins, "leaves": {}}));
+        Ok(())
+    }
+
+    fn leave(&mut self, conn_id: u64) {
+        let Some(member) = self.members.remove(&conn_id) else {
+            return;
+        };
+        let room = self.name().to_owned();
+        let _ = self.fanout.cast(FanOutMessage::Unsubscribe {
+            room: room.clone(),
+            conn_id,
+        });
+        let leaves = Self::presences(std::iter::once(&member));
+        self.broadcast(
+            &json!({"op": "presence_diff", "room": room, "joins": {}, "leaves": leaves}),
+        );
+    }
+
+    async fn publish(&mut self, conn_id: u64, body: Value) -> Result<i64, RoomError> {
+        let member = self.members.get(&conn_id).ok_or(RoomError::NotJoined)?;
+        let (user_id, may_publish) = (member.conn.user_id, member.may_publish);
+        if !may_publish {
+            // The user may have registered since joining.
+            if !self.access(user_id).await? {
+                return Err(RoomError::Forbidden);
+            }
+            if let Some(m) = self.members.get_mut(&conn_id) {
+                m.may_publish = true;
+            }
+        }
+        let message = RoomMessage {
+            seq: self.seq + 1,
+            from: user_id,
+            body,
+            ts: Utc::now().trunc_subsecs(6),
+        };
+        match self
+            .store
+            .append_room(self.name(), std::slice::from_ref(&message), HISTORY as i64)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                // Another activation wrote this seq: take up its history and let the client retry.
+                let _ = self.load().await;
+                return Err(RoomError::Unavailable);
+            }
+            Err(_) => return Err(RoomError::Unavailable),
+        }
+        self.seq = message.seq;
+        self.broadcast(&message_frame(self.name(), &message));
+        self.history.push_back(message);
+        while self.history.len() > HISTORY {
+            self.history.pop_front();
+        }
+        Ok(self.seq)
+    }
+
+    async fn load(&mut self) -> Result<(), StoreError> {
+        self.history = self
+            .store
+            .load_room(self.key.id(), HISTORY as i64)
+            .await?
+            .into();
+        self.seq = self.history.back().map_or(0, |m| m.seq);
+        Ok(())
+    }
+}
+
+impl Actor for RoomActor {
+    type Msg = RoomCommand;
+    type State = RoomState;
+    type Arguments = RoomArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RoomCommand>,
+        args: RoomArgs,
+    ) -> Result<RoomState, ActorProcessingErr> {
+        let kind = parse_room(args.key.id()).map_err(|e| format!("{}: {e}", args.key))?;
+        let mut state = RoomState {
+            key: args.key,
+            kind,
+            store: args.store,
+            events: args.events,
+            fanout: args.fanout,
+            shard: args.shard,
+            idle: Idle::new(args.idle_after),
+            seq: 0,
+            history: VecDeque::new(),
+            members: HashMap::new(),
+        };
+        state.load().await?;
+        myself.send_interval(state.idle.tick_every(), || RoomCommand::Tick);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<RoomCommand>,
+        message: RoomCommand,
+        state: &mut RoomState,
+    ) -> Result<(), ActorProcessingErr> {
+        if !matches!(message, RoomCommand::Tick) {
+            state.idle.touch();
+        }
+        match message {
+            RoomCommand::Join {
+                conn,
+                meta,
+                since,
+                join_ref,
+                reply,
+            } => {
+                let _ = reply.send(state.join(conn, meta, since, join_ref).await);
+            }
+            RoomCommand::Leave { conn_id } => state.leave(conn_id),
+            RoomCommand::Publish {
+                conn_id,
+                body,
+                reply,
+            } => {
+                let _ = reply.send(state.publish(conn_id, body).await);
+            }
+            RoomCommand::Presence(reply) => {
+                let _ = reply.send(Ok(RoomState::presences(state.members.values())));
+            }
+            RoomCommand::History {
+                since,
+                limit,
+                reply,
+            } => {
+                let answer = state
+                    .after(since)
+                    .map(|it| it.take(limit).cloned().collect());
+                let _ = reply.send(answer.map(|msgs| (msgs, state.seq)));
+            }
+            RoomCommand::Tick => {
+                // Connections that closed without a word leave now.
+                let gone: Vec<u64> = state
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.conn.is_closed())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in gone {
+                    state.leave(id);
+                }
+                if state.members.is_empty() {
+                    state.idle.check(&state.shard, &state.key);
+                } else {
+                    state.idle.touch();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names() {
+        assert_eq!(parse_room("event:42"), Ok(RoomKind::Event(42)));
+        assert_eq!(parse_room("room:lobby-1.a_b"), Ok(RoomKind::Open));
+        for bad in [
+            "event:0",
+            "event:-1",
+            "event:042",
+            "event:x",
+            "room:",
+            "room:a b",
+            "lobby",
+            "room:é",
+        ] {
+            assert_eq!(parse_room(bad), Err(RoomError::InvalidRoom), "{bad}");
+        }
+        assert_eq!(
+            parse_room(&format!("room:{}", "a".repeat(65))),
+            Err(RoomError::InvalidRoom)
+        );
+    }
+}

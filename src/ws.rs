@@ -1,0 +1,378 @@
+//! The WebSocket edge: `GET /ws?token=…` (or a first `{"op":"auth"}` frame within 5 s), then
+//! JSON frames to join, leave and publish in rooms. Each connection has a bounded outbound queue
+//! fed by the rooms and the node's fan-out; its reader applies limits (64 KiB frames, a publish
+//! rate, a heartbeat) and answers every client frame with a reply carrying its `ref`.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use convene_actors::fanout::Conn;
+use convene_actors::room::{RoomCommand, RoomError, parse_room};
+use convene_cluster::EntityKey;
+use futures::{SinkExt, StreamExt};
+use governor::{Quota, RateLimiter};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use warp::Filter;
+use warp::reply::Response;
+use warp::ws::{Message, WebSocket};
+
+use crate::app::App;
+use crate::http::{raw_query, with_app};
+
+/// Largest client frame; a larger one closes the connection with 1009.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Close code for a missing, invalid, expired or revoked token.
+pub const CLOSE_UNAUTHORIZED: u16 = 4001;
+/// Close code for a frame over [`MAX_FRAME`].
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for a connection that stopped answering the heartbeat.
+pub const CLOSE_TIMEOUT: u16 = 4000;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// The `/ws` route.
+pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
+    warp::path!("ws")
+        .and(warp::ws())
+        .and(raw_query())
+        .and(with_app(app))
+        .map(|ws: warp::ws::Ws, query: String, app: App| {
+            let token = serde_urlencoded::from_str::<Vec<(String, String)>>(&query)
+                .ok()
+                .and_then(|pairs| {
+                    pairs
+                        .into_iter()
+                        .find(|(k, _)| k == "token")
+                        .map(|(_, v)| v)
+                });
+            // The socket layer refuses frames far past our limit; ours closes politely at 64 KiB.
+            let reply = ws
+                .max_message_size(MAX_FRAME * 4)
+                .max_frame_size(MAX_FRAME * 4)
+                .on_upgrade(move |socket| serve(app, socket, token));
+            warp::Reply::into_response(reply)
+        })
+        .boxed()
+}
+
+#[derive(Deserialize)]
+struct ClientFrame {
+    op: String,
+    #[serde(default, rename = "ref")]
+    reference: Value,
+    room: Option<String>,
+    since: Option<i64>,
+    meta: Option<Map<String, Value>>,
+    body: Option<Value>,
+    token: Option<String>,
+}
+
+fn reply(reference: &Value, status: &str, body: Value) -> Arc<str> {
+    Arc::from(json!({"op": "reply", "ref": reference, "status": status, "body": body}).to_string())
+}
+
+fn error(
+    reference: &Value,
+    reason: &str,
+    message: impl std::fmt::Display,
+    extra: Value,
+) -> Arc<str> {
+    let mut body = json!({"reason": reason, "message": message.to_string()});
+    if let (Some(b), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        b.extend(extra);
+    }
+    reply(reference, "error", body)
+}
+
+async fn authenticate(app: &App, socket: &mut WebSocket, token: Option<String>) -> Option<i64> {
+    let token = match token {
+        Some(t) => t,
+        None => {
+            let first = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+            let Ok(Some(Ok(msg))) = first else {
+                return None;
+            };
+            let frame: ClientFrame = serde_json::from_str(msg.to_str().ok()?).ok()?;
+            if frame.op != "auth" {
+                return None;
+            }
+            frame.token?
+        }
+    };
+    let caller = app
+        .authenticate(Some(&format!("Bearer {token}")))
+        .await
+        .ok()?;
+    Some(caller.principal.user_id)
+}
+
+async fn serve(app: App, mut socket: WebSocket, token: Option<String>) {
+    let Some(user_id) = authenticate(&app, &mut socket, token).await else {
+        let _ = socket
+            .send(Message::close_with(CLOSE_UNAUTHORIZED, "unauthorized"))
+            .await;
+        let _ = socket.close().await;
+        return;
+    };
+    let (tx, rx) = mpsc::channel(app.config.ws_outbound_queue.max(1));
+    let conn = Arc::new(Conn::new(
+        NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+        user_id,
+        tx,
+    ));
+    let (sink, stream) = socket.split();
+    let heartbeat = Duration::from_secs(app.config.ws_heartbeat_secs.max(1));
+    let writer = tokio::spawn(write(sink, rx, conn.clone(), heartbeat));
+    let mut joined = HashSet::new();
+    read(&app, stream, &conn, &mut joined, heartbeat).await;
+    for room in joined {
+        let _ = app.rooms.tell(
+            EntityKey::new("room", room),
+            RoomCommand::Leave { conn_id: conn.id },
+        );
+    }
+    if !conn.is_closed() {
+        conn.close_with(1000, "bye");
+    }
+    let _ = writer.await;
+}
+
+/// Sends queued frames and heartbeat pings until the connection is asked to close, then sends
+/// the close frame (best effort: a client that stopped reading may never see it).
+async fn write(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Arc<str>>,
+    conn: Arc<Conn>,
+    heartbeat: Duration,
+) {
+    let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    let write_timeout = Duration::from_secs(10);
+    loop {
+        tokio::select! {
+            biased;
+            () = conn.closing() => break,
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
+                match tokio::time::timeout(write_timeout, sink.send(Message::text(frame.as_ref()))).await {
+                    Ok(Ok(())) => {}
+                    _ => {
+                        conn.close_with(convene_actors::fanout::CLOSE_SLOW_CONSUMER, "slow_consumer");
+                        break;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::ping(Vec::new())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let (code, reason) = conn.close_reason().unwrap_or((1000, "bye".into()));
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        sink.send(Message::close_with(code, reason)),
+    )
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+async fn read(
+    app: &App,
+    mut stream: futures::stream::SplitStream<WebSocket>,
+    conn: &Arc<Conn>,
+    joined: &mut HashSet<String>,
+    heartbeat: Duration,
+) {
+    let per_sec = NonZeroU32::new(app.config.ws_publish_per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
+    let limiter = RateLimiter::direct(Quota::per_second(per_sec));
+    let silence = heartbeat * 2;
+    let mut deadline = Instant::now() + silence;
+    loop {
+        let msg = tokio::select! {
+            () = conn.closing() => return,
+            () = tokio::time::sleep_until(deadline) => {
+                conn.close_with(CLOSE_TIMEOUT, "heartbeat_timeout");
+                return;
+            }
+            msg = stream.next() => msg,
+        };
+        let Some(Ok(msg)) = msg else { return };
+        deadline = Instant::now() + silence;
+        if msg.is_close() {
+            return;
+        }
+        if msg.is_ping() || msg.is_pong() {
+            continue;
+        }
+        if msg.as_bytes().len() > MAX_FRAME {
+            conn.close_with(CLOSE_TOO_BIG, "frame_too_large");
+            return;
+        }
+        let Ok(text) = msg.to_str() else {
+            conn.push(error(
+                &Value::Null,
+                "invalid_frame",
+                "frames are JSON text",
+                json!({}),
+            ));
+            continue;
+        };
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                conn.push(error(&Value::Null, "invalid_json", e, json!({})));
+                continue;
+            }
+        };
+        handle(app, conn, joined, &limiter, frame).await;
+    }
+}
+
+async fn handle(
+    app: &App,
+    conn: &Arc<Conn>,
+    joined: &mut HashSet<String>,
+    limiter: &governor::DefaultDirectRateLimiter,
+    frame: ClientFrame,
+) {
+    let r = &frame.reference;
+    let room = match frame.op.as_str() {
+        "join" | "leave" | "publish" => match frame.room.as_deref().map(parse_room) {
+            Some(Ok(_)) => frame.room.clone().unwrap_or_default(),
+            _ => {
+                conn.push(error(
+                    r,
+                    RoomError::InvalidRoom.reason(),
+                    RoomError::InvalidRoom,
+                    json!({}),
+                ));
+                return;
+            }
+        },
+        _ => String::new(),
+    };
+    let key = EntityKey::new("room", &room);
+    match frame.op.as_str() {
+        "ping" => {
+            conn.push(reply(r, "ok", json!({})));
+        }
+        "auth" => {
+            conn.push(error(
+                r,
+                "already_authenticated",
+                "this connection is signed in",
+                json!({}),
+            ));
+        }
+        "join" => {
+            let (c, meta, since, join_ref) = (
+                conn.clone(),
+                frame.meta.unwrap_or_default(),
+                frame.since,
+                r.clone(),
+            );
+            let answer = app
+                .rooms
+                .ask(key, |reply| RoomCommand::Join {
+                    conn: c,
+                    meta,
+                    since,
+                    join_ref,
+                    reply,
+                })
+                .await;
+            match answer {
+                Ok(Ok(())) => {
+                    joined.insert(room);
+                }
+                Ok(Err(e)) => {
+                    let extra = match e {
+                        RoomError::HistoryGap { oldest } => json!({"oldest": oldest}),
+                        _ => json!({}),
+                    };
+                    conn.push(error(r, e.reason(), &e, extra));
+                }
+                Err(_) => {
+                    conn.push(error(
+                        r,
+                        "unavailable",
+                        "the room is unavailable; retry",
+                        json!({}),
+                    ));
+                }
+            }
+        }
+        "leave" => {
+            if joined.remove(&room) {
+                let _ = app.rooms.tell(key, RoomCommand::Leave { conn_id: conn.id });
+                conn.push(reply(r, "ok", json!({"room": room})));
+            } else {
+                conn.push(error(r, "not_joined", RoomError::NotJoined, json!({})));
+            }
+        }
+        "publish" => {
+            if limiter.check().is_err() {
+                conn.push(error(
+                    r,
+                    "rate_limited",
+                    "too many publishes; slow down",
+                    json!({}),
+                ));
+                return;
+            }
+            let Some(body) = frame.body.filter(Value::is_object) else {
+                conn.push(error(
+                    r,
+                    "invalid_body",
+                    "body must be a JSON object",
+                    json!({}),
+                ));
+                return;
+            };
+            if !joined.contains(&room) {
+                conn.push(error(r, "not_joined", RoomError::NotJoined, json!({})));
+                return;
+            }
+            let conn_id = conn.id;
+            match app
+                .rooms
+                .ask(key, |reply| RoomCommand::Publish {
+                    conn_id,
+                    body,
+                    reply,
+                })
+                .await
+            {
+                Ok(Ok(seq)) => {
+                    conn.push(reply(r, "ok", json!({"room": room, "seq": seq})));
+                }
+                Ok(Err(e)) => {
+                    conn.push(error(r, e.reason(), &e, json!({})));
+                }
+                Err(_) => {
+                    conn.push(error(
+                        r,
+                        "unavailable",
+                        "the room is unavailable; retry",
+                        json!({}),
+                    ));
+                }
+            }
+        }
+        other => {
+            conn.push(error(
+                r,
+                "unknown_op",
+                format!("unknown op `{other}`"),
+                json!({}),
+            ));
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! Live rooms over real WebSocket connections: join, publish and order, presence with several
+//! tabs, resume with `since`, history gaps, limits, slow consumers and bad tokens.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::helpers::{Backend, Settings, TestApp, TestUser, eventually, spawn_app_with};
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Client {
+    ws: Socket,
+}
+
+impl Client {
+    async fn connect(app: &TestApp, token: &str) -> Self {
+        let url = format!("ws://{}/ws?token={token}", app.node.addr);
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        Self { ws }
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// The next text frame as JSON, or `None` when the connection closes (with its close code).
+    async fn next(&mut self) -> Result<Value, Option<u16>> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("a frame within 10 s");
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    async fn expect(&mut self, op: &str) -> Value {
+        let v = self
+            .next()
+            .await
+            .unwrap_or_else(|code| panic!("closed ({code:?}) waiting for {op}"));
+        assert_eq!(v["op"], op, "{v}");
+        v
+    }
+
+    async fn join(&mut self, room: &str, since: Option<i64>) -> Value {
+        let mut frame = json!({"op": "join", "room": room, "ref": "j"});
+        if let Some(s) = since {
+            frame["since"] = json!(s);
+        }
+        self.send(frame).await;
+        let reply = self.expect("reply").await;
+        assert_eq!(reply["status"], "ok", "{reply}");
+        assert_eq!(reply["ref"], "j");
+        self.expect("presence_state").await;
+        reply
+    }
+
+    async fn publish(&mut self, room: &str, body: Value, reference: i64) {
+        self.send(json!({"op": "publish", "room": room, "body": body, "ref": reference}))
+            .await;
+    }
+}
+
+async fn app_with(backend: Backend, settings: Settings) -> Option<TestApp> {
+    spawn_app_with(backend, settings).await
+}
+
+async fn presence(app: &TestApp, user: &TestUser, room: &str) -> Value {
+    app.send(
+        "GET",
+        &format!("/api/v1/rooms/{room}/presence"),
+        Some(&user.token),
+        None,
+    )
+    .await
+    .body["presences"]
+        .clone()
+}
+
+/// Reads frames until a `reply` with this ref, collecting the others.
+async fn reply_to(c: &mut Client, reference: i64, others: &mut Vec<Value>) -> Value {
+    loop {
+        let v = c.next().await.expect("open");
+        if v["op"] == "reply" && v["ref"] == reference {
+            return v;
+        }
+        others.push(v);
+    }
+}
+
+async fn join_publish_and_presence(app: TestApp) {
+    let alice = app.sign_up("alice@example.com").await;
+    let bob = app.sign_up("bob@example.com").await;
+    let mut a1 = Client::connect(&app, &alice.token).await;
+    let mut a2 = Client::connect(&app, &alice.token).await;
+    let mut b = Client::connect(&app, &bob.token).await;
+
+    assert_eq!(a1.join("room:lobby", None).await["body"]["seq"], 0);
+    a1.expect("presence_diff").await;
+    a2.join("room:lobby", None).await;
+    let diff = a1.expect("presence_diff").await;
+    assert_eq!(
+        diff["joins"][alice.id.to_string()]["metas"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    a2.expect("presence_diff").await;
+    b.send(json!({"op": "join", "room": "room:lobby", "ref": "j", "meta": {"device": "phone"}}))
+        .await;
+    b.expect("reply").await;
+    let state = b.expect("presence_state").await;
+    // Alice is present once, with one meta per tab.
+    assert_eq!(
+        state["presences"][alice.id.to_string()]["metas"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        state["presences"][bob.id.to_string()]["metas"][0]["device"],
+        "phone"
+    );
+    for c in [&mut a1, &mut a2, &mut b] {
+        c.expect("presence_diff").await;
+    }
+
+    for i in 1..=5 {
+        b.publish("room:lobby", json!({"text": format!("hello {i}")}), i)
+            .await;
+    }
+    let mut seen = Vec::new();
+    for i in 1..=5 {
+        let r = reply_to(&mut b, i, &mut seen).await;
+        assert_eq!(
+            (r["status"].as_str(), r["body"]["seq"].as_i64()),
+            (Some("ok"), Some(i))
+        );
+    }
+    for c in [&mut a1, &mut a2] {
+        for i in 1..=5 {
+            let m = c.expect("message").await;
+            assert_eq!(
+                (m["seq"].as_i64(), m["from"].as_i64()),
+                (Some(i), Some(bob.id))
+            );
+            assert_eq!(m["body"]["text"], format!("hello {i}"));
+        }
+    }
+    let from_b: Vec<i64> = seen
+        .iter()
+        .filter(|v| v["op"] == "message")
+        .map(|v| v["seq"].as_i64().unwrap())
+        .collect();
+    let mut rest = from_b.clone();
+    while rest.len() < 5 {
+        rest.push(b.expect("message").await["seq"].as_i64().unwrap());
+    }
+    assert_eq!(rest, [1, 2, 3, 4, 5], "the publisher sees the same order");
+
+    // One tab closes: alice stays present with one meta; the second closes: she leaves.
+    a1.ws.close(None).await.unwrap();
+    let diff = b.expect("presence_diff").await;
+    assert_eq!(
+        diff["leaves"][alice.id.to_string()]["metas"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let p = presence(&app, &bob, "room:lobby").await;
+    assert_eq!(
+        p[alice.id.to_string()]["metas"].as_array().unwrap().len(),
+        1
+    );
+    a2.ws.close(None).await.unwrap();
+    b.expect("presence_diff").await;
+    let p = presence(&app, &bob, "room:lobby").await;
+    assert!(p.get(alice.id.to_string()).is_none(), "{p}");
+    assert!(p.get(bob.id.to_string()).is_some());
+
+    // Resume: a late joiner asks for what it missed after seq 2.
+    let carol = app.sign_up("carol@example.com").await;
+    let mut c = Client::connect(&app, &carol.token).await;
+    c.join("room:lobby", Some(2)).await;
+    for i in 3..=5 {
+        assert_eq!(c.expect("message").await["seq"], i);
+    }
+    let rest = app
+        .send(
+            "GET",
+            "/api/v1/rooms/room:lobby/messages?since=3",
+            Some(&carol.token),
+            None,
+        )
+        .await;
+    assert_eq!(rest.status, 200);
+    assert_eq!(rest.body["last_seq"], 5);
+    assert_eq!(rest.body["messages"].as_array().unwrap().len(), 2);
+}
+
+async fn bad_input_and_limits(app: TestApp) {
+    let user = app.sign_up("limits@example.com").await;
+
+    // Bad tokens close with 4001; a first-frame auth works.
+    for token in ["garbage", ""] {
+        let mut c = Client::connect(&app, token).await;
+        assert_eq!(c.next().await.err(), Some(Some(4001)), "token {token:?}");
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", app.node.addr))
+        .await
+        .unwrap();
+    let mut c = Client { ws };
+    c.send(json!({"op": "auth", "token": user.token})).await;
+    c.send(json!({"op": "ping", "ref": 1})).await;
+    assert_eq!(c.expect("reply").await["ref"], 1);
+
+    // Invalid JSON and unknown ops get error replies; the connection stays.
+    c.ws.send(Message::text("{not json")).await.unwrap();
+    assert_eq!(c.expect("reply").await["body"]["reason"], "invalid_json");
+    c.send(json!({"op": "dance", "ref": 2})).await;
+    assert_eq!(c.expect("reply").await["body"]["reason"], "unknown_op");
+    c.send(json!({"op": "join", "room": "lobby", "ref": 3}))
+        .await;
+    assert_eq!(c.expect("reply").await["body"]["reason"], "invalid_room");
+    c.send(json!({"op": "publish", "room": "room:x", "body": {"a": 1}, "ref": 4}))
+        .await;
+    assert_eq!(c.expect("reply").await["body"]["reason"], "not_joined");
+    c.join("room:x", None).await;
+    c.expect("presence_diff").await;
+    c.send(json!({"op": "publish", "room": "room:x", "body": "text", "ref": 5}))
+        .await;
+    assert_eq!(c.expect("reply").await["body"]["reason"], "invalid_body");
+
+    // Publishing faster than 20/s is refused.
+    for i in 0..40 {
+        c.publish("room:x", json!({"n": i}), 100 + i).await;
+    }
+    let mut limited = 0;
+    let mut ok = 0;
+    while ok + limited < 40 {
+        let v = c.next().await.unwrap();
+        if v["op"] == "reply" {
+            match v["status"].as_str() {
+                Some("ok") => ok += 1,
+                _ => {
+                    assert_eq!(v["body"]["reason"], "rate_limited");
+                    limited += 1;
+                }
+            }
+        }
+    }
+    assert!(limited >= 10 && ok >= 10, "ok {ok}, limited {limited}");
+
+    // A frame over 64 KiB closes with 1009.
+    c.ws.send(Message::text(
+        json!({"op": "ping", "pad": "x".repeat(70 * 1024)}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let code = loop {
+        match c.next().await {
+            Ok(_) => continue,
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(code, Some(1009));
+
+    // Event rooms: anyone signed in joins, only attendees and the creator publish.
+    let host = app.sign_up("host@example.com").await;
+    let event = app.create_event(&host, 5).await;
+    let room = format!("event:{event}");
+    let mut guest = Client::connect(&app, &user.token).await;
+    guest.join(&room, None).await;
+    guest.expect("presence_diff").await;
+    guest.publish(&room, json!({"q": "hi"}), 1).await;
+    assert_eq!(guest.expect("reply").await["body"]["reason"], "forbidden");
+    assert_eq!(
+        app.send(
+            "POST",
+            &format!("/api/v1/events/{event}/registrations"),
+            Some(&user.token),
+            None
+        )
+        .await
+        .status,
+        201
+    );
+    guest.publish(&room, json!({"q": "hi"}), 2).await;
+    let mut others = Vec::new();
+    assert_eq!(reply_to(&mut guest, 2, &mut others).await["status"], "ok");
+    guest
+        .send(json!({"op": "join", "room": "event:999999", "ref": 9}))
+        .await;
+    let r = loop {
+        let v = guest.next().await.unwrap();
+        if v["op"] == "reply" && v["ref"] == 9 {
+            break v;
+        }
+    };
+    assert_eq!(r["body"]["reason"], "not_found");
+    assert_eq!(
+        app.send(
+            "GET",
+            "/api/v1/rooms/nonsense/presence",
+            Some(&user.token),
+            None
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        app.send("GET", "/api/v1/rooms/room:x/presence", None, None)
+            .await
+            .status,
+        401
+    );
+}
+
+async fn history_gap_and_persistence(app: TestApp) {
+    let user = app.sign_up("historian@example.com").await;
+    let mut c = Client::connect(&app, &user.token).await;
+    c.join("room:archive", None).await;
+    c.expect("presence_diff").await;
+    for i in 1..=205 {
+        c.publish("room:archive", json!({"n": i}), i).await;
+    }
+    let mut others = Vec::new();
+    reply_to(&mut c, 205, &mut others).await;
+    c.ws.close(None).await.unwrap();
+
+    let mut late = Client::connect(&app, &user.token).await;
+    late.send(json!({"op": "join", "room": "room:archive", "since": 1, "ref": "g"}))
+        .await;
+    let gap = late.expect("reply").await;
+    assert_eq!(
+        (gap["status"].as_str(), gap["body"]["reason"].as_str()),
+        (Some("error"), Some("history_gap"))
+    );
+    assert_eq!(gap["body"]["oldest"], 6);
+    let rest = app
+        .send(
+            "GET",
+            "/api/v1/rooms/room:archive/messages?since=1",
+            Some(&user.token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (rest.status, rest.body["error"].as_str()),
+        (409, Some("history_gap"))
+    );
+    late.ws.close(None).await.unwrap();
+
+    // Once the room is empty and idle it is passivated; its history comes back from the store.
+    let rooms = app.node.app.rooms.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            rooms.stats().await.unwrap().active == 0
+        })
+        .await
+    );
+    let after = app
+        .send(
+            "GET",
+            "/api/v1/rooms/room:archive/messages?since=195&limit=200",
+            Some(&user.token),
+            None,
+        )
+        .await;
+    assert_eq!(after.status, 200);
+    let seqs: Vec<i64> = after.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, (196..=205).collect::<Vec<_>>());
+    let mut again = Client::connect(&app, &user.token).await;
+    assert_eq!(
+        again.join("room:archive", Some(204)).await["body"]["seq"],
+        205
+    );
+    assert_eq!(again.expect("message").await["seq"], 205);
+}
+
+async fn a_slow_consumer_is_cut_off(app: TestApp) {
+    let publisher = app.sign_up("loud@example.com").await;
+    let reader = app.sign_up("fast@example.com").await;
+    let sleeper = app.sign_up("slow@example.com").await;
+    let mut p = Client::connect(&app, &publisher.token).await;
+    let mut fast = Client::connect(&app, &reader.token).await;
+    let mut slow = Client::connect(&app, &sleeper.token).await;
+    slow.join("room:firehose", None).await;
+    fast.join("room:firehose", None).await;
+    p.join("room:firehose", None).await;
+
+    let fast_task = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while seqs.len() < 300 {
+            let v = fast.next().await.expect("the fast reader stays connected");
+            if v["op"] == "message" {
+                seqs.push(v["seq"].as_i64().unwrap());
+            }
+        }
+        seqs
+    });
+    let blob = "x".repeat(60 * 1024);
+    for i in 1..=300 {
+        p.publish("room:firehose", json!({"blob": blob, "n": i}), i)
+            .await;
+        if i % 20 == 0 {
+            let mut others = Vec::new();
+            reply_to(&mut p, i, &mut others).await;
+        }
+    }
+    let seqs = tokio::time::timeout(Duration::from_secs(60), fast_task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seqs,
+        (1..=300).collect::<Vec<_>>(),
+        "the fast member got everything, in order"
+    );
+
+    let gone = eventually(Duration::from_secs(15), || async {
+        presence(&app, &publisher, "room:firehose")
+            .await
+            .get(sleeper.id.to_string())
+            .is_none()
+    })
+    .await;
+    assert!(gone, "the slow consumer's presence left");
+    // When it reads again it finds the connection closed (4008 if the close frame got through).
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(f))) => break f.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break None,
+        }
+    };
+    assert!(
+        matches!(code, None | Some(CloseCode::Library(4008))),
+        "{code:?}"
+    );
+}
+
+macro_rules! on_both {
+    ($name:ident, $body:ident, $settings:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $body(app_with(Backend::Sqlite, $settings).await.unwrap()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) = app_with(Backend::Postgres, $settings).await {
+                    $body(app).await;
+                }
+            }
+        }
+    };
+}
+
+on_both!(join_publish, join_publish_and_presence, Settings::default());
+on_both!(limits, bad_input_and_limits, Settings::default());
+on_both!(
+    history,
+    history_gap_and_persistence,
+    Settings {
+        passivate_after_secs: 1,
+        ws_publish_per_sec: 1000,
+        ..Settings::default()
+    }
+);
+on_both!(
+    slow_consumer,
+    a_slow_consumer_is_cut_off,
+    Settings {
+        ws_publish_per_sec: 1000,
+        ws_outbound_queue: 16,
+        ..Settings::default()
+    }
+);
