@@ -130,7 +130,8 @@ async fn serve(app: App, mut socket: WebSocket, token: Option<String>) {
     let heartbeat = Duration::from_secs(app.config.ws_heartbeat_secs.max(1));
     let writer = tokio::spawn(write(sink, rx, conn.clone(), heartbeat));
     let mut joined = HashSet::new();
-    read(&app, stream, &conn, &mut joined, heartbeat).await;
+    let mut stream = stream;
+    read(&app, &mut stream, &conn, &mut joined, heartbeat).await;
     for room in joined {
         let _ = app.rooms.tell(
             EntityKey::new("room", room),
@@ -141,6 +142,15 @@ async fn serve(app: App, mut socket: WebSocket, token: Option<String>) {
         conn.close_with(1000, "bye");
     }
     let _ = writer.await;
+    // Let the client answer the close frame before the socket goes.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if msg.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Sends queued frames and heartbeat pings until the connection is asked to close, then sends
@@ -185,7 +195,7 @@ async fn write(
 
 async fn read(
     app: &App,
-    mut stream: futures::stream::SplitStream<WebSocket>,
+    stream: &mut futures::stream::SplitStream<WebSocket>,
     conn: &Arc<Conn>,
     joined: &mut HashSet<String>,
     heartbeat: Duration,

@@ -98,6 +98,7 @@ pub struct Settings {
     pub passivate_after_secs: u64,
     pub ws_publish_per_sec: u32,
     pub ws_outbound_queue: usize,
+    pub ws_heartbeat_secs: u64,
 }
 
 impl Default for Settings {
@@ -106,6 +107,7 @@ impl Default for Settings {
             passivate_after_secs: 600,
             ws_publish_per_sec: 20,
             ws_outbound_queue: 1024,
+            ws_heartbeat_secs: 30,
         }
     }
 }
@@ -140,6 +142,10 @@ pub async fn spawn_app_with(backend: Backend, settings: Settings) -> Option<Test
         (
             "CONVENE_WS_OUTBOUND_QUEUE",
             settings.ws_outbound_queue.to_string(),
+        ),
+        (
+            "CONVENE_WS_HEARTBEAT_SECS",
+            settings.ws_heartbeat_secs.to_string(),
         ),
         ("CONVENE_REQUEST_TIMEOUT_MS", "20000".to_owned()),
         ("CONVENE_DATABASE_MAX_CONNECTIONS", "10".to_owned()),

@@ -464,6 +464,36 @@ async fn a_slow_consumer_is_cut_off(app: TestApp) {
     );
 }
 
+async fn a_silent_connection_is_dropped(app: TestApp) {
+    let talker = app.sign_up("talker@example.com").await;
+    let mute = app.sign_up("mute@example.com").await;
+    let mut t = Client::connect(&app, &talker.token).await;
+    let mut m = Client::connect(&app, &mute.token).await;
+    t.join("room:quiet", None).await;
+    t.expect("presence_diff").await;
+    m.join("room:quiet", None).await;
+    assert!(
+        t.expect("presence_diff").await["joins"]
+            .get(mute.id.to_string())
+            .is_some()
+    );
+    // The mute client stops reading, so it answers no ping; after two heartbeats it is dropped,
+    // while the talker, who reads (and so answers pings), stays.
+    let diff = t.expect("presence_diff").await;
+    assert!(diff["leaves"].get(mute.id.to_string()).is_some(), "{diff}");
+    t.send(json!({"op": "ping", "ref": "still"})).await;
+    assert_eq!(t.expect("reply").await["ref"], "still");
+    let code = loop {
+        match m.next().await {
+            Ok(_) => continue,
+            Err(code) => break code,
+        }
+    };
+    // A client that reads only now may first fail to send its overdue pongs (broken pipe)
+    // before it sees the close frame.
+    assert!(matches!(code, Some(4000) | None), "{code:?}");
+}
+
 macro_rules! on_both {
     ($name:ident, $body:ident, $settings:expr) => {
         mod $name {
@@ -501,6 +531,14 @@ on_both!(
     Settings {
         ws_publish_per_sec: 1000,
         ws_outbound_queue: 16,
+        ..Settings::default()
+    }
+);
+on_both!(
+    heartbeat,
+    a_silent_connection_is_dropped,
+    Settings {
+        ws_heartbeat_secs: 1,
         ..Settings::default()
     }
 );
