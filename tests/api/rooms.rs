@@ -542,3 +542,107 @@ on_both!(
         ..Settings::default()
     }
 );
+
+const PAGE: &str = r#"<!doctype html>
+<html><body><p id="out">waiting</p><script>
+const params = new URLSearchParams(location.search);
+const room = params.get("room");
+const ws = new WebSocket(params.get("ws") + "?token=" + encodeURIComponent(params.get("token")));
+ws.onopen = () => ws.send(JSON.stringify({op: "join", room, ref: "browser"}));
+ws.onmessage = (event) => {
+  const frame = JSON.parse(event.data);
+  if (frame.op === "message" && frame.body.text) {
+    document.getElementById("out").textContent = frame.body.text;
+    ws.send(JSON.stringify({op: "publish", room, ref: "echo",
+      body: {echo: document.getElementById("out").textContent, agent: navigator.userAgent}}));
+  }
+};
+</script></body></html>"#;
+
+fn chromium() -> Option<String> {
+    let candidates = [
+        std::env::var("CHROMIUM").ok(),
+        Some("/usr/bin/chromium".into()),
+        Some("/usr/bin/chromium-browser".into()),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+/// A real headless Chromium page joins a room through the browser's WebSocket API and shows a
+/// message a Rust client publishes; the page echoes what it displays, which the Rust client reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_page_sees_a_message_from_a_rust_client() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "chromium must be installed in CI (.ci/run installs it)"
+        );
+        eprintln!("skipped: no chromium found (apt-get install chromium)");
+        return;
+    };
+    let app = app_with(Backend::Sqlite, Settings::default())
+        .await
+        .unwrap();
+    let page_user = app.sign_up("page@example.com").await;
+    let rust_user = app.sign_up("rust@example.com").await;
+    let mut rust = Client::connect(&app, &rust_user.token).await;
+    rust.join("room:browser", None).await;
+    rust.expect("presence_diff").await;
+
+    let page = app.dir.0.join("page.html");
+    std::fs::write(&page, PAGE).unwrap();
+    let url = format!(
+        "file://{}?room=room:browser&ws=ws://{}/ws&token={}",
+        page.display(),
+        app.node.addr,
+        page_user.token
+    );
+    let profile = app.dir.0.join("chromium-profile");
+    let mut child = tokio::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromium starts");
+
+    let seen = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let v = rust.next().await.expect("open");
+            if v["op"] == "presence_diff" && v["joins"].get(page_user.id.to_string()).is_some() {
+                break;
+            }
+        }
+        rust.publish("room:browser", json!({"text": "hello from rust"}), 1)
+            .await;
+        loop {
+            let v = rust.next().await.expect("open");
+            if v["op"] == "message" && v["from"] == page_user.id {
+                return v;
+            }
+        }
+    })
+    .await
+    .expect("the page answered within 60 s");
+    let _ = child.kill().await;
+    assert_eq!(seen["body"]["echo"], "hello from rust");
+    assert!(
+        seen["body"]["agent"].as_str().unwrap().contains("Chrome"),
+        "{seen}"
+    );
+}
