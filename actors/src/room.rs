@@ -132,9 +132,14 @@ pub enum RoomCommand {
         /// The messages and the last seq.
         reply: RpcReplyPort<Result<(Vec<RoomMessage>, i64), RoomError>>,
     },
+    /// Broadcast the presence changes gathered since the last flush (sent by the room itself).
+    FlushPresence,
     /// Idle check (sent by a timer).
     Tick,
 }
+
+/// How long presence changes are gathered into one `presence_diff`.
+const PRESENCE_WINDOW: Duration = Duration::from_millis(20);
 
 /// Starts room actors for the shard.
 pub struct RoomFactory {
@@ -220,6 +225,13 @@ pub struct RoomState {
     seq: i64,
     history: VecDeque<RoomMessage>,
     members: HashMap<u64, Member>,
+    /// Presence as last broadcast; a joiner gets it as `presence_state`, then the next diff.
+    published: BTreeMap<u64, (i64, Value)>,
+    /// The `presence_state` frame of `published`, built once per change.
+    state_frame: Option<Arc<str>>,
+    pending_joins: Vec<(u64, i64, Value)>,
+    pending_leaves: Vec<(u64, i64, Value)>,
+    flush_scheduled: bool,
 }
 
 fn frame(v: &Value) -> Arc<str> {
@@ -239,14 +251,14 @@ impl RoomState {
         self.key.id()
     }
 
-    /// `{user_id: {"metas": [...]}}` over the given members.
-    fn presences<'a>(members: impl Iterator<Item = &'a Member>) -> Value {
+    /// `{user_id: {"metas": [...]}}` over (user, meta) pairs.
+    fn presences<'a>(entries: impl Iterator<Item = (i64, &'a Value)>) -> Value {
         let mut by_user: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for m in members {
+        for (user, meta) in entries {
             by_user
-                .entry(m.conn.user_id.to_string())
+                .entry(user.to_string())
                 .or_default()
-                .push(m.meta.clone());
+                .push(meta.clone());
         }
         Value::Object(
             by_user
@@ -300,6 +312,7 @@ impl RoomState {
 
     async fn join(
         &mut self,
+        myself: &ActorRef<RoomCommand>,
         conn: Arc<Conn>,
         meta: Map<String, Value>,
         since: Option<i64>,
@@ -314,7 +327,7 @@ impl RoomState {
             None => Vec::new(),
         };
         if self.members.contains_key(&conn.id) {
-            self.leave(conn.id);
+            self.leave(myself, conn.id);
         }
         let mut meta = meta;
         meta.insert("conn".into(), json!(conn.id.to_string()));
@@ -331,40 +344,77 @@ impl RoomState {
             meta: Value::Object(meta),
             may_publish,
         };
-        let joins = Self::presences(std::iter::once(&member));
+        self.pending_joins
+            .push((conn.id, conn.user_id, member.meta.clone()));
         self.members.insert(conn.id, member);
         let room = self.name().to_owned();
         conn.push(frame(&json!({
             "op": "reply", "ref": join_ref, "status": "ok",
             "body": {"room": room, "seq": self.seq},
         })));
-        conn.push(frame(&json!({
-            "op": "presence_state", "room": room, "presences": Self::presences(self.members.values()),
-        })));
+        conn.push(self.state_frame());
         for m in missed {
             conn.push(frame(&m));
         }
-        let _ = self.fanout.cast(FanOutMessage::Subscribe {
-            room: room.clone(),
-            conn,
-        });
-        self.broadcast(&json!({"op": "presence_diff", "room": room, "joins": joins, "leaves": {}}));
+        let _ = self.fanout.cast(FanOutMessage::Subscribe { room, conn });
+        self.schedule_flush(myself);
         Ok(())
     }
 
-    fn leave(&mut self, conn_id: u64) {
+    fn leave(&mut self, myself: &ActorRef<RoomCommand>, conn_id: u64) {
         let Some(member) = self.members.remove(&conn_id) else {
             return;
         };
         let room = self.name().to_owned();
-        let _ = self.fanout.cast(FanOutMessage::Unsubscribe {
-            room: room.clone(),
-            conn_id,
+        let _ = self
+            .fanout
+            .cast(FanOutMessage::Unsubscribe { room, conn_id });
+        self.pending_leaves
+            .push((conn_id, member.conn.user_id, member.meta));
+        self.schedule_flush(myself);
+    }
+
+    /// The `presence_state` frame of the presence last broadcast.
+    fn state_frame(&mut self) -> Arc<str> {
+        if let Some(f) = &self.state_frame {
+            return f.clone();
+        }
+        let presences = Self::presences(self.published.values().map(|(u, m)| (*u, m)));
+        let f =
+            frame(&json!({"op": "presence_state", "room": self.name(), "presences": presences}));
+        self.state_frame = Some(f.clone());
+        f
+    }
+
+    fn schedule_flush(&mut self, myself: &ActorRef<RoomCommand>) {
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            myself.send_after(PRESENCE_WINDOW, || RoomCommand::FlushPresence);
+        }
+    }
+
+    /// One `presence_diff` for every join and leave since the last one (joins apply first, so a
+    /// connection that came and went within the window nets out).
+    fn flush_presence(&mut self) {
+        self.flush_scheduled = false;
+        let joins = std::mem::take(&mut self.pending_joins);
+        let leaves = std::mem::take(&mut self.pending_leaves);
+        if joins.is_empty() && leaves.is_empty() {
+            return;
+        }
+        for (conn, user, meta) in &joins {
+            self.published.insert(*conn, (*user, meta.clone()));
+        }
+        for (conn, _, _) in &leaves {
+            self.published.remove(conn);
+        }
+        self.state_frame = None;
+        let diff = json!({
+            "op": "presence_diff", "room": self.name(),
+            "joins": Self::presences(joins.iter().map(|(_, u, m)| (*u, m))),
+            "leaves": Self::presences(leaves.iter().map(|(_, u, m)| (*u, m))),
         });
-        let leaves = Self::presences(std::iter::once(&member));
-        self.broadcast(
-            &json!({"op": "presence_diff", "room": room, "joins": {}, "leaves": leaves}),
-        );
+        self.broadcast(&diff);
     }
 
     async fn publish(&mut self, conn_id: u64, body: Value) -> Result<i64, RoomError> {
@@ -440,6 +490,11 @@ impl Actor for RoomActor {
             seq: 0,
             history: VecDeque::new(),
             members: HashMap::new(),
+            published: BTreeMap::new(),
+            state_frame: None,
+            pending_joins: Vec::new(),
+            pending_leaves: Vec::new(),
+            flush_scheduled: false,
         };
         state.load().await?;
         myself.send_interval(state.idle.tick_every(), || RoomCommand::Tick);
@@ -448,7 +503,7 @@ impl Actor for RoomActor {
 
     async fn handle(
         &self,
-        _: ActorRef<RoomCommand>,
+        myself: ActorRef<RoomCommand>,
         message: RoomCommand,
         state: &mut RoomState,
     ) -> Result<(), ActorProcessingErr> {
@@ -463,9 +518,10 @@ impl Actor for RoomActor {
                 join_ref,
                 reply,
             } => {
-                let _ = reply.send(state.join(conn, meta, since, join_ref).await);
+                let _ = reply.send(state.join(&myself, conn, meta, since, join_ref).await);
             }
-            RoomCommand::Leave { conn_id } => state.leave(conn_id),
+            RoomCommand::Leave { conn_id } => state.leave(&myself, conn_id),
+            RoomCommand::FlushPresence => state.flush_presence(),
             RoomCommand::Publish {
                 conn_id,
                 body,
@@ -474,7 +530,8 @@ impl Actor for RoomActor {
                 let _ = reply.send(state.publish(conn_id, body).await);
             }
             RoomCommand::Presence(reply) => {
-                let _ = reply.send(Ok(RoomState::presences(state.members.values())));
+                let members = state.members.values().map(|m| (m.conn.user_id, &m.meta));
+                let _ = reply.send(Ok(RoomState::presences(members)));
             }
             RoomCommand::History {
                 since,
@@ -495,9 +552,9 @@ impl Actor for RoomActor {
                     .map(|(id, _)| *id)
                     .collect();
                 for id in gone {
-                    state.leave(id);
+                    state.leave(&myself, id);
                 }
-                if state.members.is_empty() {
+                if state.members.is_empty() && !state.flush_scheduled {
                     state.idle.check(&state.shard, &state.key);
                 } else {
                     state.idle.touch();
