@@ -91,6 +91,14 @@ pub fn http_client(clients: usize) -> reqwest::Client {
 /// Starts a Convene node in this process on a random port; `database_url` `None` means
 /// SQLite in a fresh directory.
 pub async fn start_node(database_url: Option<&str>) -> anyhow::Result<Node> {
+    start_node_with(database_url, &[]).await
+}
+
+/// [`start_node`] with extra `CONVENE_*` settings.
+pub async fn start_node_with(
+    database_url: Option<&str>,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<Node> {
     let dir = std::env::temp_dir().join(format!("convene-bench-{}", uuid::Uuid::new_v4().simple()));
     let mut env = vec![
         ("CONVENE_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
@@ -111,6 +119,11 @@ pub async fn start_node(database_url: Option<&str>) -> anyhow::Result<Node> {
     if let Some(url) = database_url {
         env.push(("CONVENE_DATABASE_URL".to_owned(), url.to_owned()));
     }
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     let overrides = Overrides {
         data_dir: Some(dir),
         ..Default::default()
