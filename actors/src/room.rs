@@ -134,6 +134,8 @@ pub enum RoomCommand {
     },
     /// Broadcast the presence changes gathered since the last flush (sent by the room itself).
     FlushPresence,
+    /// Store the messages admitted since the last commit (sent by the room itself).
+    CommitMessages,
     /// Idle check (sent by a timer).
     Tick,
 }
@@ -227,6 +229,9 @@ pub struct RoomState {
     members: HashMap<u64, Member>,
     /// Presence as last broadcast; a joiner gets it as `presence_state`, then the next diff.
     published: BTreeMap<u64, (i64, Value)>,
+    /// Messages admitted and waiting for the next commit, with their publishers' replies.
+    pending: Vec<(i64, Value, RpcReplyPort<Result<i64, RoomError>>)>,
+    publish_scheduled: bool,
     /// The `presence_state` frame of `published`, built once per change.
     state_frame: Option<Arc<str>>,
     pending_joins: Vec<(u64, i64, Value)>,
@@ -417,7 +422,8 @@ impl RoomState {
         self.broadcast(&diff);
     }
 
-    async fn publish(&mut self, conn_id: u64, body: Value) -> Result<i64, RoomError> {
+    /// Checks that the connection may publish; the message then waits for the next commit.
+    async fn admit(&mut self, conn_id: u64) -> Result<i64, RoomError> {
         let member = self.members.get(&conn_id).ok_or(RoomError::NotJoined)?;
         let (user_id, may_publish) = (member.conn.user_id, member.may_publish);
         if !may_publish {
@@ -429,32 +435,54 @@ impl RoomState {
                 m.may_publish = true;
             }
         }
-        let message = RoomMessage {
-            seq: self.seq + 1,
-            from: user_id,
-            body,
-            ts: Utc::now().trunc_subsecs(6),
-        };
+        Ok(user_id)
+    }
+
+    /// Stores every waiting message in one transaction, then broadcasts and acknowledges each:
+    /// a publisher's `ok` means its message is stored.
+    async fn commit_pending(&mut self) {
+        self.publish_scheduled = false;
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return;
+        }
+        let ts = Utc::now().trunc_subsecs(6);
+        let messages: Vec<RoomMessage> = pending
+            .iter()
+            .zip(self.seq + 1..)
+            .map(|((from, body, _), seq)| RoomMessage {
+                seq,
+                from: *from,
+                body: body.clone(),
+                ts,
+            })
+            .collect();
         match self
             .store
-            .append_room(self.name(), std::slice::from_ref(&message), HISTORY as i64)
+            .append_room(self.name(), &messages, HISTORY as i64)
             .await
         {
             Ok(()) => {}
-            Err(StoreError::Conflict) => {
-                // Another activation wrote this seq: take up its history and let the client retry.
-                let _ = self.load().await;
-                return Err(RoomError::Unavailable);
+            Err(e) => {
+                if e == StoreError::Conflict {
+                    // Another activation wrote these seqs: take up its history; clients retry.
+                    let _ = self.load().await;
+                }
+                for (_, _, reply) in pending {
+                    let _ = reply.send(Err(RoomError::Unavailable));
+                }
+                return;
             }
-            Err(_) => return Err(RoomError::Unavailable),
         }
-        self.seq = message.seq;
-        self.broadcast(&message_frame(self.name(), &message));
-        self.history.push_back(message);
+        for (message, (_, _, reply)) in messages.into_iter().zip(pending) {
+            self.seq = message.seq;
+            self.broadcast(&message_frame(self.name(), &message));
+            let _ = reply.send(Ok(message.seq));
+            self.history.push_back(message);
+        }
         while self.history.len() > HISTORY {
             self.history.pop_front();
         }
-        Ok(self.seq)
     }
 
     async fn load(&mut self) -> Result<(), StoreError> {
@@ -491,6 +519,8 @@ impl Actor for RoomActor {
             history: VecDeque::new(),
             members: HashMap::new(),
             published: BTreeMap::new(),
+            pending: Vec::new(),
+            publish_scheduled: false,
             state_frame: None,
             pending_joins: Vec::new(),
             pending_leaves: Vec::new(),
@@ -526,9 +556,20 @@ impl Actor for RoomActor {
                 conn_id,
                 body,
                 reply,
-            } => {
-                let _ = reply.send(state.publish(conn_id, body).await);
-            }
+            } => match state.admit(conn_id).await {
+                Ok(user_id) => {
+                    state.pending.push((user_id, body, reply));
+                    if !state.publish_scheduled {
+                        // Queued behind the publishes already in the mailbox: one commit for all.
+                        state.publish_scheduled = true;
+                        myself.cast(RoomCommand::CommitMessages)?;
+                    }
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            RoomCommand::CommitMessages => state.commit_pending().await,
             RoomCommand::Presence(reply) => {
                 let members = state.members.values().map(|m| (m.conn.user_id, &m.meta));
                 let _ = reply.send(Ok(RoomState::presences(members)));
