@@ -140,6 +140,9 @@ pub enum RoomCommand {
     Tick,
 }
 
+/// The answer to a publish: the message's seq once it is stored.
+type PublishReply = RpcReplyPort<Result<i64, RoomError>>;
+
 /// How long presence changes are gathered into one `presence_diff`.
 const PRESENCE_WINDOW: Duration = Duration::from_millis(20);
 
@@ -230,7 +233,7 @@ pub struct RoomState {
     /// Presence as last broadcast; a joiner gets it as `presence_state`, then the next diff.
     published: BTreeMap<u64, (i64, Value)>,
     /// Messages admitted and waiting for the next commit, with their publishers' replies.
-    pending: Vec<(i64, Value, RpcReplyPort<Result<i64, RoomError>>)>,
+    pending: Vec<(i64, Value, PublishReply)>,
     publish_scheduled: bool,
     /// The `presence_state` frame of `published`, built once per change.
     state_frame: Option<Arc<str>>,
