@@ -162,27 +162,39 @@ async fn write(
     heartbeat: Duration,
 ) {
     let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-    let write_timeout = Duration::from_secs(10);
+    let mut batch = Vec::with_capacity(64);
+    // Writing stops as soon as the connection is asked to close: a client that stopped reading
+    // blocks the socket, and its queue filling up is what asks.
+    let mut interrupted = false;
     loop {
         tokio::select! {
             biased;
             () = conn.closing() => break,
-            frame = rx.recv() => {
-                let Some(frame) = frame else { break };
-                match tokio::time::timeout(write_timeout, sink.send(Message::text(frame.as_ref()))).await {
-                    Ok(Ok(())) => {}
-                    _ => {
-                        conn.close_with(convene_actors::fanout::CLOSE_SLOW_CONSUMER, "slow_consumer");
-                        break;
-                    }
+            n = rx.recv_many(&mut batch, 64) => {
+                if n == 0 {
+                    break;
+                }
+                // Frames waiting together go out with one flush.
+                let frames = batch.drain(..).map(|f| Ok(Message::text(f.as_ref())));
+                let mut frames = futures::stream::iter(frames);
+                tokio::select! {
+                    biased;
+                    () = conn.closing() => { interrupted = true; break; }
+                    sent = sink.send_all(&mut frames) => if sent.is_err() { break },
                 }
             }
             _ = ping.tick() => {
-                if sink.send(Message::ping(Vec::new())).await.is_err() {
-                    break;
+                tokio::select! {
+                    biased;
+                    () = conn.closing() => { interrupted = true; break; }
+                    sent = sink.send(Message::ping(Vec::new())) => if sent.is_err() { break },
                 }
             }
         }
+    }
+    if interrupted {
+        // A frame may be half written; a close frame after it would only garble the stream.
+        return;
     }
     let (code, reason) = conn.close_reason().unwrap_or((1000, "bye".into()));
     let _ = tokio::time::timeout(
