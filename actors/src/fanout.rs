@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +82,8 @@ pub enum FanOutMessage {
         room: String,
         /// The connection.
         conn: Arc<Conn>,
+        /// Its presence meta, kept so a restarted room can take the connection back.
+        meta: Value,
     },
     /// Stop delivering the room's frames to this connection.
     Unsubscribe {
@@ -96,6 +99,14 @@ pub enum FanOutMessage {
         /// The serialised frame, shared by every delivery.
         frame: Arc<str>,
     },
+    /// The local connections of a room and their metas: a room that restarts after a crash
+    /// takes its members back from here.
+    Members {
+        /// The room.
+        room: String,
+        /// Connections and metas.
+        reply: ractor::RpcReplyPort<Vec<(Arc<Conn>, Value)>>,
+    },
     /// Connections being delivered to, for metrics.
     Count(ractor::RpcReplyPort<usize>),
 }
@@ -106,7 +117,7 @@ pub struct FanOut;
 /// Local subscribers by room.
 #[derive(Default)]
 pub struct FanOutState {
-    rooms: HashMap<String, HashMap<u64, Arc<Conn>>>,
+    rooms: HashMap<String, HashMap<u64, (Arc<Conn>, Value)>>,
 }
 
 impl Actor for FanOut {
@@ -129,8 +140,12 @@ impl Actor for FanOut {
         state: &mut FanOutState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            FanOutMessage::Subscribe { room, conn } => {
-                state.rooms.entry(room).or_default().insert(conn.id, conn);
+            FanOutMessage::Subscribe { room, conn, meta } => {
+                state
+                    .rooms
+                    .entry(room)
+                    .or_default()
+                    .insert(conn.id, (conn, meta));
             }
             FanOutMessage::Unsubscribe { room, conn_id } => {
                 if let Some(conns) = state.rooms.get_mut(&room) {
@@ -143,8 +158,22 @@ impl Actor for FanOut {
             FanOutMessage::Deliver { room, frame } => {
                 if let Some(conns) = state.rooms.get_mut(&room) {
                     // A slow or closed connection is dropped here; the edge tells its rooms.
-                    conns.retain(|_, c| c.push(frame.clone()) && !c.is_closed());
+                    conns.retain(|_, (c, _)| c.push(frame.clone()) && !c.is_closed());
                 }
+            }
+            FanOutMessage::Members { room, reply } => {
+                let members = state
+                    .rooms
+                    .get(&room)
+                    .map(|conns| {
+                        conns
+                            .values()
+                            .filter(|(c, _)| !c.is_closed())
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let _ = reply.send(members);
             }
             FanOutMessage::Count(reply) => {
                 let _ = reply.send(state.rooms.values().map(HashMap::len).sum());

@@ -138,6 +138,8 @@ pub enum RoomCommand {
     CommitMessages,
     /// Idle check (sent by a timer).
     Tick,
+    /// Panics inside the handler, for supervision tests and fault drills.
+    InjectFault,
 }
 
 /// The answer to a publish: the message's seq once it is stored.
@@ -364,7 +366,14 @@ impl RoomState {
         for m in missed {
             conn.push(frame(&m));
         }
-        let _ = self.fanout.cast(FanOutMessage::Subscribe { room, conn });
+        let meta = self
+            .members
+            .get(&conn.id)
+            .map(|m| m.meta.clone())
+            .unwrap_or_default();
+        let _ = self
+            .fanout
+            .cast(FanOutMessage::Subscribe { room, conn, meta });
         self.schedule_flush(myself);
         Ok(())
     }
@@ -488,6 +497,34 @@ impl RoomState {
         }
     }
 
+    /// Takes back the connections the node's fan-out still delivers to (after a crash the
+    /// clients are still there; only the actor's memory of them was lost). Presence is as it
+    /// was for them, so no diff goes out; publish rights are checked again on the next publish.
+    async fn retrack(&mut self) {
+        let room = self.name().to_owned();
+        let members = ractor::call_t!(
+            self.fanout,
+            |reply| FanOutMessage::Members { room, reply },
+            1000
+        )
+        .unwrap_or_default();
+        for (conn, meta) in members {
+            let user = conn.user_id;
+            self.published.insert(conn.id, (user, meta.clone()));
+            self.members.insert(
+                conn.id,
+                Member {
+                    conn,
+                    meta,
+                    may_publish: false,
+                },
+            );
+        }
+        if !self.members.is_empty() {
+            tracing::info!(room = %self.key, members = self.members.len(), "room took back its connections");
+        }
+    }
+
     async fn load(&mut self) -> Result<(), StoreError> {
         self.history = self
             .store
@@ -530,6 +567,7 @@ impl Actor for RoomActor {
             flush_scheduled: false,
         };
         state.load().await?;
+        state.retrack().await;
         myself.send_interval(state.idle.tick_every(), || RoomCommand::Tick);
         Ok(state)
     }
@@ -573,6 +611,7 @@ impl Actor for RoomActor {
                 }
             },
             RoomCommand::CommitMessages => state.commit_pending().await,
+            RoomCommand::InjectFault => panic!("fault injected into {}", state.key),
             RoomCommand::Presence(reply) => {
                 let members = state.members.values().map(|m| (m.conn.user_id, &m.meta));
                 let _ = reply.send(Ok(RoomState::presences(members)));

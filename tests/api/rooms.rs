@@ -54,6 +54,12 @@ impl Client {
         v
     }
 
+    async fn expect_any(&mut self) -> Value {
+        self.next()
+            .await
+            .unwrap_or_else(|code| panic!("closed ({code:?})"))
+    }
+
     async fn join(&mut self, room: &str, since: Option<i64>) -> Value {
         let mut frame = json!({"op": "join", "room": room, "ref": "j"});
         if let Some(s) = since {
@@ -496,6 +502,61 @@ async fn a_silent_connection_is_dropped(app: TestApp) {
     assert!(matches!(code, Some(4000) | None), "{code:?}");
 }
 
+async fn a_crashed_room_comes_back_with_members_and_history(app: TestApp) {
+    let a = app.sign_up("crash-a@example.com").await;
+    let b = app.sign_up("crash-b@example.com").await;
+    let mut ca = Client::connect(&app, &a.token).await;
+    let mut cb = Client::connect(&app, &b.token).await;
+    ca.join("room:fragile", None).await;
+    ca.expect("presence_diff").await;
+    cb.join("room:fragile", None).await;
+    ca.expect("presence_diff").await;
+    cb.expect("presence_diff").await;
+    ca.publish("room:fragile", json!({"n": 1}), 1).await;
+    let mut others = Vec::new();
+    reply_to(&mut ca, 1, &mut others).await;
+    assert_eq!(cb.expect("message").await["seq"], 1);
+
+    let rooms = app.node.app.rooms.clone();
+    rooms
+        .tell(
+            convene_cluster::EntityKey::new("room", "room:fragile"),
+            convene_actors::room::RoomCommand::InjectFault,
+        )
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            rooms.stats().await.unwrap().restarts == 1
+        })
+        .await
+    );
+
+    // The restarted room knows both connections again and continues the sequence.
+    let p = presence(&app, &a, "room:fragile").await;
+    assert!(
+        p.get(a.id.to_string()).is_some() && p.get(b.id.to_string()).is_some(),
+        "{p}"
+    );
+    cb.publish("room:fragile", json!({"n": 2}), 2).await;
+    let mut seen = Vec::new();
+    let r = reply_to(&mut cb, 2, &mut seen).await;
+    assert_eq!(
+        (r["status"].as_str(), r["body"]["seq"].as_i64()),
+        (Some("ok"), Some(2)),
+        "{r}"
+    );
+    let m = loop {
+        let v = ca.expect_any().await;
+        if v["op"] == "message" && v["seq"] != 1 {
+            break v;
+        }
+    };
+    assert_eq!(
+        (m["seq"].as_i64(), m["from"].as_i64()),
+        (Some(2), Some(b.id))
+    );
+}
+
 macro_rules! on_both {
     ($name:ident, $body:ident, $settings:expr) => {
         mod $name {
@@ -648,3 +709,8 @@ async fn a_browser_page_sees_a_message_from_a_rust_client() {
         "{seen}"
     );
 }
+on_both!(
+    room_crash,
+    a_crashed_room_comes_back_with_members_and_history,
+    Settings::default()
+);
