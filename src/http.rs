@@ -31,8 +31,6 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(rooms::routes(app.clone()))
         .unify()
-        .or(crate::ws::routes(app.clone()))
-        .unify()
         .or(ops::routes(app.clone()))
         .unify();
     let metrics = app.metrics.clone();

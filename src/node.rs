@@ -73,6 +73,53 @@ async fn start_shard<F: EntityFactory>(
     Ok((Router::new(placement.clone(), shard, timeout), cell))
 }
 
+/// Serves HTTP on `listener` until `stop` fires, then lets requests in flight finish. WebSocket
+/// upgrades at `/ws` are taken here, before the routes, so the socket is configured by us;
+/// everything else goes to the warp routes.
+async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Receiver<()>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let routes = warp::service(crate::http::routes(app.clone()));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let (app, routes) = (app.clone(), routes.clone());
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (app, mut routes) = (app.clone(), routes.clone());
+                async move {
+                    if crate::ws::is_upgrade(&req) {
+                        Ok(crate::ws::upgrade(app, req))
+                    } else {
+                        tower_service::Service::call(&mut routes, req).await
+                    }
+                }
+            });
+        let connection = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
 impl Node {
     /// Starts a node with `config`, listening on its `listen` address (port 0 picks one).
     pub async fn start(config: Config) -> anyhow::Result<Self> {
@@ -127,12 +174,7 @@ impl Node {
             .with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = warp::serve(crate::http::routes(app.clone()))
-            .incoming(listener)
-            .graceful(async move {
-                let _ = stopped.await;
-            });
-        let served = tokio::spawn(server.run());
+        let served = tokio::spawn(serve(listener, app.clone(), stopped));
         tracing::info!(%addr, backend = app.store.backend(), node = %config.node_name, "node started");
         Ok(Self {
             addr,

@@ -9,21 +9,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use convene_actors::fanout::Conn;
 use convene_actors::room::{RoomCommand, RoomError, parse_room};
 use convene_cluster::EntityKey;
 use futures::{SinkExt, StreamExt};
 use governor::{Quota, RateLimiter};
+use hyper::body::Incoming;
+use hyper::header::{
+    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
+};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use warp::Filter;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use warp::Reply;
 use warp::reply::Response;
-use warp::ws::{Message, WebSocket};
 
 use crate::app::App;
-use crate::http::{raw_query, with_app};
 
 /// Largest client frame; a larger one closes the connection with 1009.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -36,29 +46,93 @@ pub const CLOSE_TIMEOUT: u16 = 4000;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// The `/ws` route.
-pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("ws")
-        .and(warp::ws())
-        .and(raw_query())
-        .and(with_app(app))
-        .map(|ws: warp::ws::Ws, query: String, app: App| {
-            let token = serde_urlencoded::from_str::<Vec<(String, String)>>(&query)
-                .ok()
-                .and_then(|pairs| {
-                    pairs
-                        .into_iter()
-                        .find(|(k, _)| k == "token")
-                        .map(|(_, v)| v)
-                });
-            // The socket layer refuses frames far past our limit; ours closes politely at 64 KiB.
-            let reply = ws
-                .max_message_size(MAX_FRAME * 4)
-                .max_frame_size(MAX_FRAME * 4)
-                .on_upgrade(move |socket| serve(app, socket, token));
-            warp::Reply::into_response(reply)
-        })
-        .boxed()
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Whether a request asks to open the WebSocket at `/ws`.
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.uri().path() == "/ws" && req.headers().contains_key(SEC_WEBSOCKET_KEY)
+}
+
+/// Answers a `/ws` upgrade request with 101 and serves the connection once upgraded. The socket
+/// is configured here, not by the HTTP framework, so an idle connection keeps small buffers.
+pub fn upgrade(app: App, mut req: Request<Incoming>) -> Response {
+    let headers = req.headers();
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let wants_upgrade = header(CONNECTION).is_some_and(|v| {
+        v.split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case("upgrade"))
+    }) && header(UPGRADE).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && header(SEC_WEBSOCKET_VERSION) == Some("13");
+    let Some(key) = headers.get(SEC_WEBSOCKET_KEY).filter(|_| wants_upgrade) else {
+        let body = json!({
+            "error": "bad_request", "message": "this endpoint takes WebSocket upgrades", "details": {}
+        });
+        return warp::reply::with_status(warp::reply::json(&body), StatusCode::BAD_REQUEST)
+            .into_response();
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let token = req.uri().query().and_then(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .ok()
+            .and_then(|pairs| {
+                pairs
+                    .into_iter()
+                    .find(|(k, _)| k == "token")
+                    .map(|(_, v)| v)
+            })
+    });
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        // Small buffers that grow for large frames: idle connections stay cheap.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .max_message_size(Some(MAX_FRAME * 4))
+            .max_frame_size(Some(MAX_FRAME * 4));
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        serve(app, socket, token).await;
+    });
+    let mut res = warp::reply().into_response();
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    res
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from(reason),
+    }))
+}
+
+/// A frame shared by every connection it goes to, without a copy per connection.
+struct Shared(Arc<str>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+fn text(frame: Arc<str>) -> Message {
+    match Utf8Bytes::try_from(Bytes::from_owner(Shared(frame))) {
+        Ok(t) => Message::Text(t),
+        Err(_) => Message::Text(Utf8Bytes::from_static("")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -90,7 +164,7 @@ fn error(
     reply(reference, "error", body)
 }
 
-async fn authenticate(app: &App, socket: &mut WebSocket, token: Option<String>) -> Option<i64> {
+async fn authenticate(app: &App, socket: &mut Socket, token: Option<String>) -> Option<i64> {
     let token = match token {
         Some(t) => t,
         None => {
@@ -98,7 +172,7 @@ async fn authenticate(app: &App, socket: &mut WebSocket, token: Option<String>) 
             let Ok(Some(Ok(msg))) = first else {
                 return None;
             };
-            let frame: ClientFrame = serde_json::from_str(msg.to_str().ok()?).ok()?;
+            let frame: ClientFrame = serde_json::from_str(msg.to_text().ok()?).ok()?;
             if frame.op != "auth" {
                 return None;
             }
@@ -112,12 +186,9 @@ async fn authenticate(app: &App, socket: &mut WebSocket, token: Option<String>) 
     Some(caller.principal.user_id)
 }
 
-async fn serve(app: App, mut socket: WebSocket, token: Option<String>) {
+async fn serve(app: App, mut socket: Socket, token: Option<String>) {
     let Some(user_id) = authenticate(&app, &mut socket, token).await else {
-        let _ = socket
-            .send(Message::close_with(CLOSE_UNAUTHORIZED, "unauthorized"))
-            .await;
-        let _ = socket.close().await;
+        let _ = socket.send(close(CLOSE_UNAUTHORIZED, "unauthorized")).await;
         return;
     };
     let (tx, rx) = mpsc::channel(app.config.ws_outbound_queue.max(1));
@@ -156,7 +227,7 @@ async fn serve(app: App, mut socket: WebSocket, token: Option<String>) {
 /// Sends queued frames and heartbeat pings until the connection is asked to close, then sends
 /// the close frame (best effort: a client that stopped reading may never see it).
 async fn write(
-    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut sink: futures::stream::SplitSink<Socket, Message>,
     mut rx: mpsc::Receiver<Arc<str>>,
     conn: Arc<Conn>,
     heartbeat: Duration,
@@ -175,7 +246,7 @@ async fn write(
                     break;
                 }
                 // Frames waiting together go out with one flush.
-                let frames = batch.drain(..).map(|f| Ok(Message::text(f.as_ref())));
+                let frames = batch.drain(..).map(|f| Ok(text(f)));
                 let mut frames = futures::stream::iter(frames);
                 tokio::select! {
                     biased;
@@ -187,7 +258,7 @@ async fn write(
                 tokio::select! {
                     biased;
                     () = conn.closing() => { interrupted = true; break; }
-                    sent = sink.send(Message::ping(Vec::new())) => if sent.is_err() { break },
+                    sent = sink.send(Message::Ping(Bytes::new())) => if sent.is_err() { break },
                 }
             }
         }
@@ -197,17 +268,13 @@ async fn write(
         return;
     }
     let (code, reason) = conn.close_reason().unwrap_or((1000, "bye".into()));
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        sink.send(Message::close_with(code, reason)),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close(code, &reason))).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
 }
 
 async fn read(
     app: &App,
-    stream: &mut futures::stream::SplitStream<WebSocket>,
+    stream: &mut futures::stream::SplitStream<Socket>,
     conn: &Arc<Conn>,
     joined: &mut HashSet<String>,
     heartbeat: Duration,
@@ -233,11 +300,11 @@ async fn read(
         if msg.is_ping() || msg.is_pong() {
             continue;
         }
-        if msg.as_bytes().len() > MAX_FRAME {
+        if msg.len() > MAX_FRAME {
             conn.close_with(CLOSE_TOO_BIG, "frame_too_large");
             return;
         }
-        let Ok(text) = msg.to_str() else {
+        let Message::Text(text) = msg else {
             conn.push(error(
                 &Value::Null,
                 "invalid_frame",
@@ -246,7 +313,7 @@ async fn read(
             ));
             continue;
         };
-        let frame: ClientFrame = match serde_json::from_str(text) {
+        let frame: ClientFrame = match serde_json::from_str(text.as_str()) {
             Ok(f) => f,
             Err(e) => {
                 conn.push(error(&Value::Null, "invalid_json", e, json!({})));
