@@ -46,6 +46,12 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
                   mut res: Response| {
                 let endpoint = route_template(path.as_str());
                 let status = res.status();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    // The rest of the body was never read: this connection cannot carry another
+                    // request, so tell the client not to reuse it.
+                    res.headers_mut()
+                        .insert("connection", warp::http::HeaderValue::from_static("close"));
+                }
                 if status == StatusCode::METHOD_NOT_ALLOWED {
                     if let Some(allow) = allowed_methods(endpoint) {
                         res.headers_mut()

@@ -145,6 +145,9 @@ pub enum RoomCommand {
 /// The answer to a publish: the message's seq once it is stored.
 type PublishReply = RpcReplyPort<Result<i64, RoomError>>;
 
+/// Metas per frame when a joiner is sent the room's presence.
+const STATE_CHUNK: usize = 32;
+
 /// How long presence changes are gathered into one `presence_diff`.
 const PRESENCE_WINDOW: Duration = Duration::from_millis(20);
 
@@ -238,7 +241,7 @@ pub struct RoomState {
     pending: Vec<(i64, Value, PublishReply)>,
     publish_scheduled: bool,
     /// The `presence_state` frame of `published`, built once per change.
-    state_frame: Option<Arc<str>>,
+    state_frames: Option<Vec<Arc<str>>>,
     pending_joins: Vec<(u64, i64, Value)>,
     pending_leaves: Vec<(u64, i64, Value)>,
     flush_scheduled: bool,
@@ -362,7 +365,9 @@ impl RoomState {
             "op": "reply", "ref": join_ref, "status": "ok",
             "body": {"room": room, "seq": self.seq},
         })));
-        conn.push(self.state_frame());
+        for f in self.state_frames() {
+            conn.push(f);
+        }
         for m in missed {
             conn.push(frame(&m));
         }
@@ -392,15 +397,27 @@ impl RoomState {
     }
 
     /// The `presence_state` frame of the presence last broadcast.
-    fn state_frame(&mut self) -> Arc<str> {
-        if let Some(f) = &self.state_frame {
+    /// The presence last broadcast, as a joiner receives it: a `presence_state` with the first
+    /// metas, then `presence_diff` joins with the rest, [`STATE_CHUNK`] metas a frame, so no
+    /// frame (and no connection's write buffer) grows with the size of the room.
+    fn state_frames(&mut self) -> Vec<Arc<str>> {
+        if let Some(f) = &self.state_frames {
             return f.clone();
         }
-        let presences = Self::presences(self.published.values().map(|(u, m)| (*u, m)));
-        let f =
-            frame(&json!({"op": "presence_state", "room": self.name(), "presences": presences}));
-        self.state_frame = Some(f.clone());
-        f
+        let entries: Vec<(i64, &Value)> = self.published.values().map(|(u, m)| (*u, m)).collect();
+        let mut chunks = entries.chunks(STATE_CHUNK);
+        let first = Self::presences(chunks.next().unwrap_or_default().iter().copied());
+        let mut frames = vec![frame(
+            &json!({"op": "presence_state", "room": self.name(), "presences": first}),
+        )];
+        for chunk in chunks {
+            let joins = Self::presences(chunk.iter().copied());
+            frames.push(frame(
+                &json!({"op": "presence_diff", "room": self.name(), "joins": joins, "leaves": {}}),
+            ));
+        }
+        self.state_frames = Some(frames.clone());
+        frames
     }
 
     fn schedule_flush(&mut self, myself: &ActorRef<RoomCommand>) {
@@ -425,13 +442,18 @@ impl RoomState {
         for (conn, _, _) in &leaves {
             self.published.remove(conn);
         }
-        self.state_frame = None;
-        let diff = json!({
-            "op": "presence_diff", "room": self.name(),
-            "joins": Self::presences(joins.iter().map(|(_, u, m)| (*u, m))),
-            "leaves": Self::presences(leaves.iter().map(|(_, u, m)| (*u, m))),
-        });
-        self.broadcast(&diff);
+        self.state_frames = None;
+        // Joins go out before leaves, STATE_CHUNK metas a frame, so a burst of arrivals never
+        // makes one large frame.
+        let empty = || Self::presences(std::iter::empty());
+        for chunk in joins.chunks(STATE_CHUNK) {
+            let joins = Self::presences(chunk.iter().map(|(_, u, m)| (*u, m)));
+            self.broadcast(&json!({"op": "presence_diff", "room": self.name(), "joins": joins, "leaves": empty()}));
+        }
+        for chunk in leaves.chunks(STATE_CHUNK) {
+            let leaves = Self::presences(chunk.iter().map(|(_, u, m)| (*u, m)));
+            self.broadcast(&json!({"op": "presence_diff", "room": self.name(), "joins": empty(), "leaves": leaves}));
+        }
     }
 
     /// Checks that the connection may publish; the message then waits for the next commit.
@@ -561,7 +583,7 @@ impl Actor for RoomActor {
             published: BTreeMap::new(),
             pending: Vec::new(),
             publish_scheduled: false,
-            state_frame: None,
+            state_frames: None,
             pending_joins: Vec::new(),
             pending_leaves: Vec::new(),
             flush_scheduled: false,
