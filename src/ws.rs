@@ -46,6 +46,9 @@ pub const CLOSE_TIMEOUT: u16 = 4000;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// A reply that is ready once the room has answered.
+type PendingReply = std::pin::Pin<Box<dyn std::future::Future<Output = Arc<str>> + Send>>;
+
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Whether a request asks to open the WebSocket at `/ws`.
@@ -280,6 +283,14 @@ async fn read(
     heartbeat: Duration,
 ) {
     let per_sec = NonZeroU32::new(app.config.ws_publish_per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
+    // Publish replies go out in the order the publishes came, each once its room answered.
+    let (replies, mut pending) = mpsc::unbounded_channel::<PendingReply>();
+    let answering = conn.clone();
+    tokio::spawn(async move {
+        while let Some(reply) = pending.recv().await {
+            answering.push(reply.await);
+        }
+    });
     let limiter = RateLimiter::direct(Quota::per_second(per_sec));
     let silence = heartbeat * 2;
     let mut deadline = Instant::now() + silence;
@@ -320,7 +331,7 @@ async fn read(
                 continue;
             }
         };
-        handle(app, conn, joined, &limiter, frame).await;
+        handle(app, conn, joined, &limiter, &replies, frame).await;
     }
 }
 
@@ -329,6 +340,7 @@ async fn handle(
     conn: &Arc<Conn>,
     joined: &mut HashSet<String>,
     limiter: &governor::DefaultDirectRateLimiter,
+    replies: &mpsc::UnboundedSender<PendingReply>,
     frame: ClientFrame,
 ) {
     let r = &frame.reference;
@@ -430,30 +442,30 @@ async fn handle(
                 return;
             }
             let conn_id = conn.id;
-            match app
-                .rooms
-                .ask(key, |reply| RoomCommand::Publish {
-                    conn_id,
-                    body,
-                    reply,
-                })
-                .await
-            {
-                Ok(Ok(seq)) => {
-                    conn.push(reply(r, "ok", json!({"room": room, "seq": seq})));
-                }
-                Ok(Err(e)) => {
-                    conn.push(error(r, e.reason(), &e, json!({})));
-                }
-                Err(_) => {
-                    conn.push(error(
-                        r,
+            // Sent now, answered when stored: the next frame is read meanwhile, so one
+            // connection's publishes share the room's commits, and stay in order.
+            let sent = app.rooms.send(key, |reply| RoomCommand::Publish {
+                conn_id,
+                body,
+                reply,
+            });
+            let r = r.clone();
+            let _ = replies.send(Box::pin(async move {
+                let answer = match sent {
+                    Ok(waiting) => waiting.await,
+                    Err(e) => Err(e),
+                };
+                match answer {
+                    Ok(Ok(seq)) => reply(&r, "ok", json!({"room": room, "seq": seq})),
+                    Ok(Err(e)) => error(&r, e.reason(), &e, json!({})),
+                    Err(_) => error(
+                        &r,
                         "unavailable",
                         "the room is unavailable; retry",
                         json!({}),
-                    ));
+                    ),
                 }
-            }
+            }));
         }
         other => {
             conn.push(error(

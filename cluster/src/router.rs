@@ -63,13 +63,26 @@ impl<M: Message> Router<M> {
         key: EntityKey,
         build: impl FnOnce(RpcReplyPort<T>) -> M,
     ) -> Result<T, AskError> {
+        self.send(key, build)?.await
+    }
+
+    /// Sends the message now and returns the wait for its reply, so a caller can send several
+    /// in order and collect the answers later.
+    pub fn send<T: Send + 'static>(
+        &self,
+        key: EntityKey,
+        build: impl FnOnce(RpcReplyPort<T>) -> M,
+    ) -> Result<impl Future<Output = Result<T, AskError>> + Send + 'static, AskError> {
         let (tx, rx) = oneshot::channel();
         self.tell(key, build(RpcReplyPort::from(tx)))?;
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => Err(AskError::Unavailable),
-            Err(_) => Err(AskError::Timeout),
-        }
+        let timeout = self.timeout;
+        Ok(async move {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(_)) => Err(AskError::Unavailable),
+                Err(_) => Err(AskError::Timeout),
+            }
+        })
     }
 
     /// The local shard's counters.
