@@ -95,7 +95,7 @@ pub fn upgrade(app: App, mut req: Request<Incoming>) -> Response {
         };
         // Small buffers that grow for large frames: idle connections stay cheap.
         let config = WebSocketConfig::default()
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(1024)
             .write_buffer_size(0)
             .max_message_size(Some(MAX_FRAME * 4))
             .max_frame_size(Some(MAX_FRAME * 4));

@@ -146,7 +146,7 @@ pub enum RoomCommand {
 type PublishReply = RpcReplyPort<Result<i64, RoomError>>;
 
 /// Metas per frame when a joiner is sent the room's presence.
-const STATE_CHUNK: usize = 32;
+const STATE_CHUNK: usize = 16;
 
 /// How long presence changes are gathered into one `presence_diff`.
 const PRESENCE_WINDOW: Duration = Duration::from_millis(20);
