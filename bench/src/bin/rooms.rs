@@ -21,7 +21,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     subscribers: Vec<usize>,
     /// Messages the publisher sends in each run.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 300)]
     messages: usize,
     /// Internal: run a server (`convene` or `baseline`) and print its address.
     #[arg(long, hide = true)]
