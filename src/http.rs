@@ -86,6 +86,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/api/v1/rooms/{room}/messages", "GET"),
     ("/ws", "GET"),
     ("/health", "GET"),
+    ("/health/live", "GET"),
     ("/metrics", "GET"),
     ("/openapi.json", "GET"),
 ];

@@ -20,6 +20,14 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_app(app.clone()))
         .then(health);
+    // Liveness: the process answers. Readiness (/health) also needs the database, and a
+    // database outage must not make the orchestrator restart every node.
+    let live = warp::path!("health" / "live").and(warp::get()).map(|| {
+        json(
+            StatusCode::OK,
+            &serde_json::json!({"service": "convene", "status": "alive"}),
+        )
+    });
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_app(app))
@@ -27,7 +35,14 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
     let openapi = warp::path!("openapi.json")
         .and(warp::get())
         .map(|| warp::reply::json(&ApiDoc::openapi()).into_response());
-    health.or(metrics).unify().or(openapi).unify().boxed()
+    health
+        .or(live)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(openapi)
+        .unify()
+        .boxed()
 }
 
 /// One dependency's health.

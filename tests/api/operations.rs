@@ -10,6 +10,8 @@ both_stores! {
         assert_eq!(health.body["status"], "healthy");
         assert_eq!(health.body["checks"]["database"]["status"], "healthy");
         assert!(health.body["timestamp"].is_string());
+        let live = app.send("GET", "/health/live", None, None).await;
+        assert_eq!((live.status, live.body["status"].as_str()), (200, Some("alive")));
 
         let user = app.sign_up("ops@example.com").await;
         let event = app.create_event(&user, 1).await;
