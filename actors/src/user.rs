@@ -194,7 +194,13 @@ impl Actor for UserActor {
         }
         match message {
             UserMessage::Get(reply) => {
-                let _ = reply.send(state.user.clone().ok_or(EntityError::NotFound));
+                // The account is also written outside its actor (roles granted from the command
+                // line), so a read refreshes it: one primary-key lookup.
+                let answer = match state.load().await {
+                    Ok(()) => state.user.clone().ok_or(EntityError::NotFound),
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(answer);
             }
             UserMessage::Update {
                 name,

@@ -136,8 +136,11 @@ both_stores! {
         assert!(String::from_utf8_lossy(&unknown.stderr).contains("no account"));
         let bad_role = run(&["users", "grant-role", "boss@example.com", "emperor"]);
         assert!(!bad_role.status.success());
+        assert_eq!(app.send("GET", "/api/v1/users/me", Some(&boss.token), None).await.body["role"], "user");
         let ok = run(&["users", "grant-role", "Boss@Example.com", "admin"]);
         assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+        // The account's actor is active, yet it shows the role written outside it.
+        assert_eq!(app.send("GET", "/api/v1/users/me", Some(&boss.token), None).await.body["role"], "admin");
 
         let login = app.send("POST", "/api/v1/auth/login", None,
             Some(json!({"email": "boss@example.com", "password": "correct horse battery"}))).await;
