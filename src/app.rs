@@ -2,13 +2,14 @@
 //! entity shards, the metrics and the configuration.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use convene_actors::event::EventMessage;
 use convene_actors::room::RoomCommand;
 use convene_actors::rules::Principal;
 use convene_actors::user::UserMessage;
-use convene_cluster::Router;
+use convene_cluster::{Cluster, Router};
 
 use crate::auth::{Auth, Claims, TokenError};
 use crate::config::Config;
@@ -32,6 +33,10 @@ pub struct Inner {
     pub events: Router<EventMessage>,
     /// Reaches room actors.
     pub rooms: Router<RoomCommand>,
+    /// The members of the cluster and the owner of each key.
+    pub cluster: Cluster,
+    /// Set when the node is leaving: health answers 503 so load balancers stop sending work.
+    pub draining: AtomicBool,
     /// Metric families.
     pub metrics: Metrics,
     /// The configuration the node started with.

@@ -67,6 +67,48 @@ pub struct Config {
     pub ws_publish_per_sec: u32,
     /// Server ping period; silence for twice as long drops the connection.
     pub ws_heartbeat_secs: u64,
+    /// Node-to-node listener; set (or give seeds) to run as a member of a cluster.
+    pub cluster_listen: Option<SocketAddr>,
+    /// The host other nodes reach this one at (default: the listener's address, or the
+    /// machine's host name when it listens on every interface).
+    pub cluster_advertise: Option<String>,
+    /// The shared secret of the cluster's nodes.
+    pub cookie: Option<Secret>,
+    /// Other nodes: `host:port` node-to-node addresses, or `dns:NAME:PORT`.
+    #[serde(deserialize_with = "list")]
+    pub seeds: Vec<String>,
+    /// Heartbeat period between members.
+    pub heartbeat_ms: u64,
+    /// A member silent this long is marked down.
+    pub down_after_ms: u64,
+    /// On SIGTERM, the most a node takes to hand off its entities and exit.
+    pub drain_grace_secs: u64,
+}
+
+impl Config {
+    /// Whether this node is to be a member of a cluster.
+    pub fn clustered(&self) -> bool {
+        self.cluster_listen.is_some() || !self.seeds.is_empty()
+    }
+}
+
+/// A list given either as a list or as one comma-separated string (as in the environment).
+fn list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s,
+        OneOrMany::Many(v) => v.join(","),
+    }
+    .split(',')
+    .map(str::trim)
+    .filter(|s| !s.is_empty())
+    .map(str::to_owned)
+    .collect())
 }
 
 /// Values given on the command line, which win over everything else.
@@ -78,6 +120,18 @@ pub struct Overrides {
     /// `--data-dir`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// `--node-name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// `--cluster-listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// `--cookie`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// `--seeds`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<String>,
 }
 
 impl Config {
@@ -107,7 +161,8 @@ impl Config {
                 // Secrets and URLs stay strings even when they look like numbers.
                 let key = key.to_ascii_lowercase();
                 let value = match key.as_str() {
-                    "jwt_secret" | "database_url" | "node_name" | "data_dir" => Value::from(v),
+                    "jwt_secret" | "database_url" | "node_name" | "data_dir" | "cookie"
+                    | "seeds" | "cluster_advertise" => Value::from(v),
                     _ => value,
                 };
                 prefixed.insert(key, value);
@@ -160,6 +215,20 @@ mod tests {
         assert_eq!(c.request_timeout_ms, 250);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.database_url.unwrap().expose(), "postgres://x/y");
+    }
+
+    #[test]
+    fn seeds_come_as_a_list_or_a_comma_separated_string() {
+        let c = Config::load(
+            None,
+            env(&[("CONVENE_SEEDS", "10.0.0.1:7000, dns:convene-headless:7000")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.seeds, ["10.0.0.1:7000", "dns:convene-headless:7000"]);
+        assert!(c.clustered());
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert!(!c.clustered());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! entities go to the store), and maps the answer; errors become JSON in [`error`].
 
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod ops;
@@ -32,6 +33,8 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .or(rooms::routes(app.clone()))
         .unify()
         .or(ops::routes(app.clone()))
+        .unify()
+        .or(cluster::routes(app.clone()))
         .unify();
     let metrics = app.metrics.clone();
     warp::any()
@@ -84,6 +87,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/api/v1/events/{id}/registrations/me", "DELETE"),
     ("/api/v1/rooms/{room}/presence", "GET"),
     ("/api/v1/rooms/{room}/messages", "GET"),
+    ("/api/v1/cluster", "GET"),
     ("/ws", "GET"),
     ("/health", "GET"),
     ("/health/live", "GET"),

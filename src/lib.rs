@@ -6,6 +6,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -1,5 +1,5 @@
 //! The `convene` command: `serve` runs a node; `migrate` applies the schema; `users grant-role`
-//! gives an account a role.
+//! gives an account a role; `cluster status` prints a running cluster's members.
 
 use std::path::PathBuf;
 
@@ -29,6 +29,23 @@ enum Command {
         /// HTTP listen address (default 127.0.0.1:8080).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// This node's unique name in the cluster.
+        #[arg(long)]
+        node_name: Option<String>,
+        /// Node-to-node listen address; makes this node a cluster member.
+        #[arg(long)]
+        cluster_listen: Option<std::net::SocketAddr>,
+        /// The cluster's shared secret.
+        #[arg(long)]
+        cookie: Option<String>,
+        /// Other nodes: `host:port,…` or `dns:NAME:PORT`.
+        #[arg(long)]
+        seeds: Option<String>,
+    },
+    /// Inspects a running cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
     /// Applies the database migrations and exits.
     Migrate,
@@ -50,22 +67,51 @@ enum UsersCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Prints the members as one node sees them, and which node owns a key.
+    Status {
+        /// The base URL of any node.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// An admin's access token.
+        #[arg(long, env = "CONVENE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// An entity key such as `event/42`: also print its owner.
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let listen = match &cli.command {
-        Command::Serve { listen } => *listen,
-        _ => None,
-    };
-    let overrides = Overrides {
-        listen,
+    let mut overrides = Overrides {
         data_dir: cli.data_dir.clone(),
+        ..Overrides::default()
     };
+    if let Command::Serve {
+        listen,
+        node_name,
+        cluster_listen,
+        cookie,
+        seeds,
+    } = &cli.command
+    {
+        overrides.listen = *listen;
+        overrides.node_name = node_name.clone();
+        overrides.cluster_listen = *cluster_listen;
+        overrides.cookie = cookie.clone();
+        overrides.seeds = seeds.clone();
+    }
     let config = Config::load(cli.config.as_deref(), std::env::vars(), &overrides)
         .context("loading configuration")?;
     init_tracing(&config.log_format);
     match cli.command {
         Command::Serve { .. } => serve(config).await,
+        Command::Cluster {
+            command: ClusterCommand::Status { url, token, key },
+        } => convene::console::cluster_status(&url, &token, key.as_deref()).await,
         Command::Migrate => {
             let store = open_store(&config).await?;
             println!("migrations applied ({})", store.backend());

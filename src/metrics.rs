@@ -69,6 +69,14 @@ impl Metrics {
         }
     }
 
+    /// Adds families kept elsewhere (the cluster layer's).
+    pub fn register(&self, collectors: Vec<Box<dyn prometheus::core::Collector>>) {
+        for c in collectors {
+            // A family registered twice is the same family: keep the first.
+            let _ = self.registry.register(c);
+        }
+    }
+
     /// The text exposition of every family.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

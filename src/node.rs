@@ -1,8 +1,9 @@
-//! A running node: opens the store, starts the entity shards under the cluster seam, and serves
-//! the HTTP edge until asked to stop.
+//! A running node: opens the store, joins the cluster (when configured to), starts the entity
+//! shards under the routing seam, and serves the HTTP edge until asked to stop; then it drains.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -10,7 +11,10 @@ use convene_actors::event::EventFactory;
 use convene_actors::fanout::FanOut;
 use convene_actors::room::RoomFactory;
 use convene_actors::user::UserFactory;
-use convene_cluster::{EntityFactory, Placement, Router, Shard, ShardArgs};
+use convene_cluster::{
+    Cluster, EntityFactory, MembershipSettings, Network, NetworkSettings, Router, Seed, Shard,
+    ShardArgs,
+};
 use ractor::Actor;
 use tokio::sync::oneshot;
 
@@ -29,6 +33,7 @@ pub struct Node {
     stop: Option<oneshot::Sender<()>>,
     served: tokio::task::JoinHandle<()>,
     shards: Vec<ractor::ActorCell>,
+    network: Option<Network>,
 }
 
 /// Opens the store the configuration names.
@@ -60,17 +65,61 @@ pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
 
 async fn start_shard<F: EntityFactory>(
     factory: F,
-    placement: &Placement,
+    cluster: &Cluster,
     timeout: Duration,
 ) -> anyhow::Result<(Router<F::Msg>, ractor::ActorCell)> {
+    let kind = factory.kind();
     let args = ShardArgs {
         factory: Arc::new(factory),
         max_restarts: 5,
         restart_window: Duration::from_secs(30),
+        cluster: cluster.clone(),
+        timeout,
     };
     let (shard, _) = Actor::spawn(None, Shard::<F>::default(), args).await?;
     let cell = shard.get_cell();
-    Ok((Router::new(placement.clone(), shard, timeout), cell))
+    Ok((Router::new(cluster.clone(), kind, shard, timeout), cell))
+}
+
+/// The membership of this node: alone, or a member of the cluster its configuration names.
+fn membership(config: &Config, http: SocketAddr) -> anyhow::Result<Option<NetworkSettings>> {
+    if !config.clustered() {
+        return Ok(None);
+    }
+    if !config
+        .database_url
+        .as_ref()
+        .is_some_and(|u| is_postgres(u.expose()))
+    {
+        anyhow::bail!(
+            "a cluster needs a PostgreSQL database shared by its nodes: set DATABASE_URL to a \
+             postgres:// URL (the SQLite default is one node's file)"
+        );
+    }
+    let listen = config.cluster_listen.context(
+        "a clustered node needs cluster_listen (--cluster-listen), the node-to-node address",
+    )?;
+    let cookie = config
+        .cookie
+        .as_ref()
+        .filter(|c| !c.expose().is_empty())
+        .context("a clustered node needs the cluster's cookie (--cookie or CONVENE_COOKIE)")?;
+    let seeds = config
+        .seeds
+        .iter()
+        .map(|s| s.parse::<Seed>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let advertise_host = match &config.cluster_advertise {
+        Some(host) => host.clone(),
+        None if !listen.ip().is_unspecified() => listen.ip().to_string(),
+        None => std::env::var("HOSTNAME").unwrap_or_else(|_| http.ip().to_string()),
+    };
+    Ok(Some(NetworkSettings {
+        listen,
+        advertise_host,
+        cookie: cookie.expose().to_owned(),
+        seeds,
+    }))
 }
 
 /// Serves HTTP on `listener` until `stop` fires, then lets requests in flight finish. WebSocket
@@ -139,40 +188,54 @@ impl Node {
             config.password_hash_iterations,
         )?;
         let dummy_hash = auth.hash_password("a password nobody has")?;
-        let placement = Placement::single(config.node_name.clone());
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let network = membership(&config, addr)?;
+        let cluster = match &network {
+            Some(n) => Cluster::clustered(MembershipSettings {
+                node_name: config.node_name.clone(),
+                address: Some(format!("{}:{}", n.advertise_host, n.listen.port())),
+                http: Some(addr.to_string()),
+                heartbeat: Duration::from_millis(config.heartbeat_ms.max(10)),
+                down_after: Duration::from_millis(config.down_after_ms.max(100)),
+            }),
+            None => Cluster::single(config.node_name.clone()),
+        };
         let timeout = Duration::from_millis(config.request_timeout_ms);
         let idle = Duration::from_secs(config.passivate_after_secs);
         let store_dyn: Arc<dyn convene_actors::Store> = Arc::new(store.clone());
-        let (users, user_shard) = start_shard(
-            UserFactory::new(store_dyn.clone(), idle),
-            &placement,
-            timeout,
-        )
-        .await?;
+        let (users, user_shard) =
+            start_shard(UserFactory::new(store_dyn.clone(), idle), &cluster, timeout).await?;
         let (events, event_shard) = start_shard(
             EventFactory::new(store_dyn.clone(), idle),
-            &placement,
+            &cluster,
             timeout,
         )
         .await?;
         let (fanout, _) = Actor::spawn(None, FanOut, ()).await?;
         let rooms_factory = RoomFactory::new(store_dyn, events.clone(), fanout.clone(), idle);
-        let (rooms, room_shard) = start_shard(rooms_factory, &placement, timeout).await?;
+        let (rooms, room_shard) = start_shard(rooms_factory, &cluster, timeout).await?;
+        let metrics = Metrics::new();
+        metrics.register(cluster.metrics().collectors());
+        let network = match network {
+            Some(settings) => Some(Network::start(cluster.clone(), settings).await?),
+            None => None,
+        };
         let app = App::new(Inner {
             store,
             auth,
             users,
             events,
             rooms,
-            metrics: Metrics::new(),
+            cluster,
+            draining: AtomicBool::new(false),
+            metrics,
             config: config.clone(),
             started: Instant::now(),
             dummy_hash,
         });
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
-        let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(serve(listener, app.clone(), stopped));
         tracing::info!(%addr, backend = app.store.backend(), node = %config.node_name, "node started");
@@ -182,6 +245,7 @@ impl Node {
             stop: Some(stop),
             served,
             shards: vec![user_shard, event_shard, room_shard, fanout.get_cell()],
+            network,
         })
     }
 
@@ -190,14 +254,46 @@ impl Node {
         format!("http://{}", self.addr)
     }
 
-    /// Stops taking requests, lets those in flight finish, then stops the actors.
+    /// Leaves the cluster gracefully, within the configured grace period: `/health` turns
+    /// unhealthy at once so load balancers stop sending work, while requests that still arrive
+    /// are served; the entities are handed off to the other members; then the node stops
+    /// taking requests, lets those in flight finish, and stops its actors.
     pub async fn shutdown(mut self) {
+        let deadline = Instant::now() + Duration::from_secs(self.app.config.drain_grace_secs);
+        self.app.draining.store(true, Ordering::SeqCst);
+        if let Some(network) = self.network.take() {
+            let cluster = self.app.cluster.clone();
+            let heartbeat = cluster.settings().heartbeat;
+            let grace = Duration::from_secs(self.app.config.drain_grace_secs);
+            // Time for load balancers to see the health check fail.
+            tokio::time::sleep((grace / 10).min(Duration::from_secs(2))).await;
+            cluster.start_leaving();
+            let handoff_by = Instant::now() + grace / 2;
+            while !cluster.handed_off().await && Instant::now() < handoff_by {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            cluster.announce_leaving();
+            // Two heartbeats: every member hears that this node left, and routes its keys
+            // to their new owners; forwards this node still receives meanwhile find them.
+            tokio::time::sleep(heartbeat * 2).await;
+            self.stop_serving(deadline).await;
+            network.stop().await;
+        } else {
+            self.stop_serving(deadline).await;
+        }
+        for shard in &self.shards {
+            let _ = shard.drain_and_wait(Some(Duration::from_secs(5))).await;
+        }
+    }
+
+    async fn stop_serving(&mut self, deadline: Instant) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let _ = (&mut self.served).await;
-        for shard in &self.shards {
-            let _ = shard.drain_and_wait(Some(Duration::from_secs(5))).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, &mut self.served).await.is_err() {
+            tracing::warn!("requests still in flight at the end of the grace period");
+            self.served.abort();
         }
     }
 }

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
+use convene_cluster::wire::{self, Forwardable, Responder, WireError, decode, encode, respond};
 use convene_cluster::{EntityFactory, EntityKey, ShardMessage, Spawning};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::EntityError;
@@ -82,8 +84,146 @@ pub enum EventMessage {
     InjectFault,
 }
 
+impl ractor::Message for EventMessage {}
+
+/// The requests of [`EventMessage`] that may be forwarded to the event's owner on another node.
+#[derive(Serialize, Deserialize)]
+enum EventRequest {
+    Get,
+    Update {
+        principal: Principal,
+        patch: EventPatch,
+        if_match: Option<i64>,
+    },
+    Delete {
+        principal: Principal,
+    },
+    Register {
+        user_id: i64,
+        waitlist: bool,
+        idempotency_key: Option<String>,
+    },
+    Cancel {
+        user_id: i64,
+    },
+    ListRegistrations {
+        principal: Principal,
+    },
+    Access {
+        user_id: i64,
+    },
+    InjectFault,
+}
+
+impl Forwardable for EventMessage {
+    fn into_wire(self) -> Result<(Vec<u8>, Responder), Self> {
+        let (request, responder) = match self {
+            Self::Get(reply) => (EventRequest::Get, respond(reply)),
+            Self::Update {
+                principal,
+                patch,
+                if_match,
+                reply,
+            } => (
+                EventRequest::Update {
+                    principal,
+                    patch,
+                    if_match,
+                },
+                respond(reply),
+            ),
+            Self::Delete { principal, reply } => {
+                (EventRequest::Delete { principal }, respond(reply))
+            }
+            Self::Register {
+                user_id,
+                waitlist,
+                idempotency_key,
+                reply,
+            } => (
+                EventRequest::Register {
+                    user_id,
+                    waitlist,
+                    idempotency_key,
+                },
+                respond(reply),
+            ),
+            Self::Cancel { user_id, reply } => (EventRequest::Cancel { user_id }, respond(reply)),
+            Self::ListRegistrations { principal, reply } => (
+                EventRequest::ListRegistrations { principal },
+                respond(reply),
+            ),
+            Self::Access { user_id, reply } => (EventRequest::Access { user_id }, respond(reply)),
+            Self::InjectFault => (
+                EventRequest::InjectFault,
+                Box::new(|_: &[u8]| {}) as Responder,
+            ),
+            // Timer and self messages belong to the actor that sent them.
+            local @ (Self::Flush | Self::Tick) => return Err(local),
+        };
+        Ok((encode(&request), responder))
+    }
+
+    fn from_wire(body: &[u8]) -> Result<(Self, wire::Answer), WireError> {
+        Ok(match decode::<EventRequest>(body)? {
+            EventRequest::Get => {
+                let (reply, answer) = wire::answer();
+                (Self::Get(reply), answer)
+            }
+            EventRequest::Update {
+                principal,
+                patch,
+                if_match,
+            } => {
+                let (reply, answer) = wire::answer();
+                let msg = Self::Update {
+                    principal,
+                    patch,
+                    if_match,
+                    reply,
+                };
+                (msg, answer)
+            }
+            EventRequest::Delete { principal } => {
+                let (reply, answer) = wire::answer();
+                (Self::Delete { principal, reply }, answer)
+            }
+            EventRequest::Register {
+                user_id,
+                waitlist,
+                idempotency_key,
+            } => {
+                let (reply, answer) = wire::answer();
+                let msg = Self::Register {
+                    user_id,
+                    waitlist,
+                    idempotency_key,
+                    reply,
+                };
+                (msg, answer)
+            }
+            EventRequest::Cancel { user_id } => {
+                let (reply, answer) = wire::answer();
+                (Self::Cancel { user_id, reply }, answer)
+            }
+            EventRequest::ListRegistrations { principal } => {
+                let (reply, answer) = wire::answer();
+                (Self::ListRegistrations { principal, reply }, answer)
+            }
+            EventRequest::Access { user_id } => {
+                let (reply, answer) = wire::answer();
+                (Self::Access { user_id, reply }, answer)
+            }
+            EventRequest::InjectFault => (
+                Self::InjectFault,
+                Box::pin(async { Some(Vec::new()) }) as wire::Answer,
+            ),
+        })
+    }
+}
+
 /// A user's standing in an event, for its live room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomAccess {
     /// They created the event.
     pub creator: bool,
@@ -839,9 +979,12 @@ impl Actor for EventActor {
                 });
                 if !state.flush_scheduled {
                     // The flush is queued behind the requests already in the mailbox, so one
-                    // transaction commits all of them.
+                    // transaction commits all of them. A draining actor (being passivated or
+                    // handed off) takes no new messages: it commits at once instead.
                     state.flush_scheduled = true;
-                    myself.cast(EventMessage::Flush)?;
+                    if myself.cast(EventMessage::Flush).is_err() {
+                        state.flush().await;
+                    }
                 }
             }
             EventMessage::Flush => state.flush().await,

@@ -111,6 +111,8 @@ pub enum FanOutMessage {
     Count(ractor::RpcReplyPort<usize>),
 }
 
+impl ractor::Message for FanOutMessage {}
+
 /// The fan-out actor of a node.
 pub struct FanOut;
 

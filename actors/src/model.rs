@@ -159,7 +159,6 @@ pub struct Event {
     /// Tags.
     pub tags: Vec<String>,
     /// Price in cents, if the event is not free.
-    #[serde(skip)]
     pub price_cents: Option<i64>,
     /// Who created it.
     pub created_by: i64,
@@ -170,7 +169,6 @@ pub struct Event {
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
     /// When it was deleted; a deleted event is not found.
-    #[serde(skip)]
     pub deleted_at: Option<DateTime<Utc>>,
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, SubsecRound, Utc};
+use convene_cluster::wire::{Answer, Forwardable, Responder, WireError};
 use convene_cluster::{EntityFactory, EntityKey, Router, ShardMessage, Spawning};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{Map, Value, json};
@@ -140,6 +141,23 @@ pub enum RoomCommand {
     Tick,
     /// Panics inside the handler, for supervision tests and fault drills.
     InjectFault,
+}
+
+impl ractor::Message for RoomCommand {}
+
+impl Forwardable for RoomCommand {
+    /// A room lives on the node its members' connections reach it from.
+    fn placed() -> bool {
+        false
+    }
+
+    fn into_wire(self) -> Result<(Vec<u8>, Responder), Self> {
+        Err(self)
+    }
+
+    fn from_wire(_: &[u8]) -> Result<(Self, Answer), WireError> {
+        Err(WireError::new("rooms take no forwarded messages"))
+    }
 }
 
 /// The answer to a publish: the message's seq once it is stored.

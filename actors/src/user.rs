@@ -6,8 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use convene_cluster::wire::{
+    self, Answer, Forwardable, Responder, WireError, decode, encode, respond,
+};
 use convene_cluster::{EntityFactory, EntityKey, ShardMessage, Spawning};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::error::EntityError;
@@ -42,6 +46,79 @@ pub enum UserMessage {
     Tick,
     /// Panics inside the handler, for supervision tests and fault drills.
     InjectFault,
+}
+
+impl ractor::Message for UserMessage {}
+
+/// The requests of [`UserMessage`] that may be forwarded to the user's owner on another node.
+#[derive(Serialize, Deserialize)]
+enum UserRequest {
+    Get,
+    Update {
+        name: Option<String>,
+        profile: Option<Value>,
+    },
+    RevokeToken {
+        jti: String,
+        expires_at: DateTime<Utc>,
+    },
+    InjectFault,
+}
+
+impl Forwardable for UserMessage {
+    fn into_wire(self) -> Result<(Vec<u8>, Responder), Self> {
+        let (request, responder) = match self {
+            Self::Get(reply) => (UserRequest::Get, respond(reply)),
+            Self::Update {
+                name,
+                profile,
+                reply,
+            } => (UserRequest::Update { name, profile }, respond(reply)),
+            Self::RevokeToken {
+                jti,
+                expires_at,
+                reply,
+            } => (UserRequest::RevokeToken { jti, expires_at }, respond(reply)),
+            Self::InjectFault => (
+                UserRequest::InjectFault,
+                Box::new(|_: &[u8]| {}) as Responder,
+            ),
+            // Timer messages belong to the actor that set the timer.
+            Self::Tick => return Err(Self::Tick),
+        };
+        Ok((encode(&request), responder))
+    }
+
+    fn from_wire(body: &[u8]) -> Result<(Self, Answer), WireError> {
+        Ok(match decode::<UserRequest>(body)? {
+            UserRequest::Get => {
+                let (reply, answer) = wire::answer();
+                (Self::Get(reply), answer)
+            }
+            UserRequest::Update { name, profile } => {
+                let (reply, answer) = wire::answer();
+                let msg = Self::Update {
+                    name,
+                    profile,
+                    reply,
+                };
+                (msg, answer)
+            }
+            UserRequest::RevokeToken { jti, expires_at } => {
+                let (reply, answer) = wire::answer();
+                let msg = Self::RevokeToken {
+                    jti,
+                    expires_at,
+                    reply,
+                };
+                (msg, answer)
+            }
+            UserRequest::InjectFault => (
+                Self::InjectFault,
+                Box::pin(async { Some(Vec::new()) }) as Answer,
+            ),
+        })
+    }
 }
 
 /// Creates an account; fails with `Conflict` (`email_taken`) when the address is in use.

@@ -1,16 +1,21 @@
-//! Convene's cluster layer: entity keys, the members of the cluster, the placement of each entity
-//! on one member, and the shard actors that activate, supervise and passivate entity actors.
+//! Convene's cluster layer: entity keys; the members of the cluster, kept current by heartbeats
+//! over `ractor_cluster`; the placement of each entity on one member by rendezvous hashing; the
+//! router that forwards a message to its owner; and the shard actors that activate, supervise,
+//! passivate and hand off entity actors.
 //!
-//! Today a node is a cluster of one member; every message is delivered to the local shard. The
-//! seam stays the same when several members exist: [`Router::ask`] is the only way the edges reach
-//! an entity, so forwarding to a remote owner is added here without touching a caller.
+//! [`Router::ask`] is the only way the edges reach an entity, wherever it lives.
 
 mod key;
+mod membership;
+mod peer;
 mod placement;
 mod router;
 mod shard;
+pub mod wire;
 
 pub use key::{EntityKey, KeyError};
+pub use membership::{Cluster, ClusterMetrics, MemberReport, MembershipSettings, Owner};
+pub use peer::{Network, NetworkSettings, PeerMessage, Seed};
 pub use placement::{Member, MemberStatus, Placement};
 pub use router::{AskError, Router};
 pub use shard::{EntityFactory, Shard, ShardArgs, ShardMessage, ShardStats, Spawning};

@@ -2,12 +2,12 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::EntityKey;
 
 /// Where a member is in its life in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberStatus {
     /// Connected, not yet given entities.
@@ -18,6 +18,18 @@ pub enum MemberStatus {
     Leaving,
     /// Unreachable.
     Down,
+}
+
+impl MemberStatus {
+    /// The status as a label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Joining => "joining",
+            Self::Up => "up",
+            Self::Leaving => "leaving",
+            Self::Down => "down",
+        }
+    }
 }
 
 /// One node of the cluster as the others see it.
@@ -39,17 +51,21 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// A cluster of one: the local node, up.
-    pub fn single(local: impl Into<String>) -> Self {
-        let local = local.into();
-        Self {
-            members: vec![Member {
-                name: local.clone(),
-                address: None,
-                status: MemberStatus::Up,
-            }],
-            local,
-        }
+    /// A placement over `members`, seen from the member named `local`.
+    pub fn new(local: String, members: Vec<Member>) -> Self {
+        Self { local, members }
+    }
+
+    /// The names of the members that own keys.
+    pub fn up_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .members
+            .iter()
+            .filter(|m| m.status == MemberStatus::Up)
+            .map(|m| m.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names
     }
 
     /// The name of this node.
@@ -91,8 +107,7 @@ mod tests {
     use super::*;
 
     fn with_members(names: &[&str]) -> Placement {
-        let mut p = Placement::single(names[0]);
-        p.members = names
+        let members = names
             .iter()
             .map(|n| Member {
                 name: (*n).into(),
@@ -100,13 +115,20 @@ mod tests {
                 status: MemberStatus::Up,
             })
             .collect();
-        p
+        Placement::new(names[0].into(), members)
     }
 
     #[test]
     fn a_single_node_owns_everything() {
-        let p = Placement::single("a");
+        let p = with_members(&["a"]);
         assert!(p.is_local(&EntityKey::new("event", 1)));
+    }
+
+    #[test]
+    fn members_not_up_own_nothing() {
+        let mut p = with_members(&["a", "b"]);
+        p.members[1].status = MemberStatus::Leaving;
+        assert!((0..100).all(|i| p.is_local(&EntityKey::new("event", i))));
     }
 
     #[test]

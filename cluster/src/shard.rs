@@ -1,6 +1,9 @@
 //! The shard: one actor per entity kind and node that activates entity actors on their first
 //! message, supervises them (a crashed entity is restarted with its state reloaded), and
 //! passivates them when they ask to, buffering messages for a key while its actor starts or stops.
+//! When the placement changes it hands off the entities this node no longer owns: each is
+//! drained (its in-flight messages finish) and the messages that arrive meanwhile follow the key
+//! to its new owner.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -13,7 +16,9 @@ use ractor::{
     SupervisionEvent,
 };
 
-use crate::EntityKey;
+use crate::router::{Forward, remote_owner};
+use crate::wire::Forwardable;
+use crate::{Cluster, EntityKey};
 
 /// The spawn of one entity actor, in flight.
 pub type Spawning<M> = Pin<Box<dyn Future<Output = Result<ActorRef<M>, SpawnErr>> + Send>>;
@@ -21,7 +26,7 @@ pub type Spawning<M> = Pin<Box<dyn Future<Output = Result<ActorRef<M>, SpawnErr>
 /// How to start the actor of one entity kind.
 pub trait EntityFactory: Send + Sync + 'static {
     /// The message type of the entity actors.
-    type Msg: Message;
+    type Msg: Forwardable;
 
     /// The kind of entity this factory starts (`user`, `event`, …).
     fn kind(&self) -> &'static str;
@@ -59,7 +64,11 @@ pub enum ShardMessage<M> {
     },
     /// How many entities are active, for metrics and the console.
     Stats(RpcReplyPort<ShardStats>),
+    /// The placement changed: hand off the entities this node no longer owns.
+    Rebalance,
 }
+
+impl<M: Message> Message for ShardMessage<M> {}
 
 /// A shard's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,6 +79,10 @@ pub struct ShardStats {
     pub restarts: u64,
     /// Passivations since the shard started.
     pub passivations: u64,
+    /// Entities handed off to another member since the shard started.
+    pub handoffs: u64,
+    /// Whether this kind's keys are placed over the members (or live where they are used).
+    pub placed: bool,
 }
 
 /// Start-up arguments of a shard.
@@ -81,6 +94,10 @@ pub struct ShardArgs<F> {
     pub max_restarts: u32,
     /// See `max_restarts`.
     pub restart_window: Duration,
+    /// The member list, to tell which keys this node owns.
+    pub cluster: Cluster,
+    /// How long a message that follows its key to another member may take.
+    pub timeout: Duration,
 }
 
 /// The shard actor for one kind. Its state is the table of entity slots.
@@ -127,7 +144,49 @@ impl<F: EntityFactory> ShardState<F> {
         });
     }
 
+    /// Sends `msg` on to the key's owner if that is another member now; gives it back if the
+    /// key is this node's (or the message cannot leave it).
+    fn follow(
+        &self,
+        myself: &ActorRef<ShardMessage<F::Msg>>,
+        key: &EntityKey,
+        msg: F::Msg,
+    ) -> Option<F::Msg> {
+        let Some(owner) = remote_owner::<F::Msg>(&self.args.cluster, key) else {
+            return Some(msg);
+        };
+        match msg.into_wire() {
+            Ok((body, responder)) => {
+                let forward = Forward {
+                    cluster: self.args.cluster.clone(),
+                    shard: myself.clone(),
+                    key: key.clone(),
+                    body,
+                    deadline: Instant::now() + self.args.timeout,
+                };
+                tokio::spawn(forward.run(owner, responder));
+                None
+            }
+            Err(msg) => Some(msg),
+        }
+    }
+
     fn deliver(&mut self, myself: &ActorRef<ShardMessage<F::Msg>>, key: EntityKey, msg: F::Msg) {
+        if !matches!(self.slots.get(&key), Some(Slot::Running(_))) {
+            let Some(msg) = self.follow(myself, &key, msg) else {
+                return;
+            };
+            return self.deliver_here(myself, key, msg);
+        }
+        self.deliver_here(myself, key, msg);
+    }
+
+    fn deliver_here(
+        &mut self,
+        myself: &ActorRef<ShardMessage<F::Msg>>,
+        key: EntityKey,
+        msg: F::Msg,
+    ) {
         match self.slots.get_mut(&key) {
             Some(Slot::Starting(buf) | Slot::Stopping(buf)) => buf.push_back(msg),
             Some(Slot::Running(actor)) => {
@@ -181,8 +240,34 @@ impl<F: EntityFactory> ShardState<F> {
         } else {
             false
         };
+        // Messages that waited for a handed-off entity follow its key to the new owner.
+        let buf: VecDeque<F::Msg> = buf
+            .into_iter()
+            .filter_map(|m| self.follow(myself, &key, m))
+            .collect();
         if restart || !buf.is_empty() {
             self.start(myself, key, buf);
+        }
+    }
+
+    /// Drains every running entity this node no longer owns.
+    fn rebalance(&mut self) {
+        if !F::Msg::placed() {
+            return;
+        }
+        let moved: Vec<EntityKey> = self
+            .slots
+            .iter()
+            .filter(|(k, slot)| matches!(slot, Slot::Running(_)) && !self.args.cluster.is_local(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in moved {
+            if let Some(Slot::Running(actor)) = self.slots.get(&key) {
+                let _ = actor.drain();
+                self.slots.insert(key, Slot::Stopping(VecDeque::new()));
+                self.stats.handoffs += 1;
+                self.args.cluster.metrics().handoffs.inc();
+            }
         }
     }
 }
@@ -225,7 +310,11 @@ impl<F: EntityFactory> Actor for Shard<F> {
                             let _ = actor.cast(msg);
                         }
                         state.by_actor.insert(actor.get_id(), key.clone());
-                        state.slots.insert(key, Slot::Running(actor));
+                        state.slots.insert(key.clone(), Slot::Running(actor));
+                        if remote_owner::<F::Msg>(&state.args.cluster, &key).is_some() {
+                            // The key moved while its actor started.
+                            state.rebalance();
+                        }
                     }
                     Err(reason) => {
                         // Dropping the buffered messages drops their reply ports: each caller
@@ -246,8 +335,10 @@ impl<F: EntityFactory> Actor for Shard<F> {
             ShardMessage::Stats(reply) => {
                 let mut stats = state.stats;
                 stats.active = state.by_actor.len();
+                stats.placed = F::Msg::placed();
                 let _ = reply.send(stats);
             }
+            ShardMessage::Rebalance => state.rebalance(),
         }
         Ok(())
     }

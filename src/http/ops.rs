@@ -2,6 +2,7 @@
 //! `/openapi.json` generated from the handlers.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{auth, events, json, rooms, users, with_app};
+use super::{auth, cluster, events, json, rooms, users, with_app};
 use crate::app::App;
 
 /// The routes of this module.
@@ -100,6 +101,14 @@ pub async fn health(app: App) -> Response {
             _ => Err("an entity shard is not answering".into()),
         }),
     );
+    checks.insert(
+        "cluster".to_owned(),
+        check(if app.draining.load(Ordering::SeqCst) {
+            Err("draining: this node is leaving".into())
+        } else {
+            Ok(())
+        }),
+    );
     let healthy = checks.values().all(|c| c.status == "healthy");
     let body = HealthStatus {
         service: "convene".into(),
@@ -167,7 +176,7 @@ impl Modify for BearerAuth {
         events::list, events::create, events::get, events::update, events::delete,
         events::register, events::cancel, events::registrations,
         rooms::presence, rooms::messages,
-        health, metrics,
+        health, metrics, cluster::status,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -176,7 +185,7 @@ impl Modify for BearerAuth {
         (name = "events", description = "Events"),
         (name = "registrations", description = "Seats and waitlists"),
         (name = "rooms", description = "Live rooms (WebSocket at /ws)"),
-        (name = "operations", description = "Health and metrics"),
+        (name = "operations", description = "Health, metrics and the cluster console"),
     )
 )]
 pub struct ApiDoc;
