@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 const DEFAULT: &str = include_str!("../config/default.toml");
 
+/// `CONVENE_*` variables the command line reads (`CONVENE_CONFIG`, `CONVENE_TOKEN`); they are
+/// not settings.
+const COMMAND_LINE_VARS: [&str; 2] = ["config", "token"];
+
 /// A secret string that never shows in logs or debug output.
 #[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -158,8 +162,11 @@ impl Config {
             if k == "DATABASE_URL" {
                 vars.insert("database_url".into(), Value::from(v));
             } else if let Some(key) = k.strip_prefix("CONVENE_") {
-                // Secrets and URLs stay strings even when they look like numbers.
                 let key = key.to_ascii_lowercase();
+                if COMMAND_LINE_VARS.contains(&key.as_str()) {
+                    continue;
+                }
+                // Secrets and URLs stay strings even when they look like numbers.
                 let value = match key.as_str() {
                     "jwt_secret" | "database_url" | "node_name" | "data_dir" | "cookie"
                     | "seeds" | "cluster_advertise" => Value::from(v),
@@ -227,7 +234,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.seeds, ["10.0.0.1:7000", "dns:convene-headless:7000"]);
         assert!(c.clustered());
-        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        let c = Config::load(
+            None,
+            env(&[("CONVENE_CONFIG", "x.toml"), ("CONVENE_TOKEN", "t")]),
+            &Overrides::default(),
+        )
+        .unwrap();
         assert!(!c.clustered());
     }
 

@@ -96,6 +96,12 @@ fn membership(config: &Config, http: SocketAddr) -> anyhow::Result<Option<Networ
              postgres:// URL (the SQLite default is one node's file)"
         );
     }
+    if config.jwt_secret.is_none() {
+        anyhow::bail!(
+            "a cluster needs jwt_secret (CONVENE_JWT_SECRET) shared by its nodes, so a token \
+             one node signs is valid on every node"
+        );
+    }
     let listen = config.cluster_listen.context(
         "a clustered node needs cluster_listen (--cluster-listen), the node-to-node address",
     )?;

@@ -35,13 +35,13 @@ impl Drop for TempDir {
     }
 }
 
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
 }
 
 /// A fresh PostgreSQL database on the server of `DATABASE_URL`, or `None` (with the reason
 /// printed) outside CI when no server is configured. In CI a missing server fails the test.
-async fn fresh_postgres() -> Option<String> {
+pub async fn fresh_postgres() -> Option<String> {
     let Ok(base) = std::env::var("DATABASE_URL") else {
         assert!(
             !in_ci(),

@@ -1,0 +1,813 @@
+//! Clusters of real `convene` processes on 127.0.0.1 and random ports, sharing one fresh
+//! PostgreSQL database: placement and forwarding under concurrent load, a node killed with
+//! SIGKILL halfway through, a node joining under load, a graceful SIGTERM drain, and a node
+//! with the wrong cookie.
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::{TempDir, event_body, fresh_postgres};
+
+const SECRET: &str = "a cluster test secret of at least thirty-two bytes";
+const REQUEST_TIMEOUT_MS: u64 = 3000;
+
+/// A free port on 127.0.0.1 (the listener is closed again before the node binds it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+    http: String,
+    log: Arc<Mutex<Vec<String>>>,
+    alive: Arc<AtomicBool>,
+}
+
+struct TestCluster {
+    database: String,
+    dir: TempDir,
+    cluster_ports: Vec<u16>,
+    nodes: Vec<Proc>,
+    client: reqwest::Client,
+    admin: String,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes that know each other as seeds; `None` (skipped) without PostgreSQL
+    /// outside CI.
+    async fn start(n: usize) -> Option<Self> {
+        let database = fresh_postgres().await?;
+        let dir = std::env::temp_dir().join(format!("convene-cluster-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cluster = Self {
+            database,
+            dir: TempDir(dir),
+            cluster_ports: (0..n).map(|_| free_port()).collect(),
+            nodes: Vec::new(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .unwrap(),
+            admin: String::new(),
+        };
+        for i in 0..n {
+            let node = cluster.spawn(i, "cookie-ok").await;
+            cluster.nodes.push(node);
+        }
+        cluster.admin = cluster.make_admin().await;
+        cluster.wait_members(n).await;
+        Some(cluster)
+    }
+
+    async fn spawn(&self, i: usize, cookie: &str) -> Proc {
+        let seeds = self
+            .cluster_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let name = format!("node-{i}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_convene"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--node-name", &name])
+            .args([
+                "--cluster-listen",
+                &format!("127.0.0.1:{}", self.cluster_ports[i]),
+            ])
+            .args(["--cookie", cookie, "--seeds", &seeds])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.database)
+            .env("CONVENE_DATA_DIR", self.dir.0.join(&name))
+            .env("CONVENE_JWT_SECRET", SECRET)
+            .env("CONVENE_PASSWORD_HASH_MEMORY_KIB", "1024")
+            .env("CONVENE_PASSWORD_HASH_ITERATIONS", "1")
+            .env("CONVENE_REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT_MS.to_string())
+            .env("CONVENE_DATABASE_MAX_CONNECTIONS", "8")
+            .env("CONVENE_HEARTBEAT_MS", "200")
+            .env("CONVENE_DOWN_AFTER_MS", "2000")
+            .env("RUST_LOG", "warn,convene=info,convene_cluster=info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the convene binary starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (url_tx, url_rx) = tokio::sync::oneshot::channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut url_tx = Some(url_tx);
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(url) = line.strip_prefix("convene listening on ") {
+                    if let Some(tx) = url_tx.take() {
+                        let _ = tx.send(url.to_owned());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let http = match tokio::time::timeout(Duration::from_secs(30), url_rx).await {
+            Ok(Ok(url)) => url,
+            _ => panic!("{name} did not start:\n{}", log.lock().unwrap().join("\n")),
+        };
+        Proc {
+            name,
+            child,
+            http,
+            log,
+            alive: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Signs up an account, makes it an admin in the database, and logs it in.
+    async fn make_admin(&self) -> String {
+        let base = &self.nodes[0].http;
+        let body = json!({"email": "admin@example.com", "password": "correct horse battery", "name": "Admin"});
+        let r = self
+            .client
+            .post(format!("{base}/api/v1/auth/register"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let mut db = sqlx::PgConnection::connect(&self.database).await.unwrap();
+        sqlx::query("UPDATE users SET role = 'admin' WHERE email = 'admin@example.com'")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        let login: Value = self
+            .client
+            .post(format!("{base}/api/v1/auth/login"))
+            .json(&json!({"email": "admin@example.com", "password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        login["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// `/api/v1/cluster` as node `i` answers it.
+    async fn status(&self, i: usize, key: Option<&str>) -> Value {
+        let mut req = self
+            .client
+            .get(format!("{}/api/v1/cluster", self.nodes[i].http))
+            .bearer_auth(&self.admin);
+        if let Some(k) = key {
+            req = req.query(&[("key", k)]);
+        }
+        req.send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Waits until every live node sees `n` members up.
+    async fn wait_members(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut all = true;
+            for (i, node) in self.nodes.iter().enumerate() {
+                if !node.alive.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let s = self.status(i, None).await;
+                let up = s["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| m["status"] == "up")
+                    .count();
+                all &= up == n;
+            }
+            if all {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the members did not converge on {n} up: {}",
+                self.status(0, None).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn bases(&self) -> Vec<(String, Arc<AtomicBool>)> {
+        self.nodes
+            .iter()
+            .map(|n| (n.http.clone(), n.alive.clone()))
+            .collect()
+    }
+
+    async fn sign_up_many(&self, n: usize) -> Vec<(i64, String)> {
+        let bases = self.bases();
+        let futures = (0..n).map(|i| {
+            let (base, _) = bases[i % bases.len()].clone();
+            let client = self.client.clone();
+            async move {
+                let body = json!({"email": format!("u{i}@example.com"), "password": "correct horse battery", "name": "Member"});
+                let r: Value = client
+                    .post(format!("{base}/api/v1/auth/register"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                (
+                    r["user"]["id"].as_i64().expect("signed up"),
+                    r["access_token"].as_str().unwrap().to_owned(),
+                )
+            }
+        });
+        futures::stream::iter(futures).buffered(100).collect().await
+    }
+
+    async fn create_event(&self, capacity: i64) -> i64 {
+        let r: Value = self
+            .client
+            .post(format!("{}/api/v1/events", self.nodes[0].http))
+            .bearer_auth(&self.admin)
+            .json(&event_body(capacity))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["id"].as_i64().unwrap()
+    }
+
+    /// The index of the node that owns `key`.
+    async fn owner_of(&self, key: &str) -> usize {
+        let s = self.status(0, Some(key)).await;
+        let owner = s["key"]["owner"].as_str().unwrap();
+        self.nodes.iter().position(|n| n.name == owner).unwrap()
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.nodes[i].alive.store(false, Ordering::SeqCst);
+        self.nodes[i].child.start_kill().unwrap();
+    }
+
+    fn terminate(&self, i: usize) {
+        let pid = self.nodes[i].child.id().unwrap();
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Active registrations of an event in the database, their users, and the event's count.
+    async fn seats_in_db(&self, event: i64) -> (HashSet<i64>, i64) {
+        let mut db = sqlx::PgConnection::connect(&self.database).await.unwrap();
+        let users: Vec<(i64,)> = sqlx::query_as(
+            "SELECT user_id FROM event_registrations WHERE event_id = $1 AND status = 'active'",
+        )
+        .bind(event)
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        let (count,): (i64,) = sqlx::query_as("SELECT registered_count FROM events WHERE id = $1")
+            .bind(event)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        (users.into_iter().map(|(u,)| u).collect(), count)
+    }
+
+    fn log(&self, i: usize) -> String {
+        self.nodes[i].log.lock().unwrap().join("\n")
+    }
+}
+
+/// How the clients' requests ended.
+#[derive(Default)]
+struct Tally {
+    created: Mutex<Vec<i64>>,
+    existing: AtomicUsize,
+    full: AtomicUsize,
+    retries: AtomicUsize,
+    failures: Mutex<Vec<String>>,
+}
+
+/// Registers `user` for `event`, trying the nodes round-robin from `start`. A 503 must carry
+/// `Retry-After` and is retried; a node that refuses connections is dead and skipped; anything
+/// else unexpected, or a request that hangs past the node's timeout, is a failure.
+async fn register(
+    client: &reqwest::Client,
+    bases: &[(String, Arc<AtomicBool>)],
+    event: i64,
+    user: &(i64, String),
+    start: usize,
+    tally: &Tally,
+) {
+    for attempt in 0..60 {
+        let (base, alive) = &bases[(start + attempt) % bases.len()];
+        if !alive.load(Ordering::SeqCst) {
+            continue;
+        }
+        let sent = Instant::now();
+        let res = client
+            .post(format!("{base}/api/v1/events/{event}/registrations"))
+            .bearer_auth(&user.1)
+            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS * 2 + 2000))
+            .send()
+            .await;
+        match res {
+            Ok(r) => match r.status().as_u16() {
+                201 => return tally.created.lock().unwrap().push(user.0),
+                200 => {
+                    tally.existing.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                409 => {
+                    tally.full.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                503 => {
+                    if r.headers().get("retry-after").is_none() {
+                        tally
+                            .failures
+                            .lock()
+                            .unwrap()
+                            .push("503 without Retry-After".into());
+                        return;
+                    }
+                    tally.retries.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => {
+                    let body = r.text().await.unwrap_or_default();
+                    tally
+                        .failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{other}: {body}"));
+                    return;
+                }
+            },
+            Err(e) if e.is_timeout() => {
+                tally
+                    .failures
+                    .lock()
+                    .unwrap()
+                    .push(format!("no answer after {:?} from {base}", sent.elapsed()));
+                return;
+            }
+            // The node is gone (connection refused or reset): the next node takes the retry.
+            Err(_) => {
+                tally.retries.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    tally
+        .failures
+        .lock()
+        .unwrap()
+        .push(format!("user {} never got an answer", user.0));
+}
+
+/// 1000 users register concurrently for one event of 100 seats, round-robin over the nodes;
+/// `during` runs halfway: once half of the seats are taken, while the race is on.
+async fn race_for_seats(
+    cluster: &mut TestCluster,
+    users: &[(i64, String)],
+    event: i64,
+    during: impl FnOnce(&mut TestCluster),
+) -> Arc<Tally> {
+    let tally = Arc::new(Tally::default());
+    let done = Arc::new(AtomicUsize::new(0));
+    let bases = cluster.bases();
+    let mut tasks = Vec::new();
+    for (i, user) in users.iter().cloned().enumerate() {
+        let (client, bases, tally, done) = (
+            cluster.client.clone(),
+            bases.clone(),
+            tally.clone(),
+            done.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            register(&client, &bases, event, &user, i, &tally).await;
+            done.fetch_add(1, Ordering::SeqCst);
+        }));
+    }
+    while tally.created.lock().unwrap().len() < 50 && done.load(Ordering::SeqCst) < users.len() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    during(cluster);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    tally
+}
+
+async fn check_no_oversell(cluster: &TestCluster, event: i64, tally: &Tally, users: usize) {
+    println!(
+        "created {}, existing {}, full {}, retried {}",
+        tally.created.lock().unwrap().len(),
+        tally.existing.load(Ordering::SeqCst),
+        tally.full.load(Ordering::SeqCst),
+        tally.retries.load(Ordering::SeqCst)
+    );
+    let failures = tally.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    let created = tally.created.lock().unwrap().clone();
+    let (seated, count) = cluster.seats_in_db(event).await;
+    assert!(seated.len() <= 100, "oversold: {} seats", seated.len());
+    assert_eq!(
+        seated.len(),
+        100,
+        "every seat is taken once the retries succeed"
+    );
+    assert_eq!(count, 100, "the event's count agrees with its rows");
+    for u in &created {
+        assert!(seated.contains(u), "user {u} got 201 but holds no seat");
+    }
+    let answered =
+        created.len() + tally.existing.load(Ordering::SeqCst) + tally.full.load(Ordering::SeqCst);
+    assert_eq!(answered, users, "every request got an answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_place_forward_and_never_oversell() {
+    let Some(mut cluster) = TestCluster::start(3).await else {
+        return;
+    };
+    let users = cluster.sign_up_many(1000).await;
+    let event = cluster.create_event(100).await;
+    let tally = race_for_seats(&mut cluster, &users, event, |_| {}).await;
+    check_no_oversell(&cluster, event, &tally, 1000).await;
+    assert_eq!(tally.created.lock().unwrap().len(), 100);
+    assert_eq!(tally.full.load(Ordering::SeqCst), 900);
+
+    // Every node names the same owner, and two thirds of the requests were forwarded to it.
+    let key = format!("event/{event}");
+    let owner = cluster.owner_of(&key).await;
+    for i in 0..3 {
+        let s = cluster.status(i, Some(&key)).await;
+        assert_eq!(s["key"]["owner"], cluster.nodes[owner].name.as_str());
+        assert_eq!(s["members"].as_array().unwrap().len(), 3);
+    }
+    let forwarded: f64 = {
+        let mut total = 0.0;
+        for node in &cluster.nodes {
+            let text = cluster
+                .client
+                .get(format!("{}/metrics", node.http))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            total += text
+                .lines()
+                .find_map(|l| l.strip_prefix("convene_forwarded_messages_total "))
+                .unwrap()
+                .parse::<f64>()
+                .unwrap();
+        }
+        total
+    };
+    assert!(forwarded >= 600.0, "forwarded {forwarded}");
+
+    // The console prints the same members as a table.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convene"))
+        .args([
+            "cluster",
+            "status",
+            "--url",
+            &cluster.nodes[1].http,
+            "--key",
+            &key,
+        ])
+        .env("CONVENE_TOKEN", &cluster.admin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    for node in &cluster.nodes {
+        assert!(table.contains(&node.name), "{table}");
+    }
+    assert!(
+        table.contains(&format!("{key} is owned by {}", cluster.nodes[owner].name)),
+        "{table}"
+    );
+}
+
+async fn kill_halfway(kill_owner: bool) {
+    let Some(mut cluster) = TestCluster::start(3).await else {
+        return;
+    };
+    let users = cluster.sign_up_many(1000).await;
+    let event = cluster.create_event(100).await;
+    let owner = cluster.owner_of(&format!("event/{event}")).await;
+    let victim = if kill_owner { owner } else { (owner + 1) % 3 };
+    let tally = race_for_seats(&mut cluster, &users, event, |c| c.kill(victim)).await;
+    check_no_oversell(&cluster, event, &tally, 1000).await;
+
+    // The survivors took over: the key has a live owner, and the dead node is down.
+    let survivor = (victim + 1) % 3;
+    let s = cluster
+        .status(survivor, Some(&format!("event/{event}")))
+        .await;
+    assert_ne!(s["key"]["owner"], cluster.nodes[victim].name.as_str());
+    let dead = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == cluster.nodes[victim].name.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(dead["status"], "down", "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_owner_halfway_loses_no_seat_and_oversells_none() {
+    kill_halfway(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_non_owner_halfway_loses_no_seat_and_oversells_none() {
+    kill_halfway(false).await;
+}
+
+/// Reads every event round-robin over the nodes, each read retried on 503; returns the
+/// requests that failed.
+async fn read_load(
+    client: reqwest::Client,
+    bases: Vec<(String, Arc<AtomicBool>)>,
+    token: String,
+    events: Vec<i64>,
+    stop: Arc<AtomicBool>,
+    healthy_only: bool,
+) -> (usize, Vec<String>) {
+    let mut failures = Vec::new();
+    let mut done = 0;
+    let mut i = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        i += 1;
+        let (base, alive) = &bases[i % bases.len()];
+        if !alive.load(Ordering::SeqCst) {
+            continue;
+        }
+        let event = events[i % events.len()];
+        let mut answered = false;
+        for _ in 0..20 {
+            match client
+                .get(format!("{base}/api/v1/events/{event}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 200 => {
+                    answered = true;
+                    break;
+                }
+                Ok(r) if r.status() == 503 && !healthy_only => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(r) => {
+                    failures.push(format!("{base}: {}", r.status()));
+                    answered = true;
+                    break;
+                }
+                Err(e) => {
+                    failures.push(format!("{base}: {e}"));
+                    answered = true;
+                    break;
+                }
+            }
+        }
+        if !answered {
+            failures.push(format!("{base}: event {event} never answered"));
+        }
+        done += 1;
+    }
+    (done, failures)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joining_node_takes_a_fair_share_under_load() {
+    let Some(mut cluster) = TestCluster::start(3).await else {
+        return;
+    };
+    let mut events = Vec::new();
+    for _ in 0..120 {
+        events.push(cluster.create_event(50).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(read_load(
+                cluster.client.clone(),
+                cluster.bases(),
+                cluster.admin.clone(),
+                events.clone(),
+                stop.clone(),
+                false,
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.cluster_ports.push(free_port());
+    let fourth = cluster.spawn(3, "cookie-ok").await;
+    cluster.nodes.push(fourth);
+    cluster.wait_members(4).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut total = 0;
+    for l in load {
+        let (done, failures) = l.await.unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+        total += done;
+    }
+    assert!(total > 0);
+
+    // The new node owns about a quarter of the events, and serves them.
+    let mut owned = [0usize; 4];
+    for e in &events {
+        owned[cluster.owner_of(&format!("event/{e}")).await] += 1;
+    }
+    println!("events owned per node after the join: {owned:?}");
+    assert!((15..=50).contains(&owned[3]), "{owned:?}");
+    let s = cluster.status(3, None).await;
+    let active = s["members"][0]["entities"]["event"].as_u64().unwrap();
+    assert!(active > 0, "{s}");
+    let handoffs: f64 = {
+        let mut total = 0.0;
+        for node in &cluster.nodes[..3] {
+            let text = cluster
+                .client
+                .get(format!("{}/metrics", node.http))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            total += text
+                .lines()
+                .find_map(|l| l.strip_prefix("convene_entity_handoffs_total "))
+                .unwrap()
+                .parse::<f64>()
+                .unwrap();
+        }
+        total
+    };
+    assert!(handoffs > 0.0, "the old owners handed entities off");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_a_node_with_zero_failed_requests() {
+    let Some(mut cluster) = TestCluster::start(3).await else {
+        return;
+    };
+    let mut events = Vec::new();
+    for _ in 0..30 {
+        events.push(cluster.create_event(50).await);
+    }
+    // A load balancer's view: a node is sent requests while its /health says healthy.
+    let bases = cluster.bases();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (client, bases, stop) = (cluster.client.clone(), bases.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                for (base, alive) in &bases {
+                    let healthy = matches!(
+                        client.get(format!("{base}/health")).send().await,
+                        Ok(r) if r.status() == 200
+                    );
+                    alive.store(healthy, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let load: Vec<_> = (0..6)
+        .map(|_| {
+            tokio::spawn(read_load(
+                cluster.client.clone(),
+                bases.clone(),
+                cluster.admin.clone(),
+                events.clone(),
+                stop.clone(),
+                true,
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let leaving = cluster.owner_of(&format!("event/{}", events[0])).await;
+    let started = Instant::now();
+    cluster.terminate(leaving);
+    let status = tokio::time::timeout(Duration::from_secs(25), cluster.nodes[leaving].child.wait())
+        .await
+        .expect("the node exits within its grace period")
+        .unwrap();
+    assert!(status.success(), "{}", cluster.log(leaving));
+    println!("drained and exited in {:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    watcher.await.unwrap();
+    let mut total = 0;
+    for l in load {
+        let (done, failures) = l.await.unwrap();
+        assert!(
+            failures.is_empty(),
+            "failed requests during the drain: {failures:?}"
+        );
+        total += done;
+    }
+    assert!(total > 100, "{total} requests");
+    assert!(cluster.log(leaving).contains("handing entities off"));
+    let survivor = (leaving + 1) % 3;
+    let s = cluster
+        .status(survivor, Some(&format!("event/{}", events[0])))
+        .await;
+    assert_ne!(
+        s["key"]["owner"],
+        cluster.nodes[leaving].name.as_str(),
+        "{s}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_with_the_wrong_cookie_is_refused() {
+    let Some(mut cluster) = TestCluster::start(1).await else {
+        return;
+    };
+    cluster.cluster_ports.push(free_port());
+    let intruder = cluster.spawn(1, "not-the-cookie").await;
+    cluster.nodes.push(intruder);
+    let refused = |c: &TestCluster, i: usize| c.log(i).contains("cluster peer refused");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(refused(&cluster, 0) && refused(&cluster, 1)) {
+        assert!(
+            Instant::now() < deadline,
+            "the refusal is not logged on both sides:\n--- node-0\n{}\n--- node-1\n{}",
+            cluster.log(0),
+            cluster.log(1)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = cluster.status(0, None).await;
+    let names: Vec<&str> = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["node-0"], "the intruder never became a member");
+}
+
+#[tokio::test]
+async fn a_cluster_on_sqlite_is_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("convene-sqlite-{}", uuid::Uuid::new_v4()));
+    let _cleanup = TempDir(dir.clone());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convene"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--cluster-listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(["--cookie", "c", "--seeds", "127.0.0.1:1"])
+        .env_clear()
+        .env("CONVENE_DATA_DIR", &dir)
+        .env("CONVENE_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("a cluster needs a PostgreSQL database"),
+        "{err}"
+    );
+}
