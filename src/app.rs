@@ -6,10 +6,12 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use convene_actors::event::EventMessage;
+use convene_actors::fanout::FanOutMessage;
 use convene_actors::room::RoomCommand;
 use convene_actors::rules::Principal;
 use convene_actors::user::UserMessage;
 use convene_cluster::{Cluster, Router};
+use ractor::ActorRef;
 
 use crate::auth::{Auth, Claims, TokenError};
 use crate::config::Config;
@@ -33,6 +35,8 @@ pub struct Inner {
     pub events: Router<EventMessage>,
     /// Reaches room actors.
     pub rooms: Router<RoomCommand>,
+    /// Delivers room frames to this node's sockets.
+    pub fanout: ActorRef<FanOutMessage>,
     /// The members of the cluster and the owner of each key.
     pub cluster: Cluster,
     /// Set when the node is leaving: health answers 503 so load balancers stop sending work.

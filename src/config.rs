@@ -244,6 +244,17 @@ mod tests {
     }
 
     #[test]
+    fn the_three_node_example_loads() {
+        for i in 1..=3 {
+            let path = PathBuf::from(format!("config/cluster/node-{i}.toml"));
+            let c = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap();
+            assert!(c.clustered());
+            assert_eq!(c.node_name, format!("convene-{i}"));
+            assert_eq!(c.seeds.len(), 3);
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_refused_and_secrets_hidden() {
         assert!(
             Config::load(

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use convene_actors::event::EventFactory;
-use convene_actors::fanout::FanOut;
-use convene_actors::room::RoomFactory;
+use convene_actors::fanout::{self, FanOut, FanOutMessage, FanOutService};
+use convene_actors::room::{RoomCommand, RoomFactory};
 use convene_actors::user::UserFactory;
 use convene_cluster::{
-    Cluster, EntityFactory, MembershipSettings, Network, NetworkSettings, Router, Seed, Shard,
-    ShardArgs,
+    Cluster, EntityFactory, EntityKey, MembershipSettings, Network, NetworkSettings, Router, Seed,
+    Shard, ShardArgs,
 };
 use ractor::Actor;
 use tokio::sync::oneshot;
@@ -221,8 +221,22 @@ impl Node {
         )
         .await?;
         let (fanout, _) = Actor::spawn(None, FanOut, ()).await?;
+        cluster.serve(fanout::TOPIC, Arc::new(FanOutService(fanout.clone())));
         let rooms_factory = RoomFactory::new(store_dyn, events.clone(), fanout.clone(), idle);
         let (rooms, room_shard) = start_shard(rooms_factory, &cluster, timeout).await?;
+        // When the owners change, the rooms this node has sockets in are woken on their
+        // (possibly new) owners, which take their members back and resend the presence.
+        let (poke_fanout, poke_rooms) = (fanout.clone(), rooms.clone());
+        cluster.on_change(move || {
+            let (fanout, rooms) = (poke_fanout.clone(), poke_rooms.clone());
+            tokio::spawn(async move {
+                if let Ok(names) = ractor::call_t!(fanout, FanOutMessage::Rooms, 2000) {
+                    for room in names {
+                        let _ = rooms.tell(EntityKey::new("room", room), RoomCommand::Touch);
+                    }
+                }
+            });
+        });
         let metrics = Metrics::new();
         metrics.register(cluster.metrics().collectors());
         let network = match network {
@@ -235,6 +249,7 @@ impl Node {
             users,
             events,
             rooms,
+            fanout: fanout.clone(),
             cluster,
             draining: AtomicBool::new(false),
             metrics,

@@ -5,12 +5,13 @@
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use convene_actors::fanout::Conn;
+use chrono::SubsecRound;
+use convene_actors::fanout::{Conn, FanOutMessage};
 use convene_actors::room::{RoomCommand, RoomError, parse_room};
 use convene_cluster::EntityKey;
 use futures::{SinkExt, StreamExt};
@@ -44,7 +45,9 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a connection that stopped answering the heartbeat.
 pub const CLOSE_TIMEOUT: u16 = 4000;
 
-static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+/// Connection ids: a random start per process, so ids are unique across the cluster's nodes.
+static NEXT_CONN: LazyLock<AtomicU64> =
+    LazyLock::new(|| AtomicU64::new(rand::random::<u64>() >> 12));
 
 /// A reply that is ready once the room has answered.
 type PendingReply = std::pin::Pin<Box<dyn std::future::Future<Output = Arc<str>> + Send>>;
@@ -207,10 +210,7 @@ async fn serve(app: App, mut socket: Socket, token: Option<String>) {
     let mut stream = stream;
     read(&app, &mut stream, &conn, &mut joined, heartbeat).await;
     for room in joined {
-        let _ = app.rooms.tell(
-            EntityKey::new("room", room),
-            RoomCommand::Leave { conn_id: conn.id },
-        );
+        leave(&app, &room, conn.id);
     }
     if !conn.is_closed() {
         conn.close_with(1000, "bye");
@@ -225,6 +225,18 @@ async fn serve(app: App, mut socket: Socket, token: Option<String>) {
         }
     })
     .await;
+}
+
+/// The connection leaves `room`: this node stops delivering its frames, and the room (wherever
+/// it lives) removes its presence.
+fn leave(app: &App, room: &str, conn_id: u64) {
+    let _ = app.fanout.cast(FanOutMessage::Unsubscribe {
+        room: room.to_owned(),
+        conn_id,
+    });
+    let _ = app
+        .rooms
+        .tell(EntityKey::new("room", room), RoomCommand::Leave { conn_id });
 }
 
 /// Sends queued frames and heartbeat pings until the connection is asked to close, then sends
@@ -373,22 +385,45 @@ async fn handle(
             ));
         }
         "join" => {
-            let (c, meta, since, join_ref) = (
-                conn.clone(),
-                frame.meta.unwrap_or_default(),
-                frame.since,
-                r.clone(),
+            let mut meta = frame.meta.unwrap_or_default();
+            meta.insert("conn".into(), json!(conn.id.to_string()));
+            meta.insert(
+                "online_at".into(),
+                json!(
+                    chrono::Utc::now()
+                        .trunc_subsecs(6)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                ),
             );
+            let meta = Value::Object(meta);
+            // Subscribed first: the room's answer reaches the connection through this node's
+            // fan-out, followed by live traffic, wherever the room lives.
+            let _ = app.fanout.cast(FanOutMessage::Subscribe {
+                room: room.clone(),
+                conn: conn.clone(),
+                meta: meta.clone(),
+            });
+            let (conn_id, user_id, since, join_ref) =
+                (conn.id, conn.user_id, frame.since, r.clone());
+            let node = app.cluster.local().to_owned();
             let answer = app
                 .rooms
                 .ask(key, |reply| RoomCommand::Join {
-                    conn: c,
+                    conn_id,
+                    user_id,
+                    node,
                     meta,
                     since,
                     join_ref,
                     reply,
                 })
                 .await;
+            if !matches!(answer, Ok(Ok(()))) && !joined.contains(&room) {
+                let _ = app.fanout.cast(FanOutMessage::Unsubscribe {
+                    room: room.clone(),
+                    conn_id,
+                });
+            }
             match answer {
                 Ok(Ok(())) => {
                     joined.insert(room);
@@ -412,7 +447,7 @@ async fn handle(
         }
         "leave" => {
             if joined.remove(&room) {
-                let _ = app.rooms.tell(key, RoomCommand::Leave { conn_id: conn.id });
+                leave(app, &room, conn.id);
                 conn.push(reply(r, "ok", json!({"room": room})));
             } else {
                 conn.push(error(r, "not_joined", RoomError::NotJoined, json!({})));

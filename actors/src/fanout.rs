@@ -1,11 +1,18 @@
-//! The per-node fan-out: a room sends each frame once per node, and this actor delivers it to
-//! the node's connections in that room. Delivery never waits: a connection whose bounded queue
-//! is full is a slow consumer and is closed (4008) without slowing the room or anyone else.
+//! The per-node fan-out: a room, wherever it lives, sends each frame once per node, and this
+//! actor delivers it to the node's connections in that room. Delivery never waits: a connection
+//! whose bounded queue is full is a slow consumer and is closed (4008) without slowing the room
+//! or anyone else. Other nodes reach it as the node service [`TOPIC`].
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use convene_cluster::wire::{decode, encode};
+use convene_cluster::{Cluster, NodeService};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +83,8 @@ impl Conn {
 
 /// Messages of the fan-out actor.
 pub enum FanOutMessage {
-    /// Deliver the room's frames to this connection from now on.
+    /// A connection is joining the room: it receives nothing from the room until the room's
+    /// answer to its join ([`FanOutMessage::Direct`]) arrives, then everything after it.
     Subscribe {
         /// The room.
         room: String,
@@ -84,6 +92,16 @@ pub enum FanOutMessage {
         conn: Arc<Conn>,
         /// Its presence meta, kept so a restarted room can take the connection back.
         meta: Value,
+    },
+    /// Frames for one connection: the room's answer to its join (reply, presence, missed
+    /// messages). Live frames follow.
+    Direct {
+        /// The room.
+        room: String,
+        /// The connection id.
+        conn_id: u64,
+        /// The frames, in order.
+        frames: Vec<Arc<str>>,
     },
     /// Stop delivering the room's frames to this connection.
     Unsubscribe {
@@ -99,14 +117,16 @@ pub enum FanOutMessage {
         /// The serialised frame, shared by every delivery.
         frame: Arc<str>,
     },
-    /// The local connections of a room and their metas: a room that restarts after a crash
-    /// takes its members back from here.
+    /// The local connections of a room that have joined it: a room that restarts (after a
+    /// crash, or on another node) takes its members back from every node.
     Members {
         /// The room.
         room: String,
-        /// Connections and metas.
-        reply: ractor::RpcReplyPort<Vec<(Arc<Conn>, Value)>>,
+        /// Connection ids, users and metas.
+        reply: ractor::RpcReplyPort<Vec<RoomMember>>,
     },
+    /// The rooms with connections on this node.
+    Rooms(ractor::RpcReplyPort<Vec<String>>),
     /// Connections being delivered to, for metrics.
     Count(ractor::RpcReplyPort<usize>),
 }
@@ -116,10 +136,28 @@ impl ractor::Message for FanOutMessage {}
 /// The fan-out actor of a node.
 pub struct FanOut;
 
+/// A connection in a room, as a room takes it back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomMember {
+    /// The connection id.
+    pub conn_id: u64,
+    /// The signed-in user.
+    pub user_id: i64,
+    /// Its presence meta.
+    pub meta: Value,
+}
+
+struct Subscriber {
+    conn: Arc<Conn>,
+    meta: Value,
+    /// The room answered its join: it receives the room's frames.
+    joined: bool,
+}
+
 /// Local subscribers by room.
 #[derive(Default)]
 pub struct FanOutState {
-    rooms: HashMap<String, HashMap<u64, (Arc<Conn>, Value)>>,
+    rooms: HashMap<String, HashMap<u64, Subscriber>>,
 }
 
 impl Actor for FanOut {
@@ -143,11 +181,28 @@ impl Actor for FanOut {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             FanOutMessage::Subscribe { room, conn, meta } => {
+                let subscriber = Subscriber {
+                    conn,
+                    meta,
+                    joined: false,
+                };
                 state
                     .rooms
                     .entry(room)
                     .or_default()
-                    .insert(conn.id, (conn, meta));
+                    .insert(subscriber.conn.id, subscriber);
+            }
+            FanOutMessage::Direct {
+                room,
+                conn_id,
+                frames,
+            } => {
+                if let Some(s) = state.rooms.get_mut(&room).and_then(|c| c.get_mut(&conn_id)) {
+                    s.joined = true;
+                    for f in frames {
+                        s.conn.push(f);
+                    }
+                }
             }
             FanOutMessage::Unsubscribe { room, conn_id } => {
                 if let Some(conns) = state.rooms.get_mut(&room) {
@@ -160,7 +215,9 @@ impl Actor for FanOut {
             FanOutMessage::Deliver { room, frame } => {
                 if let Some(conns) = state.rooms.get_mut(&room) {
                     // A slow or closed connection is dropped here; the edge tells its rooms.
-                    conns.retain(|_, (c, _)| c.push(frame.clone()) && !c.is_closed());
+                    conns.retain(|_, s| {
+                        !s.joined || (s.conn.push(frame.clone()) && !s.conn.is_closed())
+                    });
                 }
             }
             FanOutMessage::Members { room, reply } => {
@@ -170,12 +227,19 @@ impl Actor for FanOut {
                     .map(|conns| {
                         conns
                             .values()
-                            .filter(|(c, _)| !c.is_closed())
-                            .cloned()
+                            .filter(|s| s.joined && !s.conn.is_closed())
+                            .map(|s| RoomMember {
+                                conn_id: s.conn.id,
+                                user_id: s.conn.user_id,
+                                meta: s.meta.clone(),
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
                 let _ = reply.send(members);
+            }
+            FanOutMessage::Rooms(reply) => {
+                let _ = reply.send(state.rooms.keys().cloned().collect());
             }
             FanOutMessage::Count(reply) => {
                 let _ = reply.send(state.rooms.values().map(HashMap::len).sum());
@@ -183,6 +247,107 @@ impl Actor for FanOut {
         }
         Ok(())
     }
+}
+
+/// The name other nodes reach a node's fan-out by.
+pub const TOPIC: &str = "fanout";
+
+/// Frames a room sends to one node: for every joined connection in the room, or for one.
+#[derive(Serialize, Deserialize)]
+struct NodeFrames {
+    room: String,
+    conn: Option<u64>,
+    frames: Vec<String>,
+}
+
+/// Sends a room's frames to the fan-out of `node`, this one included: to every connection of
+/// the room there, or (`conn`) to one that joined.
+pub fn send_frames(
+    cluster: &Cluster,
+    local: &ActorRef<FanOutMessage>,
+    node: &str,
+    room: &str,
+    conn: Option<u64>,
+    frames: Vec<Arc<str>>,
+) {
+    if node == cluster.local() {
+        let room = room.to_owned();
+        let _ = match conn {
+            Some(conn_id) => local.cast(FanOutMessage::Direct {
+                room,
+                conn_id,
+                frames,
+            }),
+            None => frames.into_iter().try_for_each(|frame| {
+                local.cast(FanOutMessage::Deliver {
+                    room: room.clone(),
+                    frame,
+                })
+            }),
+        };
+        return;
+    }
+    let payload = NodeFrames {
+        room: room.to_owned(),
+        conn,
+        frames: frames.iter().map(|f| f.to_string()).collect(),
+    };
+    cluster.cast_node(node, TOPIC, encode(&payload));
+}
+
+/// The fan-out as a node service: frames from rooms on other nodes, and their requests for
+/// this node's members of a room.
+pub struct FanOutService(pub ActorRef<FanOutMessage>);
+
+impl NodeService for FanOutService {
+    fn cast(&self, payload: &[u8]) {
+        let Ok(NodeFrames { room, conn, frames }) = decode::<NodeFrames>(payload) else {
+            tracing::warn!("undecodable room frames from another node");
+            return;
+        };
+        let frames: Vec<Arc<str>> = frames.into_iter().map(Arc::from).collect();
+        let _ = match conn {
+            Some(conn_id) => self.0.cast(FanOutMessage::Direct {
+                room,
+                conn_id,
+                frames,
+            }),
+            None => frames.into_iter().try_for_each(|frame| {
+                self.0.cast(FanOutMessage::Deliver {
+                    room: room.clone(),
+                    frame,
+                })
+            }),
+        };
+    }
+
+    fn call(&self, payload: &[u8]) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send>> {
+        let fanout = self.0.clone();
+        let room = decode::<String>(payload).unwrap_or_default();
+        Box::pin(async move {
+            let members =
+                ractor::call_t!(fanout, |reply| FanOutMessage::Members { room, reply }, 2000)
+                    .unwrap_or_default();
+            encode(&members)
+        })
+    }
+}
+
+/// The members of `room` on `node` (this one included); `None` when the node does not answer.
+pub async fn members_on(
+    cluster: &Cluster,
+    local: &ActorRef<FanOutMessage>,
+    node: &str,
+    room: &str,
+) -> Option<Vec<RoomMember>> {
+    if node == cluster.local() {
+        let room = room.to_owned();
+        return ractor::call_t!(local, |reply| FanOutMessage::Members { room, reply }, 2000).ok();
+    }
+    let answer = cluster
+        .call_node(node, TOPIC, encode(&room), Duration::from_secs(2))
+        .await?;
+    decode(&answer).ok()
 }
 
 #[cfg(test)]

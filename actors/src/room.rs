@@ -1,20 +1,23 @@
 //! The room actor: owns one live room (`event:{id}` or `room:{name}`): its members and their
 //! presence (one meta per connection, Phoenix style), its sequence numbers and the last messages,
-//! persisted so history survives a restart. Broadcasts go once to the node's fan-out.
+//! persisted so history survives a restart. A room is an entity like any other, placed on one
+//! node of the cluster; its members' sockets are on any node. Each broadcast goes once to every
+//! node with members, whose fan-out delivers it to the sockets there.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, SubsecRound, Utc};
-use convene_cluster::wire::{Answer, Forwardable, Responder, WireError};
-use convene_cluster::{EntityFactory, EntityKey, Router, ShardMessage, Spawning};
+use convene_cluster::wire::{self, Forwardable, Responder, WireError, decode, encode, respond};
+use convene_cluster::{Cluster, EntityFactory, EntityKey, Router, ShardMessage, Spawning};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 use crate::EntityError;
 use crate::event::EventMessage;
-use crate::fanout::{Conn, FanOutMessage};
+use crate::fanout::{FanOutMessage, members_on, send_frames};
 use crate::idle::Idle;
 use crate::store::{RoomMessage, Store, StoreError};
 
@@ -31,7 +34,7 @@ pub enum RoomKind {
 }
 
 /// Why a room refused a request; `reason` is the code clients see.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum RoomError {
     /// Not a room name.
     #[error("rooms are named event:{{id}} or room:{{name}} (letters, digits, - _ . up to 64)")]
@@ -94,13 +97,18 @@ pub fn parse_room(name: &str) -> Result<RoomKind, RoomError> {
 
 /// Messages a room actor takes.
 pub enum RoomCommand {
-    /// A connection joins; the room queues its reply, the presence state and the missed
-    /// messages on the connection itself, so they come before any live traffic.
+    /// A connection joins. The room sends its reply, the presence state and the missed
+    /// messages to the connection through the fan-out of its node, ahead of any live traffic
+    /// (the connection subscribed there first, and receives nothing before them).
     Join {
-        /// The connection.
-        conn: Arc<Conn>,
-        /// Client metadata for its presence.
-        meta: Map<String, Value>,
+        /// The connection id (unique across the cluster).
+        conn_id: u64,
+        /// Its user.
+        user_id: i64,
+        /// The node its socket is on.
+        node: String,
+        /// Its presence meta (with `conn` and `online_at`).
+        meta: Value,
         /// Resume after this seq.
         since: Option<i64>,
         /// The client's `ref`, echoed in the reply.
@@ -139,24 +147,148 @@ pub enum RoomCommand {
     CommitMessages,
     /// Idle check (sent by a timer).
     Tick,
+    /// Members whose node is down leave (sent by a timer).
+    CheckNodes,
+    /// Activates the room on its owner, which takes its members back from every node (sent
+    /// by the nodes with members when the owner may have changed).
+    Touch,
     /// Panics inside the handler, for supervision tests and fault drills.
     InjectFault,
 }
 
+/// How often a room looks for members on nodes that went down.
+const CHECK_NODES_EVERY: Duration = Duration::from_secs(1);
+
 impl ractor::Message for RoomCommand {}
 
+/// The requests of [`RoomCommand`] that may be forwarded to the room's owner on another node.
+#[derive(Serialize, Deserialize)]
+enum RoomRequest {
+    Join {
+        conn_id: u64,
+        user_id: i64,
+        node: String,
+        meta: Value,
+        since: Option<i64>,
+        join_ref: Value,
+    },
+    Leave {
+        conn_id: u64,
+    },
+    Publish {
+        conn_id: u64,
+        body: Value,
+    },
+    Presence,
+    History {
+        since: i64,
+        limit: usize,
+    },
+    Touch,
+    InjectFault,
+}
+
+fn no_answer() -> Responder {
+    Box::new(|_: &[u8]| {})
+}
+
+fn answered() -> wire::Answer {
+    Box::pin(async { Some(Vec::new()) })
+}
+
 impl Forwardable for RoomCommand {
-    /// A room lives on the node its members' connections reach it from.
-    fn placed() -> bool {
-        false
-    }
-
     fn into_wire(self) -> Result<(Vec<u8>, Responder), Self> {
-        Err(self)
+        let (request, responder) = match self {
+            Self::Join {
+                conn_id,
+                user_id,
+                node,
+                meta,
+                since,
+                join_ref,
+                reply,
+            } => (
+                RoomRequest::Join {
+                    conn_id,
+                    user_id,
+                    node,
+                    meta,
+                    since,
+                    join_ref,
+                },
+                respond(reply),
+            ),
+            Self::Leave { conn_id } => (RoomRequest::Leave { conn_id }, no_answer()),
+            Self::Publish {
+                conn_id,
+                body,
+                reply,
+            } => (RoomRequest::Publish { conn_id, body }, respond(reply)),
+            Self::Presence(reply) => (RoomRequest::Presence, respond(reply)),
+            Self::History {
+                since,
+                limit,
+                reply,
+            } => (RoomRequest::History { since, limit }, respond(reply)),
+            Self::Touch => (RoomRequest::Touch, no_answer()),
+            Self::InjectFault => (RoomRequest::InjectFault, no_answer()),
+            // Timer and self messages belong to the actor that sent them.
+            local
+            @ (Self::FlushPresence | Self::CommitMessages | Self::Tick | Self::CheckNodes) => {
+                return Err(local);
+            }
+        };
+        Ok((encode(&request), responder))
     }
 
-    fn from_wire(_: &[u8]) -> Result<(Self, Answer), WireError> {
-        Err(WireError::new("rooms take no forwarded messages"))
+    fn from_wire(body: &[u8]) -> Result<(Self, wire::Answer), WireError> {
+        Ok(match decode::<RoomRequest>(body)? {
+            RoomRequest::Join {
+                conn_id,
+                user_id,
+                node,
+                meta,
+                since,
+                join_ref,
+            } => {
+                let (reply, answer) = wire::answer();
+                let msg = Self::Join {
+                    conn_id,
+                    user_id,
+                    node,
+                    meta,
+                    since,
+                    join_ref,
+                    reply,
+                };
+                (msg, answer)
+            }
+            RoomRequest::Leave { conn_id } => (Self::Leave { conn_id }, answered()),
+            RoomRequest::Publish { conn_id, body } => {
+                let (reply, answer) = wire::answer();
+                let msg = Self::Publish {
+                    conn_id,
+                    body,
+                    reply,
+                };
+                (msg, answer)
+            }
+            RoomRequest::Presence => {
+                let (reply, answer) = wire::answer();
+                (Self::Presence(reply), answer)
+            }
+            RoomRequest::History { since, limit } => {
+                let (reply, answer) = wire::answer();
+                let msg = Self::History {
+                    since,
+                    limit,
+                    reply,
+                };
+                (msg, answer)
+            }
+            RoomRequest::Touch => (Self::Touch, answered()),
+            RoomRequest::InjectFault => (Self::InjectFault, answered()),
+        })
     }
 }
 
@@ -212,6 +344,7 @@ impl EntityFactory for RoomFactory {
             store: self.store.clone(),
             events: self.events.clone(),
             fanout: self.fanout.clone(),
+            cluster: self.events.cluster().clone(),
             shard,
             idle_after: self.idle_after,
         };
@@ -228,6 +361,7 @@ pub struct RoomArgs {
     store: Arc<dyn Store>,
     events: Router<EventMessage>,
     fanout: ActorRef<FanOutMessage>,
+    cluster: Cluster,
     shard: ActorRef<ShardMessage<RoomCommand>>,
     idle_after: Duration,
 }
@@ -236,9 +370,18 @@ pub struct RoomArgs {
 pub struct RoomActor;
 
 struct Member {
-    conn: Arc<Conn>,
+    node: String,
+    user_id: i64,
     meta: Value,
     may_publish: bool,
+}
+
+/// A connection asking to join.
+struct Joiner {
+    conn_id: u64,
+    user_id: i64,
+    node: String,
+    meta: Value,
 }
 
 /// Everything a room actor holds.
@@ -248,11 +391,14 @@ pub struct RoomState {
     store: Arc<dyn Store>,
     events: Router<EventMessage>,
     fanout: ActorRef<FanOutMessage>,
+    cluster: Cluster,
     shard: ActorRef<ShardMessage<RoomCommand>>,
     idle: Idle,
     seq: i64,
     history: VecDeque<RoomMessage>,
     members: HashMap<u64, Member>,
+    /// Members per node: where broadcasts go.
+    nodes: HashMap<String, usize>,
     /// Presence as last broadcast; a joiner gets it as `presence_state`, then the next diff.
     published: BTreeMap<u64, (i64, Value)>,
     /// Messages admitted and waiting for the next commit, with their publishers' replies.
@@ -300,10 +446,37 @@ impl RoomState {
     }
 
     fn broadcast(&self, v: &Value) {
-        let _ = self.fanout.cast(FanOutMessage::Deliver {
-            room: self.name().to_owned(),
-            frame: frame(v),
-        });
+        self.broadcast_frames(vec![frame(v)]);
+    }
+
+    /// Sends `frames` once to every node with members.
+    fn broadcast_frames(&self, frames: Vec<Arc<str>>) {
+        for node in self.nodes.keys() {
+            send_frames(
+                &self.cluster,
+                &self.fanout,
+                node,
+                self.name(),
+                None,
+                frames.clone(),
+            );
+        }
+    }
+
+    fn add_member(&mut self, conn_id: u64, member: Member) {
+        *self.nodes.entry(member.node.clone()).or_default() += 1;
+        if let Some(old) = self.members.insert(conn_id, member) {
+            self.forget_node(&old.node);
+        }
+    }
+
+    fn forget_node(&mut self, node: &str) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            *n -= 1;
+            if *n == 0 {
+                self.nodes.remove(node);
+            }
+        }
     }
 
     fn oldest(&self) -> i64 {
@@ -344,12 +517,17 @@ impl RoomState {
     async fn join(
         &mut self,
         myself: &ActorRef<RoomCommand>,
-        conn: Arc<Conn>,
-        meta: Map<String, Value>,
+        joiner: Joiner,
         since: Option<i64>,
         join_ref: Value,
     ) -> Result<(), RoomError> {
-        let may_publish = self.access(conn.user_id).await?;
+        let Joiner {
+            conn_id,
+            user_id,
+            node,
+            meta,
+        } = joiner;
+        let may_publish = self.access(user_id).await?;
         let missed: Vec<Value> = match since {
             Some(since) => self
                 .after(since)?
@@ -357,46 +535,31 @@ impl RoomState {
                 .collect(),
             None => Vec::new(),
         };
-        if self.members.contains_key(&conn.id) {
-            self.leave(myself, conn.id);
+        if self.members.contains_key(&conn_id) {
+            self.leave(myself, conn_id);
         }
-        let mut meta = meta;
-        meta.insert("conn".into(), json!(conn.id.to_string()));
-        meta.insert(
-            "online_at".into(),
-            json!(
-                Utc::now()
-                    .trunc_subsecs(6)
-                    .to_rfc3339_opts(SecondsFormat::Micros, true)
-            ),
+        self.pending_joins.push((conn_id, user_id, meta.clone()));
+        let mut frames = vec![frame(&json!({
+            "op": "reply", "ref": join_ref, "status": "ok",
+            "body": {"room": self.name(), "seq": self.seq},
+        }))];
+        frames.extend(self.state_frames());
+        frames.extend(missed.iter().map(frame));
+        send_frames(
+            &self.cluster,
+            &self.fanout,
+            &node,
+            self.name(),
+            Some(conn_id),
+            frames,
         );
         let member = Member {
-            conn: conn.clone(),
-            meta: Value::Object(meta),
+            node,
+            user_id,
+            meta,
             may_publish,
         };
-        self.pending_joins
-            .push((conn.id, conn.user_id, member.meta.clone()));
-        self.members.insert(conn.id, member);
-        let room = self.name().to_owned();
-        conn.push(frame(&json!({
-            "op": "reply", "ref": join_ref, "status": "ok",
-            "body": {"room": room, "seq": self.seq},
-        })));
-        for f in self.state_frames() {
-            conn.push(f);
-        }
-        for m in missed {
-            conn.push(frame(&m));
-        }
-        let meta = self
-            .members
-            .get(&conn.id)
-            .map(|m| m.meta.clone())
-            .unwrap_or_default();
-        let _ = self
-            .fanout
-            .cast(FanOutMessage::Subscribe { room, conn, meta });
+        self.add_member(conn_id, member);
         self.schedule_flush(myself);
         Ok(())
     }
@@ -405,12 +568,9 @@ impl RoomState {
         let Some(member) = self.members.remove(&conn_id) else {
             return;
         };
-        let room = self.name().to_owned();
-        let _ = self
-            .fanout
-            .cast(FanOutMessage::Unsubscribe { room, conn_id });
+        self.forget_node(&member.node);
         self.pending_leaves
-            .push((conn_id, member.conn.user_id, member.meta));
+            .push((conn_id, member.user_id, member.meta));
         self.schedule_flush(myself);
     }
 
@@ -477,7 +637,7 @@ impl RoomState {
     /// Checks that the connection may publish; the message then waits for the next commit.
     async fn admit(&mut self, conn_id: u64) -> Result<i64, RoomError> {
         let member = self.members.get(&conn_id).ok_or(RoomError::NotJoined)?;
-        let (user_id, may_publish) = (member.conn.user_id, member.may_publish);
+        let (user_id, may_publish) = (member.user_id, member.may_publish);
         if !may_publish {
             // The user may have registered since joining.
             if !self.access(user_id).await? {
@@ -541,27 +701,50 @@ impl RoomState {
     /// clients are still there; only the actor's memory of them was lost). Presence is as it
     /// was for them, so no diff goes out; publish rights are checked again on the next publish.
     async fn retrack(&mut self) {
-        let room = self.name().to_owned();
-        let members = ractor::call_t!(
-            self.fanout,
-            |reply| FanOutMessage::Members { room, reply },
-            1000
-        )
-        .unwrap_or_default();
-        for (conn, meta) in members {
-            let user = conn.user_id;
-            self.published.insert(conn.id, (user, meta.clone()));
-            self.members.insert(
-                conn.id,
-                Member {
-                    conn,
-                    meta,
+        for node in self.cluster.live_nodes() {
+            let members = members_on(&self.cluster, &self.fanout, &node, self.name())
+                .await
+                .unwrap_or_default();
+            for m in members {
+                self.published
+                    .insert(m.conn_id, (m.user_id, m.meta.clone()));
+                let member = Member {
+                    node: node.clone(),
+                    user_id: m.user_id,
+                    meta: m.meta,
                     may_publish: false,
-                },
-            );
+                };
+                self.add_member(m.conn_id, member);
+            }
         }
         if !self.members.is_empty() {
             tracing::info!(room = %self.key, members = self.members.len(), "room took back its connections");
+            // The members may have missed presence changes while the room was away: they get
+            // the whole presence again.
+            let frames = self.state_frames();
+            self.broadcast_frames(frames);
+        }
+    }
+
+    /// Members whose node went down leave.
+    fn check_nodes(&mut self, myself: &ActorRef<RoomCommand>) {
+        let gone: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|n| !self.cluster.is_live(n))
+            .cloned()
+            .collect();
+        for node in gone {
+            let conns: Vec<u64> = self
+                .members
+                .iter()
+                .filter(|(_, m)| m.node == node)
+                .map(|(id, _)| *id)
+                .collect();
+            tracing::info!(room = %self.key, %node, members = conns.len(), "members of a node that went down leave");
+            for id in conns {
+                self.leave(myself, id);
+            }
         }
     }
 
@@ -593,11 +776,13 @@ impl Actor for RoomActor {
             store: args.store,
             events: args.events,
             fanout: args.fanout,
+            cluster: args.cluster,
             shard: args.shard,
             idle: Idle::new(args.idle_after),
             seq: 0,
             history: VecDeque::new(),
             members: HashMap::new(),
+            nodes: HashMap::new(),
             published: BTreeMap::new(),
             pending: Vec::new(),
             publish_scheduled: false,
@@ -609,6 +794,7 @@ impl Actor for RoomActor {
         state.load().await?;
         state.retrack().await;
         myself.send_interval(state.idle.tick_every(), || RoomCommand::Tick);
+        myself.send_interval(CHECK_NODES_EVERY, || RoomCommand::CheckNodes);
         Ok(state)
     }
 
@@ -623,14 +809,24 @@ impl Actor for RoomActor {
         }
         match message {
             RoomCommand::Join {
-                conn,
+                conn_id,
+                user_id,
+                node,
                 meta,
                 since,
                 join_ref,
                 reply,
             } => {
-                let _ = reply.send(state.join(&myself, conn, meta, since, join_ref).await);
+                let joiner = Joiner {
+                    conn_id,
+                    user_id,
+                    node,
+                    meta,
+                };
+                let _ = reply.send(state.join(&myself, joiner, since, join_ref).await);
             }
+            RoomCommand::CheckNodes => state.check_nodes(&myself),
+            RoomCommand::Touch => {}
             RoomCommand::Leave { conn_id } => state.leave(&myself, conn_id),
             RoomCommand::FlushPresence => state.flush_presence(),
             RoomCommand::Publish {
@@ -642,8 +838,12 @@ impl Actor for RoomActor {
                     state.pending.push((user_id, body, reply));
                     if !state.publish_scheduled {
                         // Queued behind the publishes already in the mailbox: one commit for all.
+                        // A draining room (being handed off) takes no new messages: it commits
+                        // at once instead.
                         state.publish_scheduled = true;
-                        myself.cast(RoomCommand::CommitMessages)?;
+                        if myself.cast(RoomCommand::CommitMessages).is_err() {
+                            state.commit_pending().await;
+                        }
                     }
                 }
                 Err(e) => {
@@ -653,7 +853,7 @@ impl Actor for RoomActor {
             RoomCommand::CommitMessages => state.commit_pending().await,
             RoomCommand::InjectFault => panic!("fault injected into {}", state.key),
             RoomCommand::Presence(reply) => {
-                let members = state.members.values().map(|m| (m.conn.user_id, &m.meta));
+                let members = state.members.values().map(|m| (m.user_id, &m.meta));
                 let _ = reply.send(Ok(RoomState::presences(members)));
             }
             RoomCommand::History {
@@ -667,16 +867,6 @@ impl Actor for RoomActor {
                 let _ = reply.send(answer.map(|msgs| (msgs, state.seq)));
             }
             RoomCommand::Tick => {
-                // Connections that closed without a word leave now.
-                let gone: Vec<u64> = state
-                    .members
-                    .iter()
-                    .filter(|(_, m)| m.conn.is_closed())
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in gone {
-                    state.leave(&myself, id);
-                }
                 if state.members.is_empty() && !state.flush_scheduled {
                     state.idle.check(&state.shard, &state.key);
                 } else {

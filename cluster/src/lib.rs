@@ -14,7 +14,9 @@ mod shard;
 pub mod wire;
 
 pub use key::{EntityKey, KeyError};
-pub use membership::{Cluster, ClusterMetrics, MemberReport, MembershipSettings, Owner};
+pub use membership::{
+    Cluster, ClusterMetrics, MemberReport, MembershipSettings, NodeService, Owner,
+};
 pub use peer::{Network, NetworkSettings, PeerMessage, Seed};
 pub use placement::{Member, MemberStatus, Placement};
 pub use router::{AskError, Router};

@@ -36,6 +36,15 @@ pub(crate) trait LocalKind: Send + Sync {
     fn stats(&self) -> Pin<Box<dyn Future<Output = Option<ShardStats>> + Send>>;
 }
 
+/// A service every node runs once (such as the fan-out of room frames to the node's sockets),
+/// which other nodes reach by its topic.
+pub trait NodeService: Send + Sync + 'static {
+    /// Takes a one-way message.
+    fn cast(&self, payload: &[u8]);
+    /// Answers a request.
+    fn call(&self, payload: &[u8]) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
+}
+
 /// What a node says about itself in every heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Heartbeat {
@@ -154,6 +163,8 @@ struct Inner {
     members: Mutex<BTreeMap<String, Known>>,
     placement: RwLock<Arc<Placement>>,
     kinds: RwLock<HashMap<&'static str, Arc<dyn LocalKind>>>,
+    services: RwLock<HashMap<&'static str, Arc<dyn NodeService>>>,
+    on_change: RwLock<Vec<Box<dyn Fn() + Send + Sync>>>,
     metrics: ClusterMetrics,
 }
 
@@ -206,6 +217,8 @@ impl Cluster {
             members: Mutex::new(BTreeMap::new()),
             placement: RwLock::new(Arc::new(placement)),
             kinds: RwLock::new(HashMap::new()),
+            services: RwLock::new(HashMap::new()),
+            on_change: RwLock::new(Vec::new()),
             metrics: ClusterMetrics::new(),
         }));
         cluster.replace_placement();
@@ -290,6 +303,103 @@ impl Cluster {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(kind, local);
+    }
+
+    /// Runs `service` under `topic` on this node, for this node and the others.
+    pub fn serve(&self, topic: &'static str, service: Arc<dyn NodeService>) {
+        self.0
+            .services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic, service);
+    }
+
+    pub(crate) fn service(&self, topic: &str) -> Option<Arc<dyn NodeService>> {
+        self.0
+            .services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .cloned()
+    }
+
+    /// Calls `f` after every change of the members that own keys.
+    pub fn on_change(&self, f: impl Fn() + Send + Sync + 'static) {
+        self.0
+            .on_change
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(f));
+    }
+
+    /// Sends `payload` to the service `topic` of `node` (this node included). Messages from
+    /// one sender to one node arrive in the order they were sent. False when the node is not
+    /// reachable now.
+    pub fn cast_node(&self, node: &str, topic: &str, payload: Vec<u8>) -> bool {
+        if node == self.local() {
+            return match self.service(topic) {
+                Some(s) => {
+                    s.cast(&payload);
+                    true
+                }
+                None => false,
+            };
+        }
+        match self.peer(node) {
+            Some(peer) => peer
+                .cast(crate::peer::PeerMessage::Cast(topic.to_owned(), payload))
+                .is_ok(),
+            None => false,
+        }
+    }
+
+    /// Asks the service `topic` of `node` (this node included); `None` when it cannot answer
+    /// within `timeout`.
+    pub async fn call_node(
+        &self,
+        node: &str,
+        topic: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Option<Vec<u8>> {
+        if node == self.local() {
+            let answer = self.service(topic)?.call(&payload);
+            return tokio::time::timeout(timeout, answer).await.ok();
+        }
+        let peer = self.peer(node)?;
+        let topic = topic.to_owned();
+        match peer
+            .call(
+                |port| crate::peer::PeerMessage::Call(topic, payload, port),
+                Some(timeout),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(answer)) => Some(answer),
+            _ => None,
+        }
+    }
+
+    /// The nodes that may hold connections and entities now: this node and every member not
+    /// marked down.
+    pub fn live_nodes(&self) -> Vec<String> {
+        let mut out = vec![self.local().to_owned()];
+        out.extend(
+            lock(&self.0.members)
+                .iter()
+                .filter(|(_, k)| k.status != MemberStatus::Down)
+                .map(|(name, _)| name.clone()),
+        );
+        out
+    }
+
+    /// Whether `node` is this node or a member not marked down (a node never heard of counts
+    /// as live: it reached this one somehow).
+    pub fn is_live(&self, node: &str) -> bool {
+        node == self.local()
+            || lock(&self.0.members)
+                .get(node)
+                .is_none_or(|k| k.status != MemberStatus::Down)
     }
 
     pub(crate) fn kind(&self, kind: &str) -> Option<Arc<dyn LocalKind>> {
@@ -493,6 +603,15 @@ impl Cluster {
             tracing::info!(up = ?next.up_names(), "placement changed");
             for (_, local) in self.kinds() {
                 local.rebalance();
+            }
+            for f in self
+                .0
+                .on_change
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
+                f();
             }
         }
     }

@@ -39,6 +39,11 @@ pub enum PeerMessage {
     Forward(String, String, Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// A member's heartbeat, encoded.
     Heartbeat(Vec<u8>),
+    /// A one-way message for a node service of this node: topic, payload.
+    Cast(String, Vec<u8>),
+    /// A request to a node service of this node: topic, payload; the reply is its answer.
+    #[rpc]
+    Call(String, Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
 
 struct PeerActor;
@@ -76,6 +81,19 @@ impl Actor for PeerActor {
                     cluster.on_heartbeat(hb, peer);
                 }
                 Err(e) => tracing::warn!(error = %e, "undecodable heartbeat"),
+            },
+            PeerMessage::Cast(topic, payload) => match cluster.service(&topic) {
+                Some(service) => service.cast(&payload),
+                None => tracing::warn!(%topic, "message for an unknown node service"),
+            },
+            PeerMessage::Call(topic, payload, port) => match cluster.service(&topic) {
+                Some(service) => {
+                    let answer = service.call(&payload);
+                    tokio::spawn(async move {
+                        let _ = port.send(answer.await);
+                    });
+                }
+                None => tracing::warn!(%topic, "request for an unknown node service"),
             },
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Clusters of real `convene` processes on 127.0.0.1 and random ports, sharing one fresh
 //! PostgreSQL database: placement and forwarding under concurrent load, a node killed with
 //! SIGKILL halfway through, a node joining under load, a graceful SIGTERM drain, and a node
-//! with the wrong cookie.
+//! with the wrong cookie; and live rooms whose members are on several nodes.
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -16,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::helpers::{TempDir, event_body, fresh_postgres};
+use crate::rooms::{Client, reply_to};
 
 const SECRET: &str = "a cluster test secret of at least thirty-two bytes";
 const REQUEST_TIMEOUT_MS: u64 = 3000;
@@ -810,4 +811,203 @@ async fn a_cluster_on_sqlite_is_refused_at_start() {
         err.contains("a cluster needs a PostgreSQL database"),
         "{err}"
     );
+}
+
+/// Reads `client`'s frames until it has seen `n` messages; returns them and the other frames.
+async fn messages(client: &mut Client, n: usize, seen: &mut Vec<Value>) -> Vec<Value> {
+    let mut out: Vec<Value> = seen
+        .iter()
+        .filter(|v| v["op"] == "message")
+        .cloned()
+        .collect();
+    seen.retain(|v| v["op"] != "message");
+    while out.len() < n {
+        let v = client.next().await.expect("open");
+        if v["op"] == "message" {
+            out.push(v);
+        } else {
+            seen.push(v);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_spans_nodes_with_one_order_and_one_presence() {
+    let Some(cluster) = TestCluster::start(3).await else {
+        return;
+    };
+    let users = cluster.sign_up_many(3).await;
+    let room = "room:span";
+    let mut clients = Vec::new();
+    for (i, (_, token)) in users.iter().enumerate() {
+        let mut c = Client::connect_to(&cluster.nodes[i].http, token).await;
+        c.join(room, None).await;
+        clients.push(c);
+    }
+    let owner = cluster.owner_of(&format!("room/{room}")).await;
+    println!("room owned by node-{owner}");
+    // Everyone publishes, interleaved, from every node.
+    for round in 0..4 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.publish(
+                room,
+                json!({"from_node": i, "round": round}),
+                round * 10 + i as i64,
+            )
+            .await;
+        }
+    }
+    let mut orders = Vec::new();
+    let mut others = [Vec::new(), Vec::new(), Vec::new()];
+    for (i, c) in clients.iter_mut().enumerate() {
+        let got = messages(c, 12, &mut others[i]).await;
+        let order: Vec<(i64, Value)> = got
+            .iter()
+            .map(|m| (m["seq"].as_i64().unwrap(), m["body"].clone()))
+            .collect();
+        orders.push(order);
+    }
+    assert_eq!(
+        orders[0].iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=12).collect::<Vec<_>>(),
+        "gap-free seq"
+    );
+    assert_eq!(orders[0], orders[1], "node-0 and node-1 see the same order");
+    assert_eq!(orders[0], orders[2], "node-0 and node-2 see the same order");
+
+    // The first joiner saw the others arrive from their nodes, and the REST presence (asked on
+    // any node) lists all three.
+    let joined: HashSet<String> = others[0]
+        .iter()
+        .filter(|v| v["op"] == "presence_diff")
+        .flat_map(|v| {
+            v["joins"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (id, _) in &users[1..] {
+        assert!(joined.contains(&id.to_string()), "{joined:?}");
+    }
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let p: Value = cluster
+            .client
+            .get(format!("{}/api/v1/rooms/{room}/presence", node.http))
+            .bearer_auth(&users[i].1)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(p["presences"].as_object().unwrap().len(), 3, "{p}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_nodes_leave_rooms_and_a_dead_owner_loses_no_acknowledged_message() {
+    let Some(mut cluster) = TestCluster::start(3).await else {
+        return;
+    };
+    let users = cluster.sign_up_many(3).await;
+    let room = "room:survive";
+    let owner = cluster.owner_of(&format!("room/{room}")).await;
+    let (gone, stays) = ((owner + 1) % 3, (owner + 2) % 3);
+    let mut on_owner = Client::connect_to(&cluster.nodes[owner].http, &users[owner].1).await;
+    let mut on_gone = Client::connect_to(&cluster.nodes[gone].http, &users[gone].1).await;
+    let mut on_stays = Client::connect_to(&cluster.nodes[stays].http, &users[stays].1).await;
+    on_owner.join(room, None).await;
+    on_gone.join(room, None).await;
+    on_stays.join(room, None).await;
+
+    // A node that dies: its connections' presences leave everywhere within 10 s.
+    let killed = Instant::now();
+    cluster.kill(gone);
+    let gone_user = users[gone].0.to_string();
+    loop {
+        let v = on_stays.next().await.expect("open");
+        if v["op"] == "presence_diff" && v["leaves"].get(&gone_user).is_some() {
+            break;
+        }
+    }
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        killed.elapsed()
+    );
+
+    // Acknowledged messages, then the room's owner dies.
+    let mut seqs = Vec::new();
+    for n in 0..3 {
+        on_stays.publish(room, json!({"n": n}), n).await;
+        let mut seen = Vec::new();
+        let r = reply_to(&mut on_stays, n, &mut seen).await;
+        assert_eq!(r["status"], "ok", "{r}");
+        seqs.push(r["body"]["seq"].as_i64().unwrap());
+    }
+    cluster.kill(owner);
+    drop(on_owner);
+
+    // The room comes back on the survivor, history intact: a client that reconnects with
+    // `since` gets every acknowledged message, and the sequence goes on.
+    // A join that was on its way to the dead owner gets `unavailable`: the client retries.
+    let mut again = Client::connect_to(&cluster.nodes[stays].http, &users[stays].1).await;
+    let mut attempts = 0;
+    loop {
+        again
+            .send(json!({"op": "join", "room": room, "ref": "j", "since": 0}))
+            .await;
+        let r = again.expect("reply").await;
+        if r["status"] == "ok" {
+            break;
+        }
+        assert_eq!(r["body"]["reason"], "unavailable", "{r}");
+        attempts += 1;
+        assert!(attempts < 50, "the room never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    again.expect("presence_state").await;
+    let mut seen = Vec::new();
+    let missed = messages(&mut again, seqs.len(), &mut seen).await;
+    assert_eq!(
+        missed
+            .iter()
+            .map(|m| m["seq"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        seqs
+    );
+    again.publish(room, json!({"after": "failover"}), 99).await;
+    let r = reply_to(&mut again, 99, &mut seen).await;
+    assert_eq!(r["body"]["seq"].as_i64(), Some(seqs[2] + 1), "{r}");
+
+    // Only the survivor's user is present once the dead owner's connection is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p: Value = cluster
+            .client
+            .get(format!(
+                "{}/api/v1/rooms/{room}/presence",
+                cluster.nodes[stays].http
+            ))
+            .bearer_auth(&users[stays].1)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let present: Vec<String> = p["presences"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        if present == [users[stays].0.to_string()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -13,25 +13,30 @@ use crate::helpers::{Backend, Settings, TestApp, TestUser, eventually, spawn_app
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-struct Client {
+pub(crate) struct Client {
     ws: Socket,
 }
 
 impl Client {
     async fn connect(app: &TestApp, token: &str) -> Self {
-        let url = format!("ws://{}/ws?token={token}", app.node.addr);
+        Self::connect_to(&app.node.url(), token).await
+    }
+
+    /// A connection to the node whose HTTP base URL is `base`.
+    pub(crate) async fn connect_to(base: &str, token: &str) -> Self {
+        let url = format!("{}/ws?token={token}", base.replacen("http://", "ws://", 1));
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connects");
         Self { ws }
     }
 
-    async fn send(&mut self, v: Value) {
+    pub(crate) async fn send(&mut self, v: Value) {
         self.ws.send(Message::text(v.to_string())).await.unwrap();
     }
 
     /// The next text frame as JSON, or `None` when the connection closes (with its close code).
-    async fn next(&mut self) -> Result<Value, Option<u16>> {
+    pub(crate) async fn next(&mut self) -> Result<Value, Option<u16>> {
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
                 .await
@@ -45,7 +50,7 @@ impl Client {
         }
     }
 
-    async fn expect(&mut self, op: &str) -> Value {
+    pub(crate) async fn expect(&mut self, op: &str) -> Value {
         let v = self
             .next()
             .await
@@ -60,7 +65,7 @@ impl Client {
             .unwrap_or_else(|code| panic!("closed ({code:?})"))
     }
 
-    async fn join(&mut self, room: &str, since: Option<i64>) -> Value {
+    pub(crate) async fn join(&mut self, room: &str, since: Option<i64>) -> Value {
         let mut frame = json!({"op": "join", "room": room, "ref": "j"});
         if let Some(s) = since {
             frame["since"] = json!(s);
@@ -73,7 +78,7 @@ impl Client {
         reply
     }
 
-    async fn publish(&mut self, room: &str, body: Value, reference: i64) {
+    pub(crate) async fn publish(&mut self, room: &str, body: Value, reference: i64) {
         self.send(json!({"op": "publish", "room": room, "body": body, "ref": reference}))
             .await;
     }
@@ -96,7 +101,7 @@ async fn presence(app: &TestApp, user: &TestUser, room: &str) -> Value {
 }
 
 /// Reads frames until a `reply` with this ref, collecting the others.
-async fn reply_to(c: &mut Client, reference: i64, others: &mut Vec<Value>) -> Value {
+pub(crate) async fn reply_to(c: &mut Client, reference: i64, others: &mut Vec<Value>) -> Value {
     loop {
         let v = c.next().await.expect("open");
         if v["op"] == "reply" && v["ref"] == reference {
