@@ -10,7 +10,6 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::SubsecRound;
 use convene_actors::fanout::{Conn, FanOutMessage};
 use convene_actors::room::{RoomCommand, RoomError, parse_room};
 use convene_cluster::EntityKey;
@@ -45,9 +44,10 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a connection that stopped answering the heartbeat.
 pub const CLOSE_TIMEOUT: u16 = 4000;
 
-/// Connection ids: a random start per process, so ids are unique across the cluster's nodes.
+/// Connection ids: a random start per process among 2^40, so the ids of the cluster's nodes do
+/// not meet, while staying short in presence frames.
 static NEXT_CONN: LazyLock<AtomicU64> =
-    LazyLock::new(|| AtomicU64::new(rand::random::<u64>() >> 12));
+    LazyLock::new(|| AtomicU64::new(rand::random::<u64>() >> 24));
 
 /// A reply that is ready once the room has answered.
 type PendingReply = std::pin::Pin<Box<dyn std::future::Future<Output = Arc<str>> + Send>>;
@@ -387,13 +387,11 @@ async fn handle(
         "join" => {
             let mut meta = frame.meta.unwrap_or_default();
             meta.insert("conn".into(), json!(conn.id.to_string()));
+            // Unix milliseconds: presence frames carry one per connection, and a connection's
+            // write buffer keeps the size of the largest frame it wrote.
             meta.insert(
                 "online_at".into(),
-                json!(
-                    chrono::Utc::now()
-                        .trunc_subsecs(6)
-                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                ),
+                json!(chrono::Utc::now().timestamp_millis()),
             );
             let meta = Value::Object(meta);
             // Subscribed first: the room's answer reaches the connection through this node's

@@ -370,7 +370,8 @@ pub struct RoomArgs {
 pub struct RoomActor;
 
 struct Member {
-    node: String,
+    /// Shared with the room's other members on the same node.
+    node: Arc<str>,
     user_id: i64,
     meta: Value,
     may_publish: bool,
@@ -398,7 +399,7 @@ pub struct RoomState {
     history: VecDeque<RoomMessage>,
     members: HashMap<u64, Member>,
     /// Members per node: where broadcasts go.
-    nodes: HashMap<String, usize>,
+    nodes: HashMap<Arc<str>, usize>,
     /// Presence as last broadcast; a joiner gets it as `presence_state`, then the next diff.
     published: BTreeMap<u64, (i64, Value)>,
     /// Messages admitted and waiting for the next commit, with their publishers' replies.
@@ -461,6 +462,13 @@ impl RoomState {
                 frames.clone(),
             );
         }
+    }
+
+    /// The shared name of `node`.
+    fn node_name(&self, node: &str) -> Arc<str> {
+        self.nodes
+            .get_key_value(node)
+            .map_or_else(|| Arc::from(node), |(k, _)| k.clone())
     }
 
     fn add_member(&mut self, conn_id: u64, member: Member) {
@@ -554,7 +562,7 @@ impl RoomState {
             frames,
         );
         let member = Member {
-            node,
+            node: self.node_name(&node),
             user_id,
             meta,
             may_publish,
@@ -709,7 +717,7 @@ impl RoomState {
                 self.published
                     .insert(m.conn_id, (m.user_id, m.meta.clone()));
                 let member = Member {
-                    node: node.clone(),
+                    node: self.node_name(&node),
                     user_id: m.user_id,
                     meta: m.meta,
                     may_publish: false,
@@ -728,7 +736,7 @@ impl RoomState {
 
     /// Members whose node went down leave.
     fn check_nodes(&mut self, myself: &ActorRef<RoomCommand>) {
-        let gone: Vec<String> = self
+        let gone: Vec<Arc<str>> = self
             .nodes
             .keys()
             .filter(|n| !self.cluster.is_live(n))
