@@ -400,3 +400,43 @@ async fn heartbeats(cluster: Cluster, has_seeds: bool) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_are_addresses_or_dns_names() {
+        assert_eq!(
+            "10.0.0.5:7000".parse::<Seed>(),
+            Ok(Seed::Address("10.0.0.5:7000".into()))
+        );
+        assert_eq!(
+            " dns:convene-peers.ns.svc:7000 ".parse::<Seed>(),
+            Ok(Seed::Dns {
+                name: "convene-peers.ns.svc".into(),
+                port: 7000
+            })
+        );
+        for bad in [
+            "10.0.0.5",
+            "dns:name",
+            "dns::7000",
+            ":7000",
+            "host:port",
+            "dns:x:99999",
+        ] {
+            assert!(bad.parse::<Seed>().is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dns_seeds_resolve_to_ipv4_addresses() {
+        let found = resolve(&[Seed::Dns {
+            name: "localhost".into(),
+            port: 7000,
+        }])
+        .await;
+        assert_eq!(found, vec!["127.0.0.1:7000".parse::<SocketAddr>().unwrap()]);
+    }
+}

@@ -75,12 +75,17 @@ impl TestCluster {
     }
 
     async fn spawn(&self, i: usize, cookie: &str) -> Proc {
-        let seeds = self
-            .cluster_ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        // Nodes started later find the cluster through DNS (as in Kubernetes) and meet the
+        // others through it.
+        let seeds = if i >= 3 {
+            format!("dns:localhost:{}", self.cluster_ports[0])
+        } else {
+            self.cluster_ports
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let name = format!("node-{i}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_convene"))
             .args(["serve", "--listen", "127.0.0.1:0", "--node-name", &name])
