@@ -812,7 +812,7 @@ impl Actor for RoomActor {
         message: RoomCommand,
         state: &mut RoomState,
     ) -> Result<(), ActorProcessingErr> {
-        if !matches!(message, RoomCommand::Tick) {
+        if !matches!(message, RoomCommand::Tick | RoomCommand::CheckNodes) {
             state.idle.touch();
         }
         match message {
