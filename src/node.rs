@@ -222,7 +222,20 @@ impl Node {
         .await?;
         let (fanout, _) = Actor::spawn(None, FanOut, ()).await?;
         cluster.serve(fanout::TOPIC, Arc::new(FanOutService(fanout.clone())));
-        let rooms_factory = RoomFactory::new(store_dyn, events.clone(), fanout.clone(), idle);
+        // A joiner's first frames must fit its outbound queue: the reply, the presence, and up
+        // to a room's whole history when it resumes, with some room for live traffic.
+        let queue = config.ws_outbound_queue;
+        let presence_frames = queue
+            .saturating_sub(convene_actors::room::HISTORY + 24)
+            .max(queue / 4)
+            .max(1);
+        let rooms_factory = RoomFactory::new(
+            store_dyn,
+            events.clone(),
+            fanout.clone(),
+            idle,
+            presence_frames,
+        );
         let (rooms, room_shard) = start_shard(rooms_factory, &cluster, timeout).await?;
         // When the owners change, the rooms this node has sockets in are woken on their
         // (possibly new) owners, which take their members back and resend the presence.

@@ -295,8 +295,9 @@ impl Forwardable for RoomCommand {
 /// The answer to a publish: the message's seq once it is stored.
 type PublishReply = RpcReplyPort<Result<i64, RoomError>>;
 
-/// Metas per frame when a joiner is sent the room's presence.
-const STATE_CHUNK: usize = 16;
+/// Metas per presence frame, at least. Small frames keep every connection's write buffer small
+/// (it keeps the capacity of the largest frame written).
+const STATE_CHUNK: usize = 12;
 
 /// How long presence changes are gathered into one `presence_diff`.
 const PRESENCE_WINDOW: Duration = Duration::from_millis(20);
@@ -307,21 +308,27 @@ pub struct RoomFactory {
     events: Router<EventMessage>,
     fanout: ActorRef<FanOutMessage>,
     idle_after: Duration,
+    presence_frames: usize,
 }
 
 impl RoomFactory {
-    /// Rooms that check events through `events` and broadcast through `fanout`.
+    /// Rooms that check events through `events` and broadcast through `fanout`. A joiner's
+    /// presence, and a burst of presence changes, take at most `presence_frames` frames (frames
+    /// grow past [`STATE_CHUNK`] metas in rooms large enough to need it), so they fit in a
+    /// connection's outbound queue.
     pub fn new(
         store: Arc<dyn Store>,
         events: Router<EventMessage>,
         fanout: ActorRef<FanOutMessage>,
         idle_after: Duration,
+        presence_frames: usize,
     ) -> Self {
         Self {
             store,
             events,
             fanout,
             idle_after,
+            presence_frames: presence_frames.max(1),
         }
     }
 }
@@ -347,6 +354,7 @@ impl EntityFactory for RoomFactory {
             cluster: self.events.cluster().clone(),
             shard,
             idle_after: self.idle_after,
+            presence_frames: self.presence_frames,
         };
         Box::pin(async move {
             let (actor, _) = Actor::spawn_linked(None, RoomActor, args, supervisor).await?;
@@ -364,6 +372,7 @@ pub struct RoomArgs {
     cluster: Cluster,
     shard: ActorRef<ShardMessage<RoomCommand>>,
     idle_after: Duration,
+    presence_frames: usize,
 }
 
 /// The room actor.
@@ -400,6 +409,8 @@ pub struct RoomState {
     members: HashMap<u64, Member>,
     /// Members per node: where broadcasts go.
     nodes: HashMap<Arc<str>, usize>,
+    /// At most this many frames for a joiner's presence or a burst of changes.
+    presence_frames: usize,
     /// Presence as last broadcast; a joiner gets it as `presence_state`, then the next diff.
     published: BTreeMap<u64, (i64, Value)>,
     /// Messages admitted and waiting for the next commit, with their publishers' replies.
@@ -582,16 +593,22 @@ impl RoomState {
         self.schedule_flush(myself);
     }
 
-    /// The `presence_state` frame of the presence last broadcast.
+    /// Metas per frame for `n` metas: [`STATE_CHUNK`], or more when that would take more than
+    /// the room's frame budget.
+    fn chunk(&self, n: usize) -> usize {
+        STATE_CHUNK.max(n.div_ceil(self.presence_frames))
+    }
+
     /// The presence last broadcast, as a joiner receives it: a `presence_state` with the first
-    /// metas, then `presence_diff` joins with the rest, [`STATE_CHUNK`] metas a frame, so no
-    /// frame (and no connection's write buffer) grows with the size of the room.
+    /// metas, then `presence_diff` joins with the rest, a chunk of metas a frame, so frames
+    /// (and the connections' write buffers) stay small.
     fn state_frames(&mut self) -> Vec<Arc<str>> {
         if let Some(f) = &self.state_frames {
             return f.clone();
         }
+        let chunk = self.chunk(self.published.len());
         let entries: Vec<(i64, &Value)> = self.published.values().map(|(u, m)| (*u, m)).collect();
-        let mut chunks = entries.chunks(STATE_CHUNK);
+        let mut chunks = entries.chunks(chunk);
         let first = Self::presences(chunks.next().unwrap_or_default().iter().copied());
         let mut frames = vec![frame(
             &json!({"op": "presence_state", "room": self.name(), "presences": first}),
@@ -629,14 +646,15 @@ impl RoomState {
             self.published.remove(conn);
         }
         self.state_frames = None;
-        // Joins go out before leaves, STATE_CHUNK metas a frame, so a burst of arrivals never
-        // makes one large frame.
+        // Joins go out before leaves, a chunk of metas a frame, so a burst of arrivals neither
+        // makes one large frame nor more frames than a connection's queue holds.
         let empty = || Self::presences(std::iter::empty());
-        for chunk in joins.chunks(STATE_CHUNK) {
+        let size = self.chunk(joins.len() + leaves.len());
+        for chunk in joins.chunks(size) {
             let joins = Self::presences(chunk.iter().map(|(_, u, m)| (*u, m)));
             self.broadcast(&json!({"op": "presence_diff", "room": self.name(), "joins": joins, "leaves": empty()}));
         }
-        for chunk in leaves.chunks(STATE_CHUNK) {
+        for chunk in leaves.chunks(size) {
             let leaves = Self::presences(chunk.iter().map(|(_, u, m)| (*u, m)));
             self.broadcast(&json!({"op": "presence_diff", "room": self.name(), "joins": empty(), "leaves": leaves}));
         }
@@ -791,6 +809,7 @@ impl Actor for RoomActor {
             history: VecDeque::new(),
             members: HashMap::new(),
             nodes: HashMap::new(),
+            presence_frames: args.presence_frames,
             published: BTreeMap::new(),
             pending: Vec::new(),
             publish_scheduled: false,

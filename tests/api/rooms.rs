@@ -582,6 +582,38 @@ macro_rules! on_both {
     };
 }
 
+/// A room with more members than a connection's queue has frames: a joiner still gets the
+/// whole presence (in fewer, larger frames) and is not taken for a slow consumer.
+async fn a_large_room_fits_a_joiners_queue(app: TestApp) {
+    let user = app.sign_up("crowd@example.com").await;
+    let mut crowd = Vec::new();
+    for _ in 0..200 {
+        let mut c = Client::connect(&app, &user.token).await;
+        c.join("room:crowd", None).await;
+        crowd.push(c);
+    }
+    let mut last = Client::connect(&app, &user.token).await;
+    last.send(json!({"op": "join", "room": "room:crowd", "ref": "j"}))
+        .await;
+    assert_eq!(last.expect("reply").await["status"], "ok");
+    let state = last.expect("presence_state").await;
+    let metas = |v: &Value, key: &str| {
+        v[key][user.id.to_string()]["metas"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let mut seen = metas(&state, "presences");
+    let mut frames = 1;
+    while seen < 200 {
+        let v = last.next().await.expect("not cut off as a slow consumer");
+        if v["op"] == "presence_diff" {
+            seen += metas(&v, "joins");
+            frames += 1;
+        }
+    }
+    assert!(frames <= 8, "{frames} presence frames for a queue of 16");
+}
+
 on_both!(join_publish, join_publish_and_presence, Settings::default());
 on_both!(limits, bad_input_and_limits, Settings::default());
 on_both!(
@@ -598,6 +630,14 @@ on_both!(
     a_slow_consumer_is_cut_off,
     Settings {
         ws_publish_per_sec: 1000,
+        ws_outbound_queue: 16,
+        ..Settings::default()
+    }
+);
+on_both!(
+    large_room,
+    a_large_room_fits_a_joiners_queue,
+    Settings {
         ws_outbound_queue: 16,
         ..Settings::default()
     }
