@@ -43,6 +43,8 @@ pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a connection that stopped answering the heartbeat.
 pub const CLOSE_TIMEOUT: u16 = 4000;
+/// How long a closing connection's last frames and close frame may take to go out.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// Connection ids: a random start per process among 2^40, so the ids of the cluster's nodes do
 /// not meet, while staying short in presence frames.
@@ -251,7 +253,6 @@ async fn write(
     let mut batch = Vec::with_capacity(64);
     // Writing stops as soon as the connection is asked to close: a client that stopped reading
     // blocks the socket, and its queue filling up is what asks.
-    let mut interrupted = false;
     loop {
         tokio::select! {
             biased;
@@ -265,25 +266,24 @@ async fn write(
                 let mut frames = futures::stream::iter(frames);
                 tokio::select! {
                     biased;
-                    () = conn.closing() => { interrupted = true; break; }
+                    () = conn.closing() => break,
                     sent = sink.send_all(&mut frames) => if sent.is_err() { break },
                 }
             }
             _ = ping.tick() => {
                 tokio::select! {
                     biased;
-                    () = conn.closing() => { interrupted = true; break; }
+                    () = conn.closing() => break,
                     sent = sink.send(Message::Ping(Bytes::new())) => if sent.is_err() { break },
                 }
             }
         }
     }
-    if interrupted {
-        // A frame may be half written; a close frame after it would only garble the stream.
-        return;
-    }
+    // A frame cut off above is still whole in the socket's buffer (frames enter it whole), so
+    // the close frame goes out after it: a slow consumer that reads again within the grace
+    // period sees the rest of that frame, then 4008. One that never reads is dropped.
     let (code, reason) = conn.close_reason().unwrap_or((1000, "bye".into()));
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close(code, &reason))).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close(code, &reason))).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
 }
 
