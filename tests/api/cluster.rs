@@ -1016,3 +1016,56 @@ async fn dead_nodes_leave_rooms_and_a_dead_owner_loses_no_acknowledged_message()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_moves_with_its_owner_on_sigterm() {
+    let Some(mut cluster) = TestCluster::start(3).await else {
+        return;
+    };
+    let users = cluster.sign_up_many(3).await;
+    let room = "room:moving";
+    let owner = cluster.owner_of(&format!("room/{room}")).await;
+    let (a, b) = ((owner + 1) % 3, (owner + 2) % 3);
+    let mut ca = Client::connect_to(&cluster.nodes[a].http, &users[a].1).await;
+    let mut cb = Client::connect_to(&cluster.nodes[b].http, &users[b].1).await;
+    ca.join(room, None).await;
+    cb.join(room, None).await;
+    ca.publish(room, json!({"before": true}), 1).await;
+    let mut seen = Vec::new();
+    assert_eq!(reply_to(&mut ca, 1, &mut seen).await["body"]["seq"], 1);
+
+    // The owner leaves gracefully: the room moves to a survivor, which takes both members
+    // back; the sequence goes on and both members still see every message.
+    cluster.terminate(owner);
+    let exited = tokio::time::timeout(Duration::from_secs(25), cluster.nodes[owner].child.wait())
+        .await
+        .expect("the owner exits within its grace period")
+        .unwrap();
+    assert!(exited.success());
+    cluster.nodes[owner].alive.store(false, Ordering::SeqCst);
+    let moved = cluster.owner_of(&format!("room/{room}")).await;
+    assert_ne!(moved, owner);
+    cb.publish(room, json!({"after": true}), 2).await;
+    let mut seen_b = Vec::new();
+    let r = reply_to(&mut cb, 2, &mut seen_b).await;
+    assert_eq!(r["body"]["seq"], 2, "{r}");
+    for (c, frames) in [(&mut ca, &mut seen), (&mut cb, &mut seen_b)] {
+        let got = messages(c, 2, frames).await;
+        let seqs: Vec<i64> = got.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+        assert_eq!(seqs, [1, 2]);
+    }
+    let p: Value = cluster
+        .client
+        .get(format!(
+            "{}/api/v1/rooms/{room}/presence",
+            cluster.nodes[a].http
+        ))
+        .bearer_auth(&users[a].1)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p["presences"].as_object().unwrap().len(), 2, "{p}");
+}
