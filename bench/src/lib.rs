@@ -132,6 +132,38 @@ pub async fn start_node_with(
     Node::start(config).await
 }
 
+/// Starts this program again with `args` and `env` (a server in its own process, so its
+/// resident memory is its own), and returns it with the rest of the first line of its output
+/// that starts with `prefix` (where it listens).
+pub async fn spawn_self(
+    args: &[&str],
+    env: Vec<(String, String)>,
+    prefix: &str,
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut process = tokio::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .envs(env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = process
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = lines
+            .next_line()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the server exited before it listened"))?;
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return Ok((process, rest.to_owned()));
+        }
+    }
+}
+
 /// A fresh database on the PostgreSQL server of `base`; returns its URL.
 pub async fn fresh_postgres(base: &str, label: &str) -> anyhow::Result<String> {
     use sqlx::Connection;

@@ -307,6 +307,29 @@ impl TestCluster {
         (users.into_iter().map(|(u,)| u).collect(), count)
     }
 
+    /// The sum of a counter over the live nodes.
+    async fn metric_total(&self, name: &str) -> f64 {
+        let mut total = 0.0;
+        for node in self.nodes.iter().filter(|n| n.alive.load(Ordering::SeqCst)) {
+            let text = self
+                .client
+                .get(format!("{}/metrics", node.http))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            total += text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{name} is not exported"))
+                .parse::<f64>()
+                .unwrap();
+        }
+        total
+    }
+
     fn log(&self, i: usize) -> String {
         self.nodes[i].log.lock().unwrap().join("\n")
     }
@@ -480,27 +503,9 @@ async fn three_nodes_place_forward_and_never_oversell() {
         assert_eq!(s["key"]["owner"], cluster.nodes[owner].name.as_str());
         assert_eq!(s["members"].as_array().unwrap().len(), 3);
     }
-    let forwarded: f64 = {
-        let mut total = 0.0;
-        for node in &cluster.nodes {
-            let text = cluster
-                .client
-                .get(format!("{}/metrics", node.http))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            total += text
-                .lines()
-                .find_map(|l| l.strip_prefix("convene_forwarded_messages_total "))
-                .unwrap()
-                .parse::<f64>()
-                .unwrap();
-        }
-        total
-    };
+    let forwarded = cluster
+        .metric_total("convene_forwarded_messages_total")
+        .await;
     assert!(forwarded >= 600.0, "forwarded {forwarded}");
 
     // The console prints the same members as a table.
@@ -670,27 +675,7 @@ async fn a_joining_node_takes_a_fair_share_under_load() {
     let s = cluster.status(3, None).await;
     let active = s["members"][0]["entities"]["event"].as_u64().unwrap();
     assert!(active > 0, "{s}");
-    let handoffs: f64 = {
-        let mut total = 0.0;
-        for node in &cluster.nodes[..3] {
-            let text = cluster
-                .client
-                .get(format!("{}/metrics", node.http))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            total += text
-                .lines()
-                .find_map(|l| l.strip_prefix("convene_entity_handoffs_total "))
-                .unwrap()
-                .parse::<f64>()
-                .unwrap();
-        }
-        total
-    };
+    let handoffs = cluster.metric_total("convene_entity_handoffs_total").await;
     assert!(handoffs > 0.0, "the old owners handed entities off");
 }
 

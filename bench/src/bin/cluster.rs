@@ -4,16 +4,16 @@
 //! one request at a time, to show what a forward adds. Every node is a child process (this
 //! binary with `--serve`), sharing one fresh PostgreSQL database (`DATABASE_URL`).
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use convene::config::{Config, Overrides};
 use convene::node::Node;
-use convene_bench::{create_event, drop_postgres, fresh_postgres, http_client, sign_up};
+use convene_bench::{
+    create_event, drop_postgres, fresh_postgres, http_client, sign_up, spawn_self,
+};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Parser)]
 struct Args {
@@ -46,28 +46,9 @@ struct Child {
 
 impl Child {
     async fn start(env: Vec<(String, String)>) -> anyhow::Result<Self> {
-        let mut process = tokio::process::Command::new(std::env::current_exe()?)
-            .arg("--serve")
-            .envs(env)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = process
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines
-                .next_line()
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("node exited"))?;
-            if let Some(a) = line.strip_prefix("URL ") {
-                break a.to_owned();
-            }
-        };
+        let mut env = env;
+        env.push(("RUST_LOG".into(), "error".into()));
+        let (process, url) = spawn_self(&["--serve"], env, "URL ").await?;
         Ok(Self {
             _process: process,
             url,

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use convene_bench::spawn_self;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -41,26 +41,7 @@ struct Child {
 
 impl Child {
     async fn start(kind: &str) -> anyhow::Result<Self> {
-        let mut process = tokio::process::Command::new(std::env::current_exe()?)
-            .args(["--serve", kind])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = process
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next_line()
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("server exited"))?;
-            if let Some(a) = line.strip_prefix("ADDR ") {
-                break a.to_owned();
-            }
-        };
+        let (process, addr) = spawn_self(&["--serve", kind], Vec::new(), "ADDR ").await?;
         Ok(Self { process, addr })
     }
 
