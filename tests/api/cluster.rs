@@ -307,6 +307,29 @@ impl TestCluster {
         (users.into_iter().map(|(u,)| u).collect(), count)
     }
 
+    /// `n` concurrent readers of `events` over `bases` (see [`read_load`]), until `stop`.
+    fn readers(
+        &self,
+        n: usize,
+        bases: Vec<(String, Arc<AtomicBool>)>,
+        events: &[i64],
+        stop: &Arc<AtomicBool>,
+        healthy_only: bool,
+    ) -> Vec<tokio::task::JoinHandle<(usize, Vec<String>)>> {
+        (0..n)
+            .map(|_| {
+                tokio::spawn(read_load(
+                    self.client.clone(),
+                    bases.clone(),
+                    self.admin.clone(),
+                    events.to_vec(),
+                    stop.clone(),
+                    healthy_only,
+                ))
+            })
+            .collect()
+    }
+
     /// The sum of a counter over the live nodes.
     async fn metric_total(&self, name: &str) -> f64 {
         let mut total = 0.0;
@@ -638,18 +661,7 @@ async fn a_joining_node_takes_a_fair_share_under_load() {
         events.push(cluster.create_event(50).await);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let load: Vec<_> = (0..8)
-        .map(|_| {
-            tokio::spawn(read_load(
-                cluster.client.clone(),
-                cluster.bases(),
-                cluster.admin.clone(),
-                events.clone(),
-                stop.clone(),
-                false,
-            ))
-        })
-        .collect();
+    let load = cluster.readers(8, cluster.bases(), &events, &stop, false);
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.cluster_ports.push(free_port());
     let fourth = cluster.spawn(3, "cookie-ok").await;
@@ -706,18 +718,7 @@ async fn sigterm_drains_a_node_with_zero_failed_requests() {
             }
         })
     };
-    let load: Vec<_> = (0..6)
-        .map(|_| {
-            tokio::spawn(read_load(
-                cluster.client.clone(),
-                bases.clone(),
-                cluster.admin.clone(),
-                events.clone(),
-                stop.clone(),
-                true,
-            ))
-        })
-        .collect();
+    let load = cluster.readers(6, bases.clone(), &events, &stop, true);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let leaving = cluster.owner_of(&format!("event/{}", events[0])).await;
     let started = Instant::now();

@@ -170,6 +170,19 @@ async fn load(
     sample
 }
 
+/// A warm-up of a quarter of the requests (entities activate, connections open), then the
+/// measured run.
+async fn warm_then_load(
+    client: &reqwest::Client,
+    urls: &[String],
+    token: &str,
+    events: &[i64],
+    args: &Args,
+) -> Sample {
+    load(client, urls, token, events, args.clients, args.requests / 4).await;
+    load(client, urls, token, events, args.clients, args.requests).await
+}
+
 async fn serve() -> anyhow::Result<()> {
     let config = Config::load(None, std::env::vars(), &Overrides::default())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -241,16 +254,7 @@ async fn main() -> anyhow::Result<()> {
         events.push(create_event(&client, &single.url, &token, 100).await?);
     }
     let urls = [single.url.clone()];
-    load(
-        &client,
-        &urls,
-        &token,
-        &events,
-        args.clients,
-        args.requests / 4,
-    )
-    .await;
-    let one = load(&client, &urls, &token, &events, args.clients, args.requests).await;
+    let one = warm_then_load(&client, &urls, &token, &events, &args).await;
     drop(single);
 
     // Three nodes on the same database.
@@ -284,16 +288,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(Instant::now() < deadline, "the cluster did not form: {s}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    load(
-        &client,
-        &urls,
-        &token,
-        &events,
-        args.clients,
-        args.requests / 4,
-    )
-    .await;
-    let three = load(&client, &urls, &token, &events, args.clients, args.requests).await;
+    let three = warm_then_load(&client, &urls, &token, &events, &args).await;
 
     println!("GET /api/v1/events/{{id}}, {} clients:", args.clients);
     println!("  {}", one.line("1 node  "));
