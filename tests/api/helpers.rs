@@ -39,6 +39,25 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
 }
 
+/// The address of a service the suite talks to: the environment variable `var` when set,
+/// otherwise `default` (where `scripts/services up` starts it).
+pub fn service_url(var: &str, default: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// What a test does when `service` cannot be reached: in CI it fails with `why`; elsewhere it
+/// prints why the test is skipped.
+pub fn unavailable(service: &str, why: impl std::fmt::Display) {
+    assert!(
+        !in_ci(),
+        "{service} is unreachable in CI (scripts/services up starts it): {why}"
+    );
+    eprintln!("skipped: {service} is unreachable ({why}); scripts/services up starts it");
+}
+
 /// A fresh PostgreSQL database on the server of `DATABASE_URL`, or `None` (with the reason
 /// printed) outside CI when no server is configured. In CI a missing server fails the test.
 pub async fn fresh_postgres() -> Option<String> {

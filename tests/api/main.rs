@@ -9,4 +9,5 @@ mod events;
 mod operations;
 mod registrations;
 mod rooms;
+mod services;
 mod supervision;
