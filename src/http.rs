@@ -1,12 +1,15 @@
-//! The HTTP edge (warp): routes under `/api/v1`, `/health`, `/metrics` and `/openapi.json`. Each
-//! handler validates its input, asks the owning actor through the router (reads that span many
-//! entities go to the store), and maps the answer; errors become JSON in [`error`].
+//! The HTTP edge (warp): routes under `/api/v1`, `/health`, `/metrics`, `/openapi.json` and
+//! `/asyncapi.json`. Each handler validates its input, asks the owning actor through the router
+//! (reads that span many entities go to the store), and maps the answer; errors become JSON in
+//! [`error`].
 
+pub mod asyncapi;
 pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod ops;
+pub mod registrations;
 pub mod rooms;
 pub mod users;
 
@@ -30,11 +33,15 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(events::routes(app.clone()))
         .unify()
+        .or(registrations::routes(app.clone()))
+        .unify()
         .or(rooms::routes(app.clone()))
         .unify()
         .or(ops::routes(app.clone()))
         .unify()
         .or(cluster::routes(app.clone()))
+        .unify()
+        .or(asyncapi::routes())
         .unify();
     let metrics = app.metrics.clone();
     warp::any()
@@ -93,6 +100,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/health/live", "GET"),
     ("/metrics", "GET"),
     ("/openapi.json", "GET"),
+    ("/asyncapi.json", "GET"),
 ];
 
 /// The route template of a path, so metric labels stay bounded: `{id}` stands for a number,

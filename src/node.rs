@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use convene_actors::event::EventFactory;
 use convene_actors::fanout::{self, FanOut, FanOutMessage, FanOutService};
-use convene_actors::room::{RoomCommand, RoomFactory};
+use convene_actors::room::{self, RoomCommand, RoomFactory};
 use convene_actors::user::UserFactory;
 use convene_cluster::{
-    Cluster, EntityFactory, EntityKey, MembershipSettings, Network, NetworkSettings, Router, Seed,
-    Shard, ShardArgs,
+    Cluster, KindSettings, MembershipSettings, Network, NetworkSettings, Router, Seed,
 };
 use ractor::Actor;
 use tokio::sync::oneshot;
@@ -61,24 +60,6 @@ pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
                 .context("opening SQLite")
         }
     }
-}
-
-async fn start_shard<F: EntityFactory>(
-    factory: F,
-    cluster: &Cluster,
-    timeout: Duration,
-) -> anyhow::Result<(Router<F::Msg>, ractor::ActorCell)> {
-    let kind = factory.kind();
-    let args = ShardArgs {
-        factory: Arc::new(factory),
-        max_restarts: 5,
-        restart_window: Duration::from_secs(30),
-        cluster: cluster.clone(),
-        timeout,
-    };
-    let (shard, _) = Actor::spawn(None, Shard::<F>::default(), args).await?;
-    let cell = shard.get_cell();
-    Ok((Router::new(cluster.clone(), kind, shard, timeout), cell))
 }
 
 /// The membership of this node: alone, or a member of the cluster its configuration names.
@@ -209,15 +190,24 @@ impl Node {
             }),
             None => Cluster::single(config.node_name.clone()),
         };
-        let timeout = Duration::from_millis(config.request_timeout_ms);
-        let idle = Duration::from_secs(config.passivate_after_secs);
+        // Every kind is registered here, once: its factory and its policy.
+        let settings = KindSettings {
+            passivate_after: Duration::from_secs(config.passivate_after_secs),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(30),
+            timeout: Duration::from_millis(config.request_timeout_ms),
+        };
         let store_dyn: Arc<dyn convene_actors::Store> = Arc::new(store.clone());
-        let (users, user_shard) =
-            start_shard(UserFactory::new(store_dyn.clone(), idle), &cluster, timeout).await?;
-        let (events, event_shard) = start_shard(
-            EventFactory::new(store_dyn.clone(), idle),
-            &cluster,
-            timeout,
+        let users = Router::start(
+            cluster.clone(),
+            UserFactory::new(store_dyn.clone()),
+            settings,
+        )
+        .await?;
+        let events = Router::start(
+            cluster.clone(),
+            EventFactory::new(store_dyn.clone()),
+            settings,
         )
         .await?;
         let (fanout, _) = Actor::spawn(None, FanOut, ()).await?;
@@ -229,14 +219,9 @@ impl Node {
             .saturating_sub(convene_actors::room::HISTORY + 24)
             .max(queue / 4)
             .max(1);
-        let rooms_factory = RoomFactory::new(
-            store_dyn,
-            events.clone(),
-            fanout.clone(),
-            idle,
-            presence_frames,
-        );
-        let (rooms, room_shard) = start_shard(rooms_factory, &cluster, timeout).await?;
+        let rooms_factory =
+            RoomFactory::new(store_dyn, events.clone(), fanout.clone(), presence_frames);
+        let rooms = Router::start(cluster.clone(), rooms_factory, settings).await?;
         // When the owners change, the rooms this node has sockets in are woken on their
         // (possibly new) owners, which take their members back and resend the presence.
         let (poke_fanout, poke_rooms) = (fanout.clone(), rooms.clone());
@@ -245,7 +230,7 @@ impl Node {
             tokio::spawn(async move {
                 if let Ok(names) = ractor::call_t!(fanout, FanOutMessage::Rooms, 2000) {
                     for room in names {
-                        let _ = rooms.tell(EntityKey::new("room", room), RoomCommand::Touch);
+                        let _ = rooms.tell(room::key(&room), RoomCommand::Touch);
                     }
                 }
             });
@@ -256,6 +241,12 @@ impl Node {
             Some(settings) => Some(Network::start(cluster.clone(), settings).await?),
             None => None,
         };
+        let shards = vec![
+            users.shard(),
+            events.shard(),
+            rooms.shard(),
+            fanout.get_cell(),
+        ];
         let app = App::new(Inner {
             store,
             auth,
@@ -278,7 +269,7 @@ impl Node {
             app,
             stop: Some(stop),
             served,
-            shards: vec![user_shard, event_shard, room_shard, fanout.get_cell()],
+            shards,
             network,
         })
     }

@@ -1,6 +1,10 @@
 //! The errors an entity answers with; the edges map each to a status code.
 
+use ractor::RpcReplyPort;
 use serde::{Deserialize, Serialize};
+
+/// The reply port of an entity answer.
+pub type Reply<T> = RpcReplyPort<Result<T, EntityError>>;
 
 /// Why an entity refused or could not do what was asked.
 #[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]

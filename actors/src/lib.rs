@@ -1,6 +1,6 @@
 //! Convene's domain: the user, event and room entity actors, the per-node fan-out of room
-//! traffic, their messages, the model they share with
-//! the edges, and the rules they apply (permissions, registration with capacity and waitlist).
+//! traffic, their messages, the WebSocket protocol, the model they share with the edges, and
+//! the rules they apply (permissions, registration with capacity and waitlist).
 //! Nothing here speaks HTTP or holds an SQL string: persistence goes through [`store::Store`].
 
 pub mod error;
@@ -8,6 +8,7 @@ pub mod event;
 pub mod fanout;
 mod idle;
 pub mod model;
+pub mod protocol;
 pub mod room;
 pub mod rules;
 pub mod store;

@@ -105,9 +105,15 @@ pub struct RoomMessage {
     pub ts: DateTime<Utc>,
 }
 
-/// Persistence used by the entity actors.
+/// Persistence used by the entity actors: one trait per kind of entity, so a store for a new
+/// kind is a new trait and an impl beside the others.
+pub trait Store: UserStore + EventStore + RoomStore {}
+
+impl<T: UserStore + EventStore + RoomStore> Store for T {}
+
+/// Persistence of accounts.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait UserStore: Send + Sync + 'static {
     /// Creates a user and its `user.created` event.
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError>;
     /// Loads a user.
@@ -121,6 +127,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Refuses the token `jti` from now on (kept until it would have expired anyway).
     async fn revoke_token(&self, jti: &str, expires_at: DateTime<Utc>) -> Result<(), StoreError>;
+}
+
+/// Persistence of events and their registrations.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
     /// Creates an event and its `event.created` event.
     async fn create_event(&self, event: NewEvent) -> Result<Event, StoreError>;
     /// Loads an event (deleted ones too) with its registrations and idempotency records.
@@ -128,6 +139,11 @@ pub trait Store: Send + Sync + 'static {
     /// Writes one event transaction; returns the ids of inserted registrations in order. The
     /// store checks again, inside the transaction, that active registrations fit the capacity.
     async fn save_event(&self, commit: EventCommit<'_>) -> Result<Vec<i64>, StoreError>;
+}
+
+/// Persistence of room histories.
+#[async_trait]
+pub trait RoomStore: Send + Sync + 'static {
     /// The last `keep` messages of a room, oldest first.
     async fn load_room(&self, room: &str, keep: i64) -> Result<Vec<RoomMessage>, StoreError>;
     /// Appends messages to a room's history and forgets those older than the last `keep`; a

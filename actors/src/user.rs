@@ -6,120 +6,54 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use convene_cluster::wire::{
-    self, Answer, Forwardable, Responder, WireError, decode, encode, respond,
-};
-use convene_cluster::{EntityFactory, EntityKey, ShardMessage, Spawning};
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
-use serde::{Deserialize, Serialize};
+use convene_cluster::{Activation, EntityFactory, EntityKey, ShardMessage, Spawning};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Value, json};
 
 use crate::error::EntityError;
-use crate::event::Reply;
 use crate::idle::Idle;
 use crate::model::{DomainEvent, NewUser, User, topics};
 use crate::store::{Store, StoreError};
 
-/// Messages a user actor takes.
-pub enum UserMessage {
-    /// The account.
-    Get(Reply<User>),
-    /// Change name and/or profile.
-    Update {
-        /// New display name.
-        name: Option<String>,
-        /// New profile object (replaces the old one).
-        profile: Option<Value>,
-        /// The account as changed.
-        reply: Reply<User>,
-    },
-    /// Refuse a token of this user from now on.
-    RevokeToken {
-        /// The token's id.
-        jti: String,
-        /// When it expires anyway.
-        expires_at: DateTime<Utc>,
-        /// Done.
-        reply: Reply<()>,
-    },
-    /// Idle check (sent by a timer).
-    Tick,
-    /// Panics inside the handler, for supervision tests and fault drills.
-    InjectFault,
-}
-
-impl ractor::Message for UserMessage {}
-
-/// The requests of [`UserMessage`] that may be forwarded to the user's owner on another node.
-#[derive(Serialize, Deserialize)]
-enum UserRequest {
-    Get,
-    Update {
-        name: Option<String>,
-        profile: Option<Value>,
-    },
-    RevokeToken {
-        jti: String,
-        expires_at: DateTime<Utc>,
-    },
-    InjectFault,
-}
-
-impl Forwardable for UserMessage {
-    fn into_wire(self) -> Result<(Vec<u8>, Responder), Self> {
-        let (request, responder) = match self {
-            Self::Get(reply) => (UserRequest::Get, respond(reply)),
-            Self::Update {
-                name,
-                profile,
-                reply,
-            } => (UserRequest::Update { name, profile }, respond(reply)),
-            Self::RevokeToken {
-                jti,
-                expires_at,
-                reply,
-            } => (UserRequest::RevokeToken { jti, expires_at }, respond(reply)),
-            Self::InjectFault => (
-                UserRequest::InjectFault,
-                Box::new(|_: &[u8]| {}) as Responder,
-            ),
-            // Timer messages belong to the actor that set the timer.
-            Self::Tick => return Err(Self::Tick),
-        };
-        Ok((encode(&request), responder))
-    }
-
-    fn from_wire(body: &[u8]) -> Result<(Self, Answer), WireError> {
-        Ok(match decode::<UserRequest>(body)? {
-            UserRequest::Get => {
-                let (reply, answer) = wire::answer();
-                (Self::Get(reply), answer)
-            }
-            UserRequest::Update { name, profile } => {
-                let (reply, answer) = wire::answer();
-                let msg = Self::Update {
-                    name,
-                    profile,
-                    reply,
-                };
-                (msg, answer)
-            }
-            UserRequest::RevokeToken { jti, expires_at } => {
-                let (reply, answer) = wire::answer();
-                let msg = Self::RevokeToken {
-                    jti,
-                    expires_at,
-                    reply,
-                };
-                (msg, answer)
-            }
-            UserRequest::InjectFault => (
-                Self::InjectFault,
-                Box::pin(async { Some(Vec::new()) }) as Answer,
-            ),
-        })
+convene_cluster::entity_messages! {
+    /// Messages a user actor takes.
+    pub enum UserMessage via UserRequest {
+        ask {
+            /// The account.
+            Get {} -> Result<User, EntityError>,
+            /// Change name and/or profile; answers the account as changed.
+            Update {
+                /// New display name.
+                name: Option<String>,
+                /// New profile object (replaces the old one).
+                profile: Option<Value>,
+            } -> Result<User, EntityError>,
+            /// Refuse a token of this user from now on.
+            RevokeToken {
+                /// The token's id.
+                jti: String,
+                /// When it expires anyway.
+                expires_at: DateTime<Utc>,
+            } -> Result<(), EntityError>,
+        }
+        tell {
+            /// Panics inside the handler, for supervision tests and fault drills.
+            InjectFault,
+        }
+        local {
+            /// Idle check (sent by a timer).
+            Tick,
+        }
     }
 }
+
+/// The key of the user `id`.
+pub fn key(id: i64) -> EntityKey {
+    EntityKey::new(KIND, id)
+}
+
+/// The kind name of users in entity keys.
+pub const KIND: &str = "user";
 
 /// Creates an account; fails with `Conflict` (`email_taken`) when the address is in use.
 pub async fn sign_up(store: &dyn Store, user: NewUser) -> Result<User, EntityError> {
@@ -134,13 +68,12 @@ pub async fn sign_up(store: &dyn Store, user: NewUser) -> Result<User, EntityErr
 /// Starts user actors for the shard.
 pub struct UserFactory {
     store: Arc<dyn Store>,
-    idle_after: Duration,
 }
 
 impl UserFactory {
-    /// A factory whose actors passivate after `idle_after` without messages.
-    pub fn new(store: Arc<dyn Store>, idle_after: Duration) -> Self {
-        Self { store, idle_after }
+    /// A factory whose actors keep their state in `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
     }
 }
 
@@ -148,22 +81,18 @@ impl EntityFactory for UserFactory {
     type Msg = UserMessage;
 
     fn kind(&self) -> &'static str {
-        "user"
+        KIND
     }
 
-    fn spawn(
-        &self,
-        key: EntityKey,
-        shard: ActorRef<ShardMessage<UserMessage>>,
-        supervisor: ActorCell,
-    ) -> Spawning<UserMessage> {
+    fn spawn(&self, key: EntityKey, activation: Activation<UserMessage>) -> Spawning<UserMessage> {
         let args = UserArgs {
             key,
             store: self.store.clone(),
-            shard,
-            idle_after: self.idle_after,
+            shard: activation.shard,
+            idle_after: activation.passivate_after,
         };
         Box::pin(async move {
+            let supervisor = activation.supervisor;
             let (actor, _) = Actor::spawn_linked(None, UserActor, args, supervisor).await?;
             Ok(actor)
         })
@@ -270,7 +199,7 @@ impl Actor for UserActor {
             state.idle.touch();
         }
         match message {
-            UserMessage::Get(reply) => {
+            UserMessage::Get { reply } => {
                 // The account is also written outside its actor (roles granted from the command
                 // line), so a read refreshes it: one primary-key lookup.
                 let answer = match state.load().await {

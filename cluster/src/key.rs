@@ -1,9 +1,8 @@
 //! Entity keys such as `event/42`: the unit of ownership and placement.
 
 use std::fmt;
-use std::str::FromStr;
 
-/// The key of one entity: its kind (`user`, `event`, `room`) and its id within that kind.
+/// The key of one entity: its kind (one registered at node start) and its id within that kind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EntityKey {
     kind: &'static str,
@@ -16,7 +15,7 @@ pub enum KeyError {
     /// The string has no `/` between kind and id.
     #[error("an entity key looks like kind/id")]
     Malformed,
-    /// The kind is not one this node knows.
+    /// The kind is not one registered on this node.
     #[error("unknown entity kind `{0}`")]
     UnknownKind(String),
     /// The id is empty or longer than 200 bytes.
@@ -25,10 +24,7 @@ pub enum KeyError {
 }
 
 impl EntityKey {
-    /// Kinds this node places.
-    pub const KINDS: [&'static str; 3] = ["user", "event", "room"];
-
-    /// A key of `kind` (one of [`EntityKey::KINDS`]) for a numeric id.
+    /// A key of `kind` for `id`. Entity modules wrap this in typed helpers (`event::key(42)`).
     pub fn new(kind: &'static str, id: impl fmt::Display) -> Self {
         Self {
             kind,
@@ -58,14 +54,17 @@ impl fmt::Display for EntityKey {
     }
 }
 
-impl FromStr for EntityKey {
-    type Err = KeyError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
+impl EntityKey {
+    /// Parses `kind/id`, where `kind` must be one of `kinds` (the kinds registered on a node:
+    /// see [`crate::Cluster::parse_key`]).
+    pub fn parse<'k>(
+        s: &str,
+        kinds: impl IntoIterator<Item = &'k &'static str>,
+    ) -> Result<Self, KeyError> {
         let (kind, id) = s.split_once('/').ok_or(KeyError::Malformed)?;
-        let kind = Self::KINDS
+        let kind = *kinds
             .into_iter()
-            .find(|k| *k == kind)
+            .find(|k| **k == kind)
             .ok_or_else(|| KeyError::UnknownKind(kind.to_owned()))?;
         if id.is_empty() || id.len() > 200 {
             return Err(KeyError::BadId);
@@ -81,9 +80,11 @@ impl FromStr for EntityKey {
 mod tests {
     use super::*;
 
+    const KINDS: [&str; 2] = ["user", "event"];
+
     #[test]
     fn keys_round_trip_through_text() {
-        let key: EntityKey = "event/42".parse().unwrap();
+        let key = EntityKey::parse("event/42", &KINDS).unwrap();
         assert_eq!(key, EntityKey::new("event", 42));
         assert_eq!(key.to_string(), "event/42");
         assert_eq!(key.numeric_id(), Some(42));
@@ -91,11 +92,12 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_refused() {
-        assert_eq!("event42".parse::<EntityKey>(), Err(KeyError::Malformed));
+        let parse = |s| EntityKey::parse(s, &KINDS);
+        assert_eq!(parse("event42"), Err(KeyError::Malformed));
         assert_eq!(
-            "planet/1".parse::<EntityKey>(),
+            parse("planet/1"),
             Err(KeyError::UnknownKind("planet".into()))
         );
-        assert_eq!("user/".parse::<EntityKey>(), Err(KeyError::BadId));
+        assert_eq!(parse("user/"), Err(KeyError::BadId));
     }
 }

@@ -5,19 +5,26 @@
 //!
 //! [`Router::ask`] is the only way the edges reach an entity, wherever it lives.
 
+mod calls;
 mod key;
 mod membership;
+mod metrics;
 mod peer;
 mod placement;
+mod protocol;
+mod registry;
 mod router;
 mod shard;
 pub mod wire;
 
 pub use key::{EntityKey, KeyError};
-pub use membership::{
-    Cluster, ClusterMetrics, MemberReport, MembershipSettings, NodeService, Owner,
-};
-pub use peer::{Network, NetworkSettings, PeerMessage, Seed};
+pub use membership::{Cluster, MemberReport, MembershipSettings, Owner};
+pub use metrics::ClusterMetrics;
+pub use peer::{Network, NetworkSettings, Seed};
 pub use placement::{Member, MemberStatus, Placement};
+pub use protocol::PeerMessage;
+pub use registry::NodeService;
 pub use router::{AskError, Router};
-pub use shard::{EntityFactory, Shard, ShardArgs, ShardMessage, ShardStats, Spawning};
+pub use shard::{
+    Activation, EntityFactory, KindSettings, Shard, ShardArgs, ShardMessage, ShardStats, Spawning,
+};

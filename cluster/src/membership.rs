@@ -1,21 +1,18 @@
 //! The member list as this node sees it: who is joining, up, leaving or down, kept current by
-//! heartbeats; the placement derived from it; the entity kinds this node serves; and the
-//! cluster's metrics.
+//! heartbeats, and the placement derived from it. The kinds and services a node serves are in
+//! `registry`, the calls between nodes in `calls`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus::core::Collector;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts};
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 
-use crate::peer::PeerMessage;
-use crate::wire::{Answer, WireError};
-use crate::{EntityKey, Member, MemberStatus, Placement, ShardStats};
+use crate::metrics::ClusterMetrics;
+use crate::protocol::{Heartbeat, PeerMessage};
+use crate::registry::{LocalKind, NodeService, Registry};
+use crate::{EntityKey, KeyError, Member, MemberStatus, Placement};
 
 /// Where a key's owner is, as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,36 +21,6 @@ pub enum Owner {
     Local,
     /// The named member.
     Remote(String),
-}
-
-/// One kind of entity this node serves, as the cluster layer reaches it.
-pub(crate) trait LocalKind: Send + Sync {
-    /// Rebuilds a forwarded message and delivers it to the local shard.
-    fn deliver(&self, key: EntityKey, body: &[u8]) -> Result<Answer, WireError>;
-    /// Asks the local shard to hand off the entities this node no longer owns.
-    fn rebalance(&self);
-    /// The local shard's counters.
-    fn stats(&self) -> Pin<Box<dyn Future<Output = Option<ShardStats>> + Send>>;
-}
-
-/// A service every node runs once (such as the fan-out of room frames to the node's sockets),
-/// which other nodes reach by its topic.
-pub trait NodeService: Send + Sync + 'static {
-    /// Takes a one-way message.
-    fn cast(&self, payload: &[u8]);
-    /// Answers a request.
-    fn call(&self, payload: &[u8]) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
-}
-
-/// What a node says about itself in every heartbeat.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Heartbeat {
-    pub name: String,
-    pub address: Option<String>,
-    pub http: Option<String>,
-    pub status: MemberStatus,
-    pub started_ms: i64,
-    pub entities: BTreeMap<String, u64>,
 }
 
 /// A member as the console shows it.
@@ -98,61 +65,6 @@ pub struct MembershipSettings {
     pub down_after: Duration,
 }
 
-/// The cluster's metric families.
-#[derive(Clone)]
-pub struct ClusterMetrics {
-    /// `convene_cluster_members{status}`.
-    pub members: IntGaugeVec,
-    /// `convene_entity_handoffs_total`.
-    pub handoffs: IntCounter,
-    /// `convene_forwarded_messages_total`.
-    pub forwarded: IntCounter,
-    /// `convene_forward_duration_seconds`.
-    pub forward_latency: Histogram,
-}
-
-impl ClusterMetrics {
-    fn new() -> Self {
-        Self {
-            members: IntGaugeVec::new(
-                Opts::new("convene_cluster_members", "Cluster members by status"),
-                &["status"],
-            )
-            .expect("valid metric"),
-            handoffs: IntCounter::new(
-                "convene_entity_handoffs_total",
-                "Entities handed off to another node after a membership change",
-            )
-            .expect("valid metric"),
-            forwarded: IntCounter::new(
-                "convene_forwarded_messages_total",
-                "Messages forwarded to the owner of their entity on another node",
-            )
-            .expect("valid metric"),
-            forward_latency: Histogram::with_opts(
-                HistogramOpts::new(
-                    "convene_forward_duration_seconds",
-                    "Round trip of a message forwarded to another node",
-                )
-                .buckets(vec![
-                    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-                ]),
-            )
-            .expect("valid metric"),
-        }
-    }
-
-    /// Every family, to register in the node's registry.
-    pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
-        vec![
-            Box::new(self.members.clone()),
-            Box::new(self.handoffs.clone()),
-            Box::new(self.forwarded.clone()),
-            Box::new(self.forward_latency.clone()),
-        ]
-    }
-}
-
 struct Inner {
     settings: MembershipSettings,
     started: Instant,
@@ -162,8 +74,7 @@ struct Inner {
     status: Mutex<(MemberStatus, MemberStatus)>,
     members: Mutex<BTreeMap<String, Known>>,
     placement: RwLock<Arc<Placement>>,
-    kinds: RwLock<HashMap<&'static str, Arc<dyn LocalKind>>>,
-    services: RwLock<HashMap<&'static str, Arc<dyn NodeService>>>,
+    registry: Registry,
     on_change: RwLock<Vec<Box<dyn Fn() + Send + Sync>>>,
     metrics: ClusterMetrics,
 }
@@ -216,8 +127,7 @@ impl Cluster {
             status: Mutex::new((status, status)),
             members: Mutex::new(BTreeMap::new()),
             placement: RwLock::new(Arc::new(placement)),
-            kinds: RwLock::new(HashMap::new()),
-            services: RwLock::new(HashMap::new()),
+            registry: Registry::default(),
             on_change: RwLock::new(Vec::new()),
             metrics: ClusterMetrics::new(),
         }));
@@ -298,29 +208,29 @@ impl Cluster {
     }
 
     pub(crate) fn register(&self, kind: &'static str, local: Arc<dyn LocalKind>) {
-        self.0
-            .kinds
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(kind, local);
+        self.0.registry.register(kind, local);
+    }
+
+    pub(crate) fn kind(&self, kind: &str) -> Option<Arc<dyn LocalKind>> {
+        self.0.registry.kind(kind)
+    }
+
+    fn kinds(&self) -> Vec<(&'static str, Arc<dyn LocalKind>)> {
+        self.0.registry.kinds()
+    }
+
+    /// Parses `kind/id` for a kind registered on this node.
+    pub fn parse_key(&self, s: &str) -> Result<EntityKey, KeyError> {
+        self.0.registry.parse_key(s)
     }
 
     /// Runs `service` under `topic` on this node, for this node and the others.
     pub fn serve(&self, topic: &'static str, service: Arc<dyn NodeService>) {
-        self.0
-            .services
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(topic, service);
+        self.0.registry.serve(topic, service);
     }
 
     pub(crate) fn service(&self, topic: &str) -> Option<Arc<dyn NodeService>> {
-        self.0
-            .services
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(topic)
-            .cloned()
+        self.0.registry.service(topic)
     }
 
     /// Calls `f` after every change of the members that own keys.
@@ -330,54 +240,6 @@ impl Cluster {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(Box::new(f));
-    }
-
-    /// Sends `payload` to the service `topic` of `node` (this node included). Messages from
-    /// one sender to one node arrive in the order they were sent. False when the node is not
-    /// reachable now.
-    pub fn cast_node(&self, node: &str, topic: &str, payload: Vec<u8>) -> bool {
-        if node == self.local() {
-            return match self.service(topic) {
-                Some(s) => {
-                    s.cast(&payload);
-                    true
-                }
-                None => false,
-            };
-        }
-        match self.peer(node) {
-            Some(peer) => peer
-                .cast(crate::peer::PeerMessage::Cast(topic.to_owned(), payload))
-                .is_ok(),
-            None => false,
-        }
-    }
-
-    /// Asks the service `topic` of `node` (this node included); `None` when it cannot answer
-    /// within `timeout`.
-    pub async fn call_node(
-        &self,
-        node: &str,
-        topic: &str,
-        payload: Vec<u8>,
-        timeout: Duration,
-    ) -> Option<Vec<u8>> {
-        if node == self.local() {
-            let answer = self.service(topic)?.call(&payload);
-            return tokio::time::timeout(timeout, answer).await.ok();
-        }
-        let peer = self.peer(node)?;
-        let topic = topic.to_owned();
-        match peer
-            .call(
-                |port| crate::peer::PeerMessage::Call(topic, payload, port),
-                Some(timeout),
-            )
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(answer)) => Some(answer),
-            _ => None,
-        }
     }
 
     /// The nodes that may hold connections and entities now: this node and every member not
@@ -400,25 +262,6 @@ impl Cluster {
             || lock(&self.0.members)
                 .get(node)
                 .is_none_or(|k| k.status != MemberStatus::Down)
-    }
-
-    pub(crate) fn kind(&self, kind: &str) -> Option<Arc<dyn LocalKind>> {
-        self.0
-            .kinds
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(kind)
-            .cloned()
-    }
-
-    fn kinds(&self) -> Vec<(&'static str, Arc<dyn LocalKind>)> {
-        self.0
-            .kinds
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect()
     }
 
     /// Entity actors active on this node, by kind.

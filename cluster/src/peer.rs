@@ -10,41 +10,13 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, pg};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
-use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage, RactorClusterMessage};
+use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
 
-use crate::membership::Heartbeat;
-use crate::{Cluster, EntityKey};
+use crate::Cluster;
+use crate::protocol::{Heartbeat, PeerMessage, reply};
 
 /// The process group every node's router actor joins, under its own name.
 const GROUP_PREFIX: &str = "convene.node.";
-
-/// The first byte of a forward reply.
-pub(crate) mod reply {
-    /// The entity answered; its encoded answer follows.
-    pub const ANSWER: u8 = 0;
-    /// This node does not own the key (its view changed): ask the owner again.
-    pub const MOVED: u8 = 1;
-    /// The entity could not answer.
-    pub const UNAVAILABLE: u8 = 2;
-    /// The request could not be decoded.
-    pub const BAD_REQUEST: u8 = 3;
-}
-
-/// Messages between the router actors of nodes.
-#[derive(RactorClusterMessage)]
-pub enum PeerMessage {
-    /// An entity message for a key this node should own: kind, key, encoded request. The
-    /// reply's first byte is one of [`reply`]'s codes.
-    #[rpc]
-    Forward(String, String, Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// A member's heartbeat, encoded.
-    Heartbeat(Vec<u8>),
-    /// A one-way message for a node service of this node: topic, payload.
-    Cast(String, Vec<u8>),
-    /// A request to a node service of this node: topic, payload; the reply is its answer.
-    #[rpc]
-    Call(String, Vec<u8>, RpcReplyPort<Vec<u8>>),
-}
 
 struct PeerActor;
 
@@ -103,7 +75,7 @@ impl Actor for PeerActor {
 /// Delivers a forwarded message to the local shard of its kind and answers when the entity
 /// does, without holding up the router actor.
 fn forwarded(cluster: &Cluster, kind: &str, key: &str, body: &[u8], port: RpcReplyPort<Vec<u8>>) {
-    let Ok(key) = key.parse::<EntityKey>() else {
+    let Ok(key) = cluster.parse_key(key) else {
         let _ = port.send(vec![reply::BAD_REQUEST]);
         return;
     };

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort, SpawnErr};
 use tokio::sync::oneshot;
 
-use crate::membership::{LocalKind, Owner};
-use crate::peer::{PeerMessage, reply};
+use crate::membership::Owner;
+use crate::protocol::{PeerMessage, reply};
+use crate::registry::LocalKind;
+use crate::shard::{EntityFactory, KindSettings, Shard, ShardArgs};
 use crate::wire::{Answer, Forwardable, Responder, WireError};
 use crate::{Cluster, EntityKey, ShardMessage, ShardStats};
 
@@ -48,23 +50,35 @@ impl<M> Clone for Router<M> {
 }
 
 impl<M: Forwardable> Router<M> {
-    /// A router over the local shard of `kind`, registered with the cluster so that messages
-    /// forwarded by other members reach the same shard.
-    pub fn new(
+    /// Registers the entity kind `factory` starts: spawns its shard on this node and registers
+    /// it with the cluster, so that its keys parse, messages forwarded by other members reach
+    /// it, and it hands its entities off when the placement changes.
+    pub async fn start<F: EntityFactory<Msg = M>>(
         cluster: Cluster,
-        kind: &'static str,
-        shard: ActorRef<ShardMessage<M>>,
-        timeout: Duration,
-    ) -> Self {
+        factory: F,
+        settings: KindSettings,
+    ) -> Result<Self, SpawnErr> {
+        let kind = factory.kind();
+        let args = ShardArgs {
+            factory: Arc::new(factory),
+            settings,
+            cluster: cluster.clone(),
+        };
+        let (shard, _) = Actor::spawn(None, Shard::<F>::default(), args).await?;
         let router = Self {
             cluster,
             shard,
-            timeout,
+            timeout: settings.timeout,
         };
         router
             .cluster
             .register(kind, Arc::new(router.clone()) as Arc<dyn LocalKind>);
-        router
+        Ok(router)
+    }
+
+    /// The shard actor of this kind on this node.
+    pub fn shard(&self) -> ActorCell {
+        self.shard.get_cell()
     }
 
     /// The cluster this router places keys over.

@@ -31,14 +31,34 @@ pub trait EntityFactory: Send + Sync + 'static {
     /// The kind of entity this factory starts (`user`, `event`, …).
     fn kind(&self) -> &'static str;
 
-    /// Spawns the actor for `key`, linked to `supervisor`, with `shard` as the address it uses to
-    /// ask for passivation. Its `pre_start` loads the entity's state from the store.
-    fn spawn(
-        &self,
-        key: EntityKey,
-        shard: ActorRef<ShardMessage<Self::Msg>>,
-        supervisor: ActorCell,
-    ) -> Spawning<Self::Msg>;
+    /// Spawns the actor for `key` as `activation` says (linked to its supervisor, passivating
+    /// after its idle time). Its `pre_start` loads the entity's state from the store.
+    fn spawn(&self, key: EntityKey, activation: Activation<Self::Msg>) -> Spawning<Self::Msg>;
+}
+
+/// What a new entity actor is given by its shard.
+pub struct Activation<M> {
+    /// Where the actor asks to be passivated.
+    pub shard: ActorRef<ShardMessage<M>>,
+    /// The actor to link the new one to.
+    pub supervisor: ActorCell,
+    /// How long the actor may stay without messages before it asks to be passivated.
+    pub passivate_after: Duration,
+}
+
+/// How a node runs one kind of entity: its passivation and supervision policy, and the time a
+/// forwarded message may take. Given once, when the kind is registered at node start.
+#[derive(Debug, Clone, Copy)]
+pub struct KindSettings {
+    /// Idle time after which an entity actor is stopped (its state is in the store).
+    pub passivate_after: Duration,
+    /// At most this many crash restarts of one key within `restart_window`; past that the key is
+    /// left inactive until its next message.
+    pub max_restarts: u32,
+    /// See `max_restarts`.
+    pub restart_window: Duration,
+    /// How long an ask, or a message that follows its key to another member, may take.
+    pub timeout: Duration,
 }
 
 /// Messages a shard takes.
@@ -89,15 +109,10 @@ pub struct ShardStats {
 pub struct ShardArgs<F> {
     /// Starts entity actors.
     pub factory: Arc<F>,
-    /// At most this many crash restarts of one key within `restart_window`; past that the key is
-    /// left inactive until its next message.
-    pub max_restarts: u32,
-    /// See `max_restarts`.
-    pub restart_window: Duration,
+    /// The kind's policy.
+    pub settings: KindSettings,
     /// The member list, to tell which keys this node owns.
     pub cluster: Cluster,
-    /// How long a message that follows its key to another member may take.
-    pub timeout: Duration,
 }
 
 /// The shard actor for one kind. Its state is the table of entity slots.
@@ -134,9 +149,15 @@ impl<F: EntityFactory> ShardState<F> {
         self.slots.insert(key.clone(), Slot::Starting(buf));
         let factory = self.args.factory.clone();
         let me = myself.clone();
+        let passivate_after = self.args.settings.passivate_after;
         tokio::spawn(async move {
+            let activation = Activation {
+                shard: me.clone(),
+                supervisor: me.get_cell(),
+                passivate_after,
+            };
             let result = factory
-                .spawn(key.clone(), me.clone(), me.get_cell())
+                .spawn(key.clone(), activation)
                 .await
                 .map_err(|e| e.to_string());
             // If the shard is gone the new actor is linked to it and stops with it.
@@ -162,7 +183,7 @@ impl<F: EntityFactory> ShardState<F> {
                     shard: myself.clone(),
                     key: key.clone(),
                     body,
-                    deadline: Instant::now() + self.args.timeout,
+                    deadline: Instant::now() + self.args.settings.timeout,
                 };
                 tokio::spawn(forward.run(owner, responder));
                 None
@@ -226,11 +247,11 @@ impl<F: EntityFactory> ShardState<F> {
         let restart = if crashed {
             let now = Instant::now();
             let entry = self.crashes.entry(key.clone()).or_insert((now, 0));
-            if now.duration_since(entry.0) > self.args.restart_window {
+            if now.duration_since(entry.0) > self.args.settings.restart_window {
                 *entry = (now, 0);
             }
             entry.1 += 1;
-            if entry.1 <= self.args.max_restarts {
+            if entry.1 <= self.args.settings.max_restarts {
                 self.stats.restarts += 1;
                 true
             } else {

@@ -71,3 +71,136 @@ pub fn answer<T: Serialize + Send + 'static>() -> (RpcReplyPort<T>, Answer) {
     let fut = async move { rx.await.ok().map(|v| encode(&v)) };
     (RpcReplyPort::from(tx), Box::pin(fut))
 }
+
+/// The responder of a one-way message: there is no answer to pass on.
+pub fn no_answer() -> Responder {
+    Box::new(|_: &[u8]| {})
+}
+
+/// The answer of a one-way message rebuilt on its owner: delivered, nothing to say.
+pub fn answered() -> Answer {
+    Box::pin(async { Some(Vec::new()) })
+}
+
+/// Declares an entity kind's messages once. From one declaration it writes the message enum
+/// (an `ask` variant gets a last field `reply: RpcReplyPort<T>` for its answer `T`), the
+/// serialisable request enum of every message that may cross nodes, and the [`Forwardable`]
+/// impl that turns one into the other and back. The caller's crate needs `ractor` and `serde`.
+///
+/// ```ignore
+/// entity_messages! {
+///     /// Messages a counter takes.
+///     pub enum CounterMessage via CounterRequest {
+///         ask {
+///             /// Adds `n`; answers the new total.
+///             Add { n: i64 } -> i64,
+///         }
+///         tell {
+///             /// Back to zero.
+///             Reset,
+///         }
+///         local {
+///             /// Idle check (a timer of the actor's own).
+///             Tick,
+///         }
+///     }
+/// }
+/// ```
+///
+/// `tell` messages are forwarded without an answer; `local` ones never leave their node (timers,
+/// messages an actor sends itself), and a route that would forward one refuses it.
+#[macro_export]
+macro_rules! entity_messages {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $Msg:ident via $Req:ident {
+            ask {
+                $(
+                    $(#[$ameta:meta])*
+                    $AVar:ident { $( $(#[$afmeta:meta])* $afield:ident : $afty:ty ),* $(,)? } -> $aty:ty
+                ),* $(,)?
+            }
+            tell {
+                $(
+                    $(#[$tmeta:meta])*
+                    $TVar:ident $({ $( $(#[$tfmeta:meta])* $tfield:ident : $tfty:ty ),* $(,)? })?
+                ),* $(,)?
+            }
+            local {
+                $(
+                    $(#[$lmeta:meta])*
+                    $LVar:ident $({ $( $(#[$lfmeta:meta])* $lfield:ident : $lfty:ty ),* $(,)? })?
+                ),* $(,)?
+            }
+        }
+    ) => {
+        $(#[$meta])*
+        $vis enum $Msg {
+            $(
+                $(#[$ameta])*
+                $AVar {
+                    $( $(#[$afmeta])* $afield: $afty, )*
+                    /// Where the answer goes.
+                    reply: ::ractor::RpcReplyPort<$aty>,
+                },
+            )*
+            $(
+                $(#[$tmeta])*
+                $TVar $({ $( $(#[$tfmeta])* $tfield: $tfty, )* })?,
+            )*
+            $(
+                $(#[$lmeta])*
+                $LVar $({ $( $(#[$lfmeta])* $lfield: $lfty, )* })?,
+            )*
+        }
+
+        impl ::ractor::Message for $Msg {}
+
+        /// The wire form of the messages that may be forwarded to an owner on another node.
+        #[derive(::serde::Serialize, ::serde::Deserialize)]
+        enum $Req {
+            $( $AVar { $( $afield: $afty, )* }, )*
+            $( $TVar $({ $( $tfield: $tfty, )* })?, )*
+        }
+
+        impl $crate::wire::Forwardable for $Msg {
+            fn into_wire(self) -> Result<(Vec<u8>, $crate::wire::Responder), Self> {
+                let (request, responder) = match self {
+                    $(
+                        Self::$AVar { $( $afield, )* reply } => (
+                            $Req::$AVar { $( $afield, )* },
+                            $crate::wire::respond(reply),
+                        ),
+                    )*
+                    $(
+                        Self::$TVar $({ $( $tfield, )* })? => (
+                            $Req::$TVar $({ $( $tfield, )* })?,
+                            $crate::wire::no_answer(),
+                        ),
+                    )*
+                    $( local @ Self::$LVar { .. } => return Err(local), )*
+                };
+                Ok(($crate::wire::encode(&request), responder))
+            }
+
+            fn from_wire(
+                body: &[u8],
+            ) -> Result<(Self, $crate::wire::Answer), $crate::wire::WireError> {
+                Ok(match $crate::wire::decode::<$Req>(body)? {
+                    $(
+                        $Req::$AVar { $( $afield, )* } => {
+                            let (reply, answer) = $crate::wire::answer();
+                            (Self::$AVar { $( $afield, )* reply }, answer)
+                        }
+                    )*
+                    $(
+                        $Req::$TVar $({ $( $tfield, )* })? => (
+                            Self::$TVar $({ $( $tfield, )* })?,
+                            $crate::wire::answered(),
+                        ),
+                    )*
+                })
+            }
+        }
+    };
+}

@@ -1,8 +1,7 @@
 //! Sign-up, login and logout.
 
 use convene_actors::model::{NewUser, Role, User};
-use convene_actors::user::{UserMessage, sign_up};
-use convene_cluster::EntityKey;
+use convene_actors::user::{self, UserMessage, sign_up};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use validator::Validate;
@@ -181,7 +180,7 @@ pub async fn login(app: App, body: bytes::Bytes) -> Result<Response, ApiError> {
     ))]
 pub async fn logout(app: App, auth: Option<String>) -> Result<Response, ApiError> {
     let caller = app.authenticate(auth.as_deref()).await?;
-    let key = EntityKey::new("user", caller.principal.user_id);
+    let key = user::key(caller.principal.user_id);
     let (jti, expires_at) = (caller.claims.jti.clone(), caller.claims.expires_at());
     app.users
         .ask(key, |reply| UserMessage::RevokeToken {

@@ -2,7 +2,7 @@
 //! member owns a given entity key.
 
 use convene_actors::rules::permissions;
-use convene_cluster::{EntityKey, MemberReport, Owner};
+use convene_cluster::{MemberReport, Owner};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use warp::Filter;
@@ -78,7 +78,7 @@ pub async fn status(app: App, auth: Option<String>, query: String) -> Result<Res
     let key = match q.key.filter(|k| !k.is_empty()) {
         None => None,
         Some(raw) => {
-            let key: EntityKey = raw.parse().map_err(|e| {
+            let key = app.cluster.parse_key(&raw).map_err(|e| {
                 ApiError::invalid("key", format!("{e} (expected kind/id, as event/42)"))
             })?;
             let owner = match app.cluster.owner(&key) {

@@ -12,7 +12,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{auth, cluster, events, json, rooms, users, with_app};
+use super::{auth, cluster, events, json, registrations, rooms, users, with_app};
 use crate::app::App;
 
 /// The routes of this module.
@@ -130,16 +130,11 @@ pub async fn health(app: App) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(app: App) -> Response {
-    for (kind, stats) in [
-        ("user", app.users.stats().await),
-        ("event", app.events.stats().await),
-    ] {
-        if let Ok(s) = stats {
-            app.metrics
-                .actors_active
-                .with_label_values(&[kind])
-                .set(s.active as i64);
-        }
+    for (kind, active) in app.cluster.local_entities().await {
+        app.metrics
+            .actors_active
+            .with_label_values(&[kind.as_str()])
+            .set(active as i64);
     }
     warp::reply::with_header(
         app.metrics.render(),
@@ -174,7 +169,7 @@ impl Modify for BearerAuth {
         auth::register, auth::login, auth::logout,
         users::get_me, users::update_me, users::my_registrations,
         events::list, events::create, events::get, events::update, events::delete,
-        events::register, events::cancel, events::registrations,
+        registrations::register, registrations::cancel, registrations::registrations,
         rooms::presence, rooms::messages,
         health, metrics, cluster::status,
     ),

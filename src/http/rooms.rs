@@ -1,10 +1,9 @@
 //! Live rooms over REST: who is present, and the recent messages.
 
-use convene_actors::room::{RoomCommand, RoomError, parse_room};
+use convene_actors::protocol::Presences;
+use convene_actors::room::{self, RoomCommand, RoomError, parse_room};
 use convene_actors::store::RoomMessage;
-use convene_cluster::EntityKey;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use warp::Filter;
 use warp::http::StatusCode;
@@ -39,7 +38,7 @@ pub struct PresenceResponse {
     pub room: String,
     /// `{user_id: {"metas": [{"conn": …, "online_at": …, …}]}}`, one meta per connection.
     #[schema(value_type = Object)]
-    pub presences: Value,
+    pub presences: Presences,
 }
 
 /// Recent messages of a room.
@@ -96,7 +95,7 @@ pub async fn presence(room: String, app: App, auth: Option<String>) -> Result<Re
     let room = room_name(&room)?;
     let presences = app
         .rooms
-        .ask(EntityKey::new("room", &room), RoomCommand::Presence)
+        .ask(room::key(&room), |reply| RoomCommand::Presence { reply })
         .await?
         .map_err(room_error)?;
     Ok(json(StatusCode::OK, &PresenceResponse { room, presences }))
@@ -145,12 +144,10 @@ pub async fn messages(
     };
     let (messages, last_seq) = app
         .rooms
-        .ask(EntityKey::new("room", &room), |reply| {
-            RoomCommand::History {
-                since,
-                limit,
-                reply,
-            }
+        .ask(room::key(&room), |reply| RoomCommand::History {
+            since,
+            limit,
+            reply,
         })
         .await?
         .map_err(room_error)?;

@@ -1,8 +1,7 @@
 //! The signed-in user's account and registrations.
 
 use convene_actors::model::{Registration, User};
-use convene_actors::user::UserMessage;
-use convene_cluster::EntityKey;
+use convene_actors::user::{self, UserMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -75,10 +74,9 @@ pub async fn get_me(app: App, auth: Option<String>) -> Result<Response, ApiError
     let caller = app.authenticate(auth.as_deref()).await?;
     let user = app
         .users
-        .ask(
-            EntityKey::new("user", caller.principal.user_id),
-            UserMessage::Get,
-        )
+        .ask(user::key(caller.principal.user_id), |reply| {
+            UserMessage::Get { reply }
+        })
         .await??;
     Ok(json(StatusCode::OK, &user))
 }
@@ -118,7 +116,7 @@ pub async fn update_me(
     let profile = req.profile;
     let user = app
         .users
-        .ask(EntityKey::new("user", caller.principal.user_id), |reply| {
+        .ask(user::key(caller.principal.user_id), |reply| {
             UserMessage::Update {
                 name,
                 profile,

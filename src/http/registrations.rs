@@ -1,0 +1,180 @@
+//! Registrations: taking a seat (or a place on the waitlist), cancelling it, and the list an
+//! event's creator sees. Each is decided by the event's actor.
+
+use convene_actors::event::EventMessage;
+use convene_actors::model::Registration;
+use convene_actors::rules::RegistrationOutcome;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use super::error::{ApiError, ErrorBody};
+use super::events::event_key;
+use super::users::RegistrationList;
+use super::{bearer, body, json, parse_json, respond, with_app};
+use crate::app::App;
+
+/// The routes of this module.
+pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
+    let max = app.config.max_body_bytes;
+    let a = || with_app(app.clone());
+    let regs = || warp::path!("api" / "v1" / "events" / String / "registrations");
+    let register = regs()
+        .and(warp::post())
+        .and(a())
+        .and(bearer())
+        .and(warp::header::optional::<String>("idempotency-key"))
+        .and(body(max))
+        .then(register)
+        .map(respond);
+    let registrations = regs()
+        .and(warp::get())
+        .and(a())
+        .and(bearer())
+        .then(registrations)
+        .map(respond);
+    let cancel = warp::path!("api" / "v1" / "events" / String / "registrations" / "me")
+        .and(warp::delete())
+        .and(a())
+        .and(bearer())
+        .then(cancel)
+        .map(respond);
+    register
+        .or(registrations)
+        .unify()
+        .or(cancel)
+        .unify()
+        .boxed()
+}
+
+/// The body of a seat request (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct SeatRequest {
+    /// Join the waitlist when the event is full.
+    #[serde(default)]
+    pub waitlist: bool,
+}
+
+/// A registration as answered.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RegistrationResponse {
+    /// The registration.
+    pub registration: Registration,
+}
+
+/// Registers the signed-in user. A repeat with the same `Idempotency-Key` answers as the first.
+#[utoipa::path(post, path = "/api/v1/events/{id}/registrations", tag = "registrations", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Event id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry answer as the first request")),
+    request_body(content = Option<SeatRequest>, description = "Optional; `{\"waitlist\": true}` joins the waitlist when full"),
+    responses(
+        (status = 201, description = "Seat taken", body = RegistrationResponse),
+        (status = 200, description = "Already registered", body = RegistrationResponse),
+        (status = 202, description = "Waitlisted", body = RegistrationResponse),
+        (status = 400, description = "Malformed JSON or header", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such event", body = ErrorBody),
+        (status = 409, description = "Full (`event_full`) or past (`event_past`)", body = ErrorBody),
+    ))]
+pub async fn register(
+    id: String,
+    app: App,
+    auth: Option<String>,
+    idempotency_key: Option<String>,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = app.authenticate(auth.as_deref()).await?;
+    let key = event_key(&id)?;
+    if let Some(k) = &idempotency_key {
+        if k.is_empty() || k.len() > 255 || k.chars().any(|c| c.is_control()) {
+            return Err(ApiError::BadRequest(
+                "Idempotency-Key must be 1 to 255 printable characters".into(),
+            ));
+        }
+    }
+    let req: SeatRequest = parse_json(&body, Some(SeatRequest::default()))?;
+    let user_id = caller.principal.user_id;
+    let outcome = app
+        .events
+        .ask(key, |reply| EventMessage::Register {
+            user_id,
+            waitlist: req.waitlist,
+            idempotency_key,
+            reply,
+        })
+        .await?;
+    let label = match &outcome {
+        Ok(RegistrationOutcome::Created(_)) => "created",
+        Ok(RegistrationOutcome::Existing(_)) => "existing",
+        Ok(RegistrationOutcome::Waitlisted(_)) => "waitlisted",
+        Ok(RegistrationOutcome::Full) => "full",
+        Ok(RegistrationOutcome::Past) => "past",
+        Err(_) => "error",
+    };
+    app.metrics.registrations.with_label_values(&[label]).inc();
+    let (status, registration) = match outcome? {
+        RegistrationOutcome::Created(r) => (StatusCode::CREATED, r),
+        RegistrationOutcome::Existing(r) => (StatusCode::OK, r),
+        RegistrationOutcome::Waitlisted(r) => (StatusCode::ACCEPTED, r),
+        RegistrationOutcome::Full => {
+            return Err(ApiError::Conflict {
+                code: "event_full".into(),
+                message: "the event is full".into(),
+            });
+        }
+        RegistrationOutcome::Past => {
+            return Err(ApiError::Conflict {
+                code: "event_past".into(),
+                message: "the event has already taken place".into(),
+            });
+        }
+    };
+    Ok(json(status, &RegistrationResponse { registration }))
+}
+
+/// Cancels the signed-in user's registration; the oldest waitlisted user takes the seat.
+#[utoipa::path(delete, path = "/api/v1/events/{id}/registrations/me", tag = "registrations", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Event id")),
+    responses(
+        (status = 204, description = "Cancelled"),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "No such event or registration", body = ErrorBody),
+    ))]
+pub async fn cancel(id: String, app: App, auth: Option<String>) -> Result<Response, ApiError> {
+    let caller = app.authenticate(auth.as_deref()).await?;
+    let key = event_key(&id)?;
+    let user_id = caller.principal.user_id;
+    app.events
+        .ask(key, |reply| EventMessage::Cancel { user_id, reply })
+        .await??;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The event's registrations, first come first (its creator or an admin).
+#[utoipa::path(get, path = "/api/v1/events/{id}/registrations", tag = "registrations", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Event id")),
+    responses(
+        (status = 200, description = "Registrations", body = RegistrationList),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not the creator", body = ErrorBody),
+        (status = 404, description = "No such event", body = ErrorBody),
+    ))]
+pub async fn registrations(
+    id: String,
+    app: App,
+    auth: Option<String>,
+) -> Result<Response, ApiError> {
+    let caller = app.authenticate(auth.as_deref()).await?;
+    let key = event_key(&id)?;
+    let principal = caller.principal;
+    let registrations = app
+        .events
+        .ask(key, |reply| EventMessage::ListRegistrations {
+            principal,
+            reply,
+        })
+        .await??;
+    Ok(json(StatusCode::OK, &RegistrationList { registrations }))
+}

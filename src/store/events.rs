@@ -1,0 +1,355 @@
+//! Events and registrations: the [`EventStore`] the event actors commit through, and the
+//! listings the edges read.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use convene_actors::StoreError;
+use convene_actors::model::{
+    Category, DomainEvent, Event, NewEvent, Registration, RegistrationStatus, topics,
+};
+use convene_actors::store::{
+    EventCommit, EventSnapshot, EventStore, IdempotencyRecord, RegistrationWrite,
+};
+use serde_json::{Value, json};
+use sqlx::types::Json;
+
+use super::{CHUNK, Db, SqlStore, corrupt, unavailable, write_error};
+
+/// Filters of the event listing.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only this category.
+    pub category: Option<Category>,
+    /// Only events on or after this date.
+    pub from: Option<DateTime<Utc>>,
+    /// Only events on or before this date.
+    pub to: Option<DateTime<Utc>>,
+    /// Only events created by this user.
+    pub created_by: Option<i64>,
+    /// Only events after this (date, id), the position of the previous page's last event.
+    pub after: Option<(DateTime<Utc>, i64)>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+const EVENT_BY_ID: &str = "SELECT id, title, description, date, location, latitude, longitude, capacity, registered_count, category, tags, price_cents, created_by, version, created_at, updated_at, deleted_at FROM events WHERE id = $1";
+const LIST_EVENTS: &str = "SELECT id, title, description, date, location, latitude, longitude, capacity, registered_count, category, tags, price_cents, created_by, version, created_at, updated_at, deleted_at FROM events \
+    WHERE deleted_at IS NULL \
+      AND ($1 IS NULL OR category = $1) \
+      AND ($2 IS NULL OR date >= $2) \
+      AND ($3 IS NULL OR date <= $3) \
+      AND ($4 IS NULL OR created_by = $4) \
+      AND ($5 IS NULL OR date > $5 OR (date = $5 AND id > $6)) \
+    ORDER BY date, id LIMIT $7";
+const EVENT_REGISTRATIONS: &str = "SELECT id, event_id, user_id, status, registered_at, updated_at FROM event_registrations WHERE event_id = $1 ORDER BY registered_at, id";
+const USER_REGISTRATIONS: &str = "SELECT id, event_id, user_id, status, registered_at, updated_at FROM event_registrations WHERE user_id = $1 AND status <> 'cancelled' ORDER BY registered_at DESC, id DESC";
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: i64,
+    title: String,
+    description: String,
+    date: DateTime<Utc>,
+    location: String,
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+    capacity: i64,
+    registered_count: i64,
+    category: String,
+    tags: Json<Vec<String>>,
+    price_cents: Option<i64>,
+    created_by: i64,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
+}
+
+impl EventRow {
+    fn into_event(self) -> Result<Event, StoreError> {
+        Ok(Event {
+            id: self.id,
+            title: self.title,
+            description: self.description,
+            date: self.date,
+            location: self.location,
+            latitude: self.latitude,
+            longitude: self.longitude,
+            capacity: self.capacity,
+            registered_count: self.registered_count,
+            category: Category::parse(&self.category)
+                .ok_or_else(|| corrupt("events.category", &self.category))?,
+            tags: self.tags.0,
+            price_cents: self.price_cents,
+            created_by: self.created_by,
+            version: self.version,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            deleted_at: self.deleted_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RegistrationRow {
+    id: i64,
+    event_id: i64,
+    user_id: i64,
+    status: String,
+    registered_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl RegistrationRow {
+    fn into_registration(self) -> Result<Registration, StoreError> {
+        Ok(Registration {
+            id: self.id,
+            event_id: self.event_id,
+            user_id: self.user_id,
+            status: RegistrationStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("event_registrations.status", &self.status))?,
+            registered_at: self.registered_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+impl SqlStore {
+    /// Live events matching `filter`, by date then id, after the filter's cursor.
+    pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
+        let rows: Vec<EventRow> = on_pool!(self.db, read, pool => {
+            sqlx::query_as(LIST_EVENTS)
+                .bind(filter.category.map(Category::as_str))
+                .bind(filter.from)
+                .bind(filter.to)
+                .bind(filter.created_by)
+                .bind(filter.after.map(|(d, _)| d))
+                .bind(filter.after.map(|(_, id)| id))
+                .bind(filter.limit)
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(unavailable)?;
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
+    /// A user's registrations that are not cancelled, newest first.
+    pub async fn user_registrations(&self, user_id: i64) -> Result<Vec<Registration>, StoreError> {
+        let rows: Vec<RegistrationRow> = on_pool!(self.db, read, pool => {
+            sqlx::query_as(USER_REGISTRATIONS).bind(user_id).fetch_all(pool).await
+        })
+        .map_err(unavailable)?;
+        rows.into_iter()
+            .map(RegistrationRow::into_registration)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl EventStore for SqlStore {
+    async fn create_event(&self, e: NewEvent) -> Result<Event, StoreError> {
+        let now = Utc::now();
+        on_pool!(self.db, write, pool => {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            let row: EventRow = sqlx::query_as(
+                "INSERT INTO events (title, description, date, location, latitude, longitude, capacity, \
+                 registered_count, category, tags, price_cents, created_by, version, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, 1, $12, $12) \
+                 RETURNING id, title, description, date, location, latitude, longitude, capacity, registered_count, \
+                 category, tags, price_cents, created_by, version, created_at, updated_at, deleted_at",
+            )
+            .bind(&e.title)
+            .bind(&e.description)
+            .bind(e.date)
+            .bind(&e.location)
+            .bind(e.latitude)
+            .bind(e.longitude)
+            .bind(e.capacity)
+            .bind(e.category.as_str())
+            .bind(Json(&e.tags))
+            .bind(e.price_cents)
+            .bind(e.created_by)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|err| write_error(err, || StoreError::Duplicate("event".into())))?;
+            let event = row.into_event()?;
+            let created = DomainEvent::new(
+                topics::EVENT_CREATED,
+                format!("event/{}", event.id),
+                serde_json::to_value(&event).unwrap_or_default(),
+                now,
+            );
+            write_outbox!(tx, [&created]);
+            tx.commit().await.map_err(unavailable)?;
+            Ok(event)
+        })
+    }
+
+    async fn load_event(&self, id: i64) -> Result<Option<EventSnapshot>, StoreError> {
+        let scope = format!("event/{id}");
+        let (row, regs, keys): (
+            Option<EventRow>,
+            Vec<RegistrationRow>,
+            Vec<(i64, String, Json<Value>)>,
+        ) = on_pool!(self.db, read, pool => {
+            let row = sqlx::query_as(EVENT_BY_ID).bind(id).fetch_optional(pool).await.map_err(unavailable)?;
+            let regs = sqlx::query_as(EVENT_REGISTRATIONS).bind(id).fetch_all(pool).await.map_err(unavailable)?;
+            let keys = sqlx::query_as("SELECT user_id, key, outcome FROM idempotency_keys WHERE scope = $1")
+                .bind(&scope)
+                .fetch_all(pool)
+                .await
+                .map_err(unavailable)?;
+            (row, regs, keys)
+        });
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(EventSnapshot {
+            event: row.into_event()?,
+            registrations: regs
+                .into_iter()
+                .map(RegistrationRow::into_registration)
+                .collect::<Result<_, _>>()?,
+            idempotency: keys
+                .into_iter()
+                .map(|(user_id, key, outcome)| IdempotencyRecord {
+                    user_id,
+                    key,
+                    outcome: outcome.0,
+                    write: None,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn save_event(&self, c: EventCommit<'_>) -> Result<Vec<i64>, StoreError> {
+        let e = c.event;
+        let scope = format!("event/{}", e.id);
+        on_pool!(self.db, write, pool => {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            let done = sqlx::query(
+                "UPDATE events SET title = $1, description = $2, date = $3, location = $4, latitude = $5, \
+                 longitude = $6, capacity = $7, registered_count = $8, category = $9, tags = $10, price_cents = $11, \
+                 version = $12, updated_at = $13, deleted_at = $14 WHERE id = $15 AND version = $16",
+            )
+            .bind(&e.title)
+            .bind(&e.description)
+            .bind(e.date)
+            .bind(&e.location)
+            .bind(e.latitude)
+            .bind(e.longitude)
+            .bind(e.capacity)
+            .bind(e.registered_count)
+            .bind(e.category.as_str())
+            .bind(Json(&e.tags))
+            .bind(e.price_cents)
+            .bind(e.version)
+            .bind(e.updated_at)
+            .bind(e.deleted_at)
+            .bind(e.id)
+            .bind(c.expected_version)
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| write_error(err, || StoreError::Conflict))?;
+            if done.rows_affected() != 1 {
+                return Err(StoreError::Conflict);
+            }
+            // New rows go in by the hundred; the ids come back keyed by user (unique per event).
+            let inserts: Vec<(i64, RegistrationStatus, DateTime<Utc>)> = c
+                .registrations
+                .iter()
+                .filter_map(|w| match w {
+                    RegistrationWrite::Insert { user_id, status, at } => Some((*user_id, *status, *at)),
+                    RegistrationWrite::Update { .. } => None,
+                })
+                .collect();
+            let mut inserted = std::collections::HashMap::with_capacity(inserts.len());
+            for chunk in inserts.chunks(CHUNK) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "INSERT INTO event_registrations (event_id, user_id, status, registered_at, updated_at) ",
+                );
+                qb.push_values(chunk, |mut row, (user_id, status, at)| {
+                    row.push_bind(e.id)
+                        .push_bind(*user_id)
+                        .push_bind(status.as_str())
+                        .push_bind(*at)
+                        .push_bind(*at);
+                });
+                qb.push(" RETURNING id, user_id");
+                let rows: Vec<(i64, i64)> = qb
+                    .build_query_as()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|err| write_error(err, || StoreError::Conflict))?;
+                inserted.extend(rows.into_iter().map(|(id, user)| (user, id)));
+            }
+            let mut ids = Vec::with_capacity(inserts.len());
+            let mut write_ids = Vec::with_capacity(c.registrations.len());
+            for w in c.registrations {
+                match w {
+                    RegistrationWrite::Insert { user_id, .. } => {
+                        let id = *inserted.get(user_id).ok_or_else(|| {
+                            StoreError::Unavailable("an inserted registration returned no id".into())
+                        })?;
+                        ids.push(id);
+                        write_ids.push(Some(id));
+                    }
+                    RegistrationWrite::Update { id, status, registered_at, at } => {
+                        sqlx::query(
+                            "UPDATE event_registrations SET status = $1, registered_at = $2, updated_at = $3 \
+                             WHERE id = $4 AND event_id = $5",
+                        )
+                        .bind(status.as_str())
+                        .bind(registered_at)
+                        .bind(at)
+                        .bind(id)
+                        .bind(e.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                        write_ids.push(None);
+                    }
+                }
+            }
+            if !c.registrations.is_empty() {
+                // The capacity check again, inside the transaction: whatever the actor believed,
+                // the rows themselves never exceed the capacity.
+                let (active,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM event_registrations WHERE event_id = $1 AND status = 'active'",
+                )
+                .bind(e.id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                if active > e.capacity || active != e.registered_count {
+                    return Err(StoreError::Invariant(format!(
+                        "event {} would hold {active} active registrations for {} seats (count {})",
+                        e.id, e.capacity, e.registered_count
+                    )));
+                }
+            }
+            for rec in c.idempotency {
+                let mut outcome = rec.outcome.clone();
+                if let Some(id) = rec.write.and_then(|i| write_ids.get(i).copied().flatten()) {
+                    if let Some(reg) = outcome.get_mut("registration") {
+                        reg["id"] = json!(id);
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO idempotency_keys (scope, user_id, key, outcome, created_at) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (scope, user_id, key) DO NOTHING",
+                )
+                .bind(&scope)
+                .bind(rec.user_id)
+                .bind(&rec.key)
+                .bind(Json(&outcome))
+                .bind(e.updated_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            }
+            write_outbox!(tx, c.events.iter());
+            tx.commit().await.map_err(unavailable)?;
+            Ok(ids)
+        })
+    }
+}
