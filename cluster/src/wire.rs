@@ -87,8 +87,10 @@ pub fn answered() -> Answer {
 /// serialisable request enum of every message that may cross nodes, and the [`Forwardable`]
 /// impl that turns one into the other and back. The caller's crate needs `ractor` and `serde`.
 ///
-/// ```ignore
-/// entity_messages! {
+/// ```
+/// use convene_cluster::wire::Forwardable;
+///
+/// convene_cluster::entity_messages! {
 ///     /// Messages a counter takes.
 ///     pub enum CounterMessage via CounterRequest {
 ///         ask {
@@ -105,6 +107,16 @@ pub fn answered() -> Answer {
 ///         }
 ///     }
 /// }
+///
+/// let (tx, _rx) = tokio::sync::oneshot::channel();
+/// let (bytes, _responder) = CounterMessage::Add { n: 2, reply: tx.into() }
+///     .into_wire()
+///     .ok()
+///     .unwrap();
+/// let (rebuilt, _answer) = CounterMessage::from_wire(&bytes).unwrap();
+/// assert!(matches!(rebuilt, CounterMessage::Add { n: 2, .. }));
+/// assert!(CounterMessage::Reset.into_wire().is_ok());
+/// assert!(CounterMessage::Tick.into_wire().is_err());
 /// ```
 ///
 /// `tell` messages are forwarded without an answer; `local` ones never leave their node (timers,
