@@ -80,24 +80,24 @@ impl EntityKey {
 mod tests {
     use super::*;
 
-    const KINDS: [&str; 2] = ["user", "event"];
+    const KINDS: [&str; 2] = ["order", "item"];
 
     #[test]
     fn keys_round_trip_through_text() {
-        let key = EntityKey::parse("event/42", &KINDS).unwrap();
-        assert_eq!(key, EntityKey::new("event", 42));
-        assert_eq!(key.to_string(), "event/42");
+        let key = EntityKey::parse("item/42", &KINDS).unwrap();
+        assert_eq!(key, EntityKey::new("item", 42));
+        assert_eq!(key.to_string(), "item/42");
         assert_eq!(key.numeric_id(), Some(42));
     }
 
     #[test]
     fn malformed_keys_are_refused() {
         let parse = |s| EntityKey::parse(s, &KINDS);
-        assert_eq!(parse("event42"), Err(KeyError::Malformed));
+        assert_eq!(parse("item42"), Err(KeyError::Malformed));
         assert_eq!(
             parse("planet/1"),
             Err(KeyError::UnknownKind("planet".into()))
         );
-        assert_eq!(parse("user/"), Err(KeyError::BadId));
+        assert_eq!(parse("order/"), Err(KeyError::BadId));
     }
 }

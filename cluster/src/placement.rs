@@ -121,21 +121,21 @@ mod tests {
     #[test]
     fn a_single_node_owns_everything() {
         let p = with_members(&["a"]);
-        assert!(p.is_local(&EntityKey::new("event", 1)));
+        assert!(p.is_local(&EntityKey::new("item", 1)));
     }
 
     #[test]
     fn members_not_up_own_nothing() {
         let mut p = with_members(&["a", "b"]);
         p.members[1].status = MemberStatus::Leaving;
-        assert!((0..100).all(|i| p.is_local(&EntityKey::new("event", i))));
+        assert!((0..100).all(|i| p.is_local(&EntityKey::new("item", i))));
     }
 
     #[test]
     fn adding_a_member_moves_only_keys_it_wins() {
         let before = with_members(&["a", "b", "c"]);
         let after = with_members(&["a", "b", "c", "d"]);
-        let keys: Vec<_> = (0..3000).map(|i| EntityKey::new("event", i)).collect();
+        let keys: Vec<_> = (0..3000).map(|i| EntityKey::new("item", i)).collect();
         let mut moved = 0;
         for k in &keys {
             let (o1, o2) = (before.owner(k).unwrap(), after.owner(k).unwrap());

@@ -5,21 +5,15 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort, SpawnErr};
 use tokio::sync::oneshot;
 
-use crate::membership::Owner;
-use crate::protocol::{PeerMessage, reply};
 use crate::registry::LocalKind;
-use crate::shard::{EntityFactory, KindSettings, Shard, ShardArgs};
-use crate::wire::{Answer, Forwardable, Responder, WireError};
+use crate::shard::{EntityFactory, KindSettings, Shard, ShardArgs, route};
+use crate::wire::{Answer, Forwardable, WireError};
 use crate::{Cluster, EntityKey, ShardMessage, ShardStats};
-
-/// How long a forward waits before asking again when the owner moved or could not be reached.
-const RETRY_AFTER: Duration = Duration::from_millis(25);
 
 /// Why an ask got no answer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -88,7 +82,11 @@ impl<M: Forwardable> Router<M> {
 
     /// Sends a one-way message to the entity of `key`.
     pub fn tell(&self, key: EntityKey, msg: M) -> Result<(), AskError> {
-        route(&self.cluster, &self.shard, self.timeout, key, msg)
+        if route(&self.cluster, &self.shard, self.timeout, key, msg) {
+            Ok(())
+        } else {
+            Err(AskError::Unavailable)
+        }
     }
 
     /// Sends the message built by `build` to the entity of `key` and waits for its reply.
@@ -140,128 +138,5 @@ impl<M: Forwardable> LocalKind for Router<M> {
     fn stats(&self) -> Pin<Box<dyn Future<Output = Option<ShardStats>> + Send>> {
         let shard = self.shard.clone();
         Box::pin(async move { ractor::call_t!(shard, ShardMessage::Stats, 1000).ok() })
-    }
-}
-
-/// Delivers `msg` to the owner of `key`: the local shard, or the member that owns it.
-pub(crate) fn route<M: Forwardable>(
-    cluster: &Cluster,
-    shard: &ActorRef<ShardMessage<M>>,
-    timeout: Duration,
-    key: EntityKey,
-    msg: M,
-) -> Result<(), AskError> {
-    let msg = match remote_owner::<M>(cluster, &key) {
-        Some(owner) => match msg.into_wire() {
-            Ok((body, responder)) => {
-                let forward = Forward {
-                    cluster: cluster.clone(),
-                    shard: shard.clone(),
-                    key,
-                    body,
-                    deadline: Instant::now() + timeout,
-                };
-                tokio::spawn(forward.run(owner, responder));
-                return Ok(());
-            }
-            Err(msg) => msg,
-        },
-        None => msg,
-    };
-    shard
-        .cast(ShardMessage::Deliver { key, msg })
-        .map_err(|_| AskError::Unavailable)
-}
-
-/// The member that owns `key` if it is not this node and the kind is placed.
-pub(crate) fn remote_owner<M: Forwardable>(cluster: &Cluster, key: &EntityKey) -> Option<String> {
-    if !M::placed() {
-        return None;
-    }
-    match cluster.owner(key) {
-        Owner::Remote(name) => Some(name),
-        Owner::Local => None,
-    }
-}
-
-/// One message on its way to a remote owner.
-pub(crate) struct Forward<M> {
-    pub(crate) cluster: Cluster,
-    pub(crate) shard: ActorRef<ShardMessage<M>>,
-    pub(crate) key: EntityKey,
-    pub(crate) body: Vec<u8>,
-    pub(crate) deadline: Instant,
-}
-
-impl<M: Forwardable> Forward<M> {
-    /// Sends the message to `owner` and completes `responder` with its answer. When the owner
-    /// says it no longer owns the key, or the message could not be sent at all, it asks the
-    /// owner of the moment again, until the deadline. A message that reached an owner which
-    /// then vanished is not sent again (it may have been handled): the caller sees the entity
-    /// as unavailable and may retry.
-    pub(crate) async fn run(self, mut owner: String, responder: Responder) {
-        let kind = self.key.kind().to_owned();
-        let key = self.key.to_string();
-        loop {
-            let remaining = self.deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return;
-            }
-            if let Some(peer) = self.cluster.peer(&owner) {
-                let sent = Instant::now();
-                let metrics = self.cluster.metrics();
-                metrics.forwarded.inc();
-                let call = peer
-                    .call(
-                        |port| {
-                            PeerMessage::Forward(kind.clone(), key.clone(), self.body.clone(), port)
-                        },
-                        Some(remaining),
-                    )
-                    .await;
-                metrics
-                    .forward_latency
-                    .observe(sent.elapsed().as_secs_f64());
-                match call {
-                    Ok(CallResult::Success(answer)) => match answer.first() {
-                        Some(&reply::ANSWER) => {
-                            responder(&answer[1..]);
-                            return;
-                        }
-                        Some(&reply::MOVED) => {}
-                        _ => return,
-                    },
-                    Ok(CallResult::Timeout) => return,
-                    Ok(CallResult::SenderError) => {
-                        self.cluster.lost(&owner);
-                        return;
-                    }
-                    Err(_) => self.cluster.lost(&owner),
-                }
-            }
-            tokio::time::sleep(RETRY_AFTER.min(remaining)).await;
-            match remote_owner::<M>(&self.cluster, &self.key) {
-                Some(next) => owner = next,
-                None => return self.deliver_here(responder).await,
-            }
-        }
-    }
-
-    /// The key came to this node while the message waited: deliver it to the local shard.
-    async fn deliver_here(self, responder: Responder) {
-        let Ok((msg, answer)) = M::from_wire(&self.body) else {
-            return;
-        };
-        if self
-            .shard
-            .cast(ShardMessage::Deliver { key: self.key, msg })
-            .is_err()
-        {
-            return;
-        }
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        if let Ok(Some(bytes)) = tokio::time::timeout(remaining, answer).await {
-            responder(&bytes);
-        }
     }
 }

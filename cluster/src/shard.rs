@@ -16,9 +16,12 @@ use ractor::{
     SupervisionEvent,
 };
 
-use crate::router::{Forward, remote_owner};
+mod forward;
+
 use crate::wire::Forwardable;
 use crate::{Cluster, EntityKey};
+pub(crate) use forward::route;
+use forward::{Forward, remote_owner};
 
 /// The spawn of one entity actor, in flight.
 pub type Spawning<M> = Pin<Box<dyn Future<Output = Result<ActorRef<M>, SpawnErr>> + Send>>;

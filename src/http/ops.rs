@@ -168,7 +168,7 @@ impl Modify for BearerAuth {
     paths(
         auth::register, auth::login, auth::logout,
         users::get_me, users::update_me, users::my_registrations,
-        events::list, events::create, events::get, events::update, events::delete,
+        events::listing::list, events::create, events::get, events::update, events::delete,
         registrations::register, registrations::cancel, registrations::registrations,
         rooms::presence, rooms::messages,
         health, metrics, cluster::status,
