@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use convene_cluster::{Activation, EntityFactory, EntityKey, ShardMessage, Spawning};
@@ -12,7 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EntityError, Reply};
-use crate::idle::Idle;
+use crate::idle::{EntityArgs, Idle};
 use crate::model::{Event, EventPatch, Registration, RegistrationStatus};
 use crate::rules::{Principal, RegistrationOutcome, permissions};
 use crate::store::Store;
@@ -123,26 +122,9 @@ impl EntityFactory for EventFactory {
         key: EntityKey,
         activation: Activation<EventMessage>,
     ) -> Spawning<EventMessage> {
-        let args = EventArgs {
-            key,
-            store: self.store.clone(),
-            shard: activation.shard,
-            idle_after: activation.passivate_after,
-        };
-        Box::pin(async move {
-            let supervisor = activation.supervisor;
-            let (actor, _) = Actor::spawn_linked(None, EventActor, args, supervisor).await?;
-            Ok(actor)
-        })
+        let args = EntityArgs::new(key, self.store.clone(), &activation);
+        activation.start(EventActor, args)
     }
-}
-
-/// Start-up arguments of an event actor.
-pub struct EventArgs {
-    key: EntityKey,
-    store: Arc<dyn Store>,
-    shard: ActorRef<ShardMessage<EventMessage>>,
-    idle_after: Duration,
 }
 
 /// The event actor.
@@ -174,12 +156,12 @@ pub struct EventState {
 impl Actor for EventActor {
     type Msg = EventMessage;
     type State = EventState;
-    type Arguments = EventArgs;
+    type Arguments = EntityArgs<EventMessage>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<EventMessage>,
-        args: EventArgs,
+        args: EntityArgs<EventMessage>,
     ) -> Result<EventState, ActorProcessingErr> {
         let mut state = EventState {
             key: args.key,

@@ -1,10 +1,33 @@
-//! Idle tracking shared by entity actors: after a quiet period an entity asks its shard to
-//! passivate it (its state is already durable, so nothing is lost).
+//! What entity actors share: the start-up arguments of those that need only their store, and
+//! idle tracking: after a quiet period an entity asks its shard to passivate it (its state is
+//! already durable, so nothing is lost).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use convene_cluster::{EntityKey, ShardMessage};
+use convene_cluster::{Activation, EntityKey, ShardMessage};
 use ractor::{ActorRef, Message};
+
+use crate::store::Store;
+
+/// Start-up arguments of an entity actor that needs only its store.
+pub struct EntityArgs<M> {
+    pub(crate) key: EntityKey,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) shard: ActorRef<ShardMessage<M>>,
+    pub(crate) idle_after: Duration,
+}
+
+impl<M> EntityArgs<M> {
+    pub(crate) fn new(key: EntityKey, store: Arc<dyn Store>, activation: &Activation<M>) -> Self {
+        Self {
+            key,
+            store,
+            shard: activation.shard.clone(),
+            idle_after: activation.passivate_after,
+        }
+    }
+}
 
 pub(crate) struct Idle {
     last: Instant,

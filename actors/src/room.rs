@@ -227,15 +227,11 @@ impl EntityFactory for RoomFactory {
             events: self.events.clone(),
             fanout: self.fanout.clone(),
             cluster: self.events.cluster().clone(),
-            shard: activation.shard,
+            shard: activation.shard.clone(),
             idle_after: activation.passivate_after,
             presence_frames: self.presence_frames,
         };
-        Box::pin(async move {
-            let supervisor = activation.supervisor;
-            let (actor, _) = Actor::spawn_linked(None, RoomActor, args, supervisor).await?;
-            Ok(actor)
-        })
+        activation.start(RoomActor, args)
     }
 }
 

@@ -3,7 +3,6 @@
 //! account goes through its actor.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use convene_cluster::{Activation, EntityFactory, EntityKey, ShardMessage, Spawning};
@@ -11,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Value, json};
 
 use crate::error::EntityError;
-use crate::idle::Idle;
+use crate::idle::{EntityArgs, Idle};
 use crate::model::{DomainEvent, NewUser, User, topics};
 use crate::store::{Store, StoreError};
 
@@ -85,26 +84,9 @@ impl EntityFactory for UserFactory {
     }
 
     fn spawn(&self, key: EntityKey, activation: Activation<UserMessage>) -> Spawning<UserMessage> {
-        let args = UserArgs {
-            key,
-            store: self.store.clone(),
-            shard: activation.shard,
-            idle_after: activation.passivate_after,
-        };
-        Box::pin(async move {
-            let supervisor = activation.supervisor;
-            let (actor, _) = Actor::spawn_linked(None, UserActor, args, supervisor).await?;
-            Ok(actor)
-        })
+        let args = EntityArgs::new(key, self.store.clone(), &activation);
+        activation.start(UserActor, args)
     }
-}
-
-/// Start-up arguments of a user actor.
-pub struct UserArgs {
-    key: EntityKey,
-    store: Arc<dyn Store>,
-    shard: ActorRef<ShardMessage<UserMessage>>,
-    idle_after: Duration,
 }
 
 /// The user actor.
@@ -170,12 +152,12 @@ impl UserState {
 impl Actor for UserActor {
     type Msg = UserMessage;
     type State = UserState;
-    type Arguments = UserArgs;
+    type Arguments = EntityArgs<UserMessage>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<UserMessage>,
-        args: UserArgs,
+        args: EntityArgs<UserMessage>,
     ) -> Result<UserState, ActorProcessingErr> {
         let mut state = UserState {
             key: args.key,

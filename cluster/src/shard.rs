@@ -49,6 +49,16 @@ pub struct Activation<M> {
     pub passivate_after: Duration,
 }
 
+impl<M: Message> Activation<M> {
+    /// Spawns `actor` with `args`, linked to the supervisor.
+    pub fn start<A: Actor<Msg = M>>(self, actor: A, args: A::Arguments) -> Spawning<M> {
+        Box::pin(async move {
+            let (actor, _) = Actor::spawn_linked(None, actor, args, self.supervisor).await?;
+            Ok(actor)
+        })
+    }
+}
+
 /// How a node runs one kind of entity: its passivation and supervision policy, and the time a
 /// forwarded message may take. Given once, when the kind is registered at node start.
 #[derive(Debug, Clone, Copy)]
