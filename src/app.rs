@@ -17,6 +17,7 @@ use crate::auth::{Auth, Claims, TokenError};
 use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
+use crate::revocations::Revocations;
 use crate::store::SqlStore;
 
 /// Cheap to clone; everything inside is shared.
@@ -29,6 +30,8 @@ pub struct Inner {
     pub store: SqlStore,
     /// Tokens and passwords.
     pub auth: Auth,
+    /// The tokens revoked, held in memory.
+    pub revocations: Arc<Revocations>,
     /// Reaches user actors.
     pub users: Router<UserMessage>,
     /// Reaches event actors.
@@ -91,7 +94,7 @@ impl App {
             TokenError::Expired => ApiError::Unauthorized("the token has expired".into()),
             TokenError::Invalid => ApiError::Unauthorized("the token is invalid".into()),
         })?;
-        if self.store.is_revoked(&claims.jti).await? {
+        if self.revocations.is_revoked(&claims.jti) {
             return Err(ApiError::Unauthorized("the token has been revoked".into()));
         }
         let principal = claims

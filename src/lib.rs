@@ -1,7 +1,7 @@
 //! Convene: an events platform backend. Users, events and their registrations are long-lived
 //! actors (see `convene-actors`) placed on nodes by `convene-cluster`; this crate is the program
-//! around them: configuration, the sqlx store, authentication, the HTTP and WebSocket edges and
-//! metrics.
+//! around them: configuration, the sqlx store, authentication and revoked tokens, the HTTP and
+//! WebSocket edges and metrics.
 
 pub mod app;
 pub mod auth;
@@ -10,6 +10,7 @@ pub mod console;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod revocations;
 pub mod store;
 pub mod validation;
 pub mod ws;

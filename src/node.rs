@@ -21,6 +21,7 @@ use crate::app::{App, Inner};
 use crate::auth::{Auth, load_or_create_secret};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::revocations::Revocations;
 use crate::store::{SqlStore, is_postgres};
 
 /// A node serving HTTP; dropping it does not stop it, [`Node::shutdown`] does.
@@ -130,6 +131,10 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
             },
             _ = &mut stop => break,
         };
+        // Small frames and replies go out at once instead of waiting for Nagle's algorithm.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         let (app, routes) = (app.clone(), routes.clone());
         let service =
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -235,6 +240,12 @@ impl Node {
                 }
             });
         });
+        let revocations = Arc::new(Revocations::default());
+        revocations
+            .load(&store)
+            .await
+            .context("loading the revoked tokens")?;
+        revocations.start(&cluster, store.clone());
         let metrics = Metrics::new();
         metrics.register(cluster.metrics().collectors());
         let network = match network {
@@ -250,6 +261,7 @@ impl Node {
         let app = App::new(Inner {
             store,
             auth,
+            revocations,
             users,
             events,
             rooms,

@@ -16,6 +16,10 @@ pub struct Run {
     pub failed: usize,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// Median time of one request.
+    pub p50: Duration,
+    /// 99th percentile time of one request.
+    pub p99: Duration,
 }
 
 impl Run {
@@ -29,14 +33,32 @@ impl Run {
 pub fn report(what: &str, subject: Run, baseline_name: &str, baseline: Run, target: f64) {
     let ratio = subject.rate() / baseline.rate();
     println!(
-        "{what}: convene {:.0}/s ({} ok, {} failed) | {baseline_name} {:.0}/s ({} ok, {} failed) | ratio {ratio:.2} (target >= {target})",
+        "{what}: convene {:.0}/s ({} ok, {} failed, p50 {:.2} ms, p99 {:.2} ms) | {baseline_name} {:.0}/s ({} ok, {} failed, p50 {:.2} ms, p99 {:.2} ms) | ratio {ratio:.2} (target >= {target})",
         subject.rate(),
         subject.ok,
         subject.failed,
+        millis(subject.p50),
+        millis(subject.p99),
         baseline.rate(),
         baseline.ok,
         baseline.failed,
+        millis(baseline.p50),
+        millis(baseline.p99),
     );
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The `q` quantile (0 to 1) of `times`, sorted in place.
+fn quantile(times: &mut [Duration], q: f64) -> Duration {
+    if times.is_empty() {
+        return Duration::ZERO;
+    }
+    times.sort_unstable();
+    let i = ((times.len() - 1) as f64 * q).round() as usize;
+    times[i]
 }
 
 /// Runs `jobs` through `clients` concurrent workers; each job returns whether it succeeded.
@@ -52,30 +74,38 @@ where
         let queue = queue.clone();
         let work = work.clone();
         tokio::spawn(async move {
-            let (mut ok, mut failed) = (0, 0);
+            let (mut ok, mut failed, mut times) = (0, 0, Vec::new());
             loop {
                 let job = queue.lock().expect("queue lock").pop();
                 let Some(job) = job else { break };
+                let sent = Instant::now();
                 if work(job).await {
                     ok += 1;
                 } else {
                     failed += 1;
                 }
+                times.push(sent.elapsed());
             }
-            (ok, failed)
+            (ok, failed, times)
         })
     });
     let mut run = Run {
         ok: 0,
         failed: 0,
         elapsed: Duration::ZERO,
+        p50: Duration::ZERO,
+        p99: Duration::ZERO,
     };
+    let mut times = Vec::new();
     for w in futures::future::join_all(workers).await {
-        let (ok, failed) = w.unwrap_or((0, 1));
+        let (ok, failed, t) = w.unwrap_or((0, 1, Vec::new()));
         run.ok += ok;
         run.failed += failed;
+        times.extend(t);
     }
     run.elapsed = start.elapsed();
+    run.p50 = quantile(&mut times, 0.5);
+    run.p99 = quantile(&mut times, 0.99);
     run
 }
 

@@ -12,6 +12,7 @@ use warp::{Filter, Reply};
 use super::error::{ApiError, ErrorBody};
 use super::{bearer, body, json, parse_json, respond, with_app};
 use crate::app::App;
+use crate::revocations;
 use crate::validation::no_control_chars;
 
 /// The routes of this module.
@@ -189,5 +190,7 @@ pub async fn logout(app: App, auth: Option<String>) -> Result<Response, ApiError
             reply,
         })
         .await??;
+    // Stored: every node refuses the token from now on, and the others hear of it at once.
+    revocations::announce(&app.cluster, &caller.claims.jti, expires_at);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

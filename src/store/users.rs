@@ -56,16 +56,18 @@ impl SqlStore {
         .transpose()
     }
 
-    /// Whether the token `jti` was revoked.
-    pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        let row: Option<(String,)> = on_pool!(self.db, read, pool => {
-            sqlx::query_as("SELECT jti FROM token_blacklist WHERE jti = $1")
-                .bind(jti)
-                .fetch_optional(pool)
+    /// The tokens revoked that expire after `now`, with their expiry.
+    pub async fn revocations(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        on_pool!(self.db, read, pool => {
+            sqlx::query_as("SELECT jti, expires_at FROM token_blacklist WHERE expires_at > $1")
+                .bind(now)
+                .fetch_all(pool)
                 .await
         })
-        .map_err(unavailable)?;
-        Ok(row.is_some())
+        .map_err(unavailable)
     }
 
     /// Gives the account with this e-mail address a role; `false` when there is no such account.

@@ -754,6 +754,70 @@ async fn sigterm_drains_a_node_with_zero_failed_requests() {
     );
 }
 
+/// A token revoked on one node is refused by every node within a second, without a database
+/// read: each node holds the revocations in memory, told by the node that revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_token_is_refused_on_every_node_within_a_second() {
+    let Some(cluster) = TestCluster::start(3).await else {
+        return;
+    };
+    let (_, token) = cluster.sign_up_many(1).await.remove(0);
+    let me = |i: usize| {
+        cluster
+            .client
+            .get(format!("{}/api/v1/users/me", cluster.nodes[i].http))
+            .bearer_auth(&token)
+            .send()
+    };
+    for i in 0..3 {
+        assert_eq!(
+            me(i).await.unwrap().status(),
+            200,
+            "node-{i} takes the token"
+        );
+    }
+    let logout = cluster
+        .client
+        .post(format!("{}/api/v1/auth/logout", cluster.nodes[1].http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+    let revoked_at = Instant::now();
+    for i in 0..3 {
+        loop {
+            let status = me(i).await.unwrap().status();
+            if status == 401 {
+                break;
+            }
+            assert_eq!(status, 200);
+            assert!(
+                revoked_at.elapsed() < Duration::from_secs(1),
+                "node-{i} still takes the token a second after it was revoked"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // A node that starts later loads the revocation from the store.
+    let mut cluster = cluster;
+    cluster.cluster_ports.push(free_port());
+    let late = cluster.spawn(3, "cookie-ok").await;
+    let status = cluster
+        .client
+        .get(format!("{}/api/v1/users/me", late.http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        status, 401,
+        "a node started after the logout refuses the token"
+    );
+    cluster.nodes.push(late);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_with_the_wrong_cookie_is_refused() {
     let Some(mut cluster) = TestCluster::start(1).await else {
