@@ -108,14 +108,8 @@ convene_cluster::entity_messages! {
             /// messages to the connection through the fan-out of its node, ahead of any live
             /// traffic (the connection subscribed there first, and receives nothing before them).
             Join {
-                /// The connection id (unique across the cluster).
-                conn_id: u64,
-                /// Its user.
-                user_id: i64,
-                /// The node its socket is on.
-                node: String,
-                /// Its presence meta (with `conn` and `online_at`).
-                meta: Value,
+                /// Who joins.
+                joiner: Joiner,
                 /// Resume after this seq.
                 since: Option<i64>,
                 /// The client's `ref`, echoed in the reply.
@@ -258,12 +252,17 @@ struct Member {
     may_publish: bool,
 }
 
-/// A connection asking to join.
-struct Joiner {
-    conn_id: u64,
-    user_id: i64,
-    node: String,
-    meta: Value,
+/// A connection asking to join a room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Joiner {
+    /// The connection id (unique across the cluster).
+    pub conn_id: u64,
+    /// Its user.
+    pub user_id: i64,
+    /// The node its socket is on.
+    pub node: String,
+    /// Its presence meta (with `conn` and `online_at`).
+    pub meta: Value,
 }
 
 /// Everything a room actor holds.
@@ -346,20 +345,11 @@ impl Actor for RoomActor {
         }
         match message {
             RoomCommand::Join {
-                conn_id,
-                user_id,
-                node,
-                meta,
+                joiner,
                 since,
                 join_ref,
                 reply,
             } => {
-                let joiner = Joiner {
-                    conn_id,
-                    user_id,
-                    node,
-                    meta,
-                };
                 let _ = reply.send(state.join(&myself, joiner, since, join_ref).await);
             }
             RoomCommand::CheckNodes => state.check_nodes(&myself),

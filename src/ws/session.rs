@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use convene_actors::fanout::{Conn, FanOutMessage};
 use convene_actors::protocol::{ClientFrame, ClientOp, ReplyBody, ServerFrame};
-use convene_actors::room::{self, RoomCommand, RoomError, parse_room};
+use convene_actors::room::{self, Joiner, RoomCommand, RoomError, parse_room};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
@@ -123,16 +123,18 @@ impl Session<'_> {
             conn: conn.clone(),
             meta: meta.clone(),
         });
-        let (conn_id, user_id) = (conn.id, conn.user_id);
-        let node = app.cluster.local().to_owned();
+        let conn_id = conn.id;
+        let joiner = Joiner {
+            conn_id,
+            user_id: conn.user_id,
+            node: app.cluster.local().to_owned(),
+            meta,
+        };
         let join_ref = r.clone();
         let answer = app
             .rooms
             .ask(room::key(&room), |reply| RoomCommand::Join {
-                conn_id,
-                user_id,
-                node,
-                meta,
+                joiner,
                 since,
                 join_ref,
                 reply,
