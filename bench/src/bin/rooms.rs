@@ -209,6 +209,18 @@ struct Outcome {
     p99: u64,
     delivered: u64,
     rss_per_conn_kib: f64,
+    /// Time for every subscriber to connect and be joined.
+    join: Duration,
+    /// Publish-to-receipt of one message sent alone to idle subscribers (µs).
+    lone_p50: u64,
+    lone_p99: u64,
+}
+
+/// The `p` quantile of sorted `v`.
+fn quantile(v: &[u64], p: f64) -> u64 {
+    v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
 }
 
 async fn run(server: Server, n: usize, args: &Args) -> anyhow::Result<Outcome> {
@@ -240,8 +252,9 @@ async fn run(server: Server, n: usize, args: &Args) -> anyhow::Result<Outcome> {
     let base = Instant::now();
     let subs = subscribe(server, &child.addr, &tokens, &room, n, base, args.messages).await;
     while subs.joined.load(Ordering::Relaxed) < n as u64 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let join = base.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = child.rss_kib();
 
@@ -264,8 +277,7 @@ async fn run(server: Server, n: usize, args: &Args) -> anyhow::Result<Outcome> {
         }
     }
     let drain = tokio::spawn(async move { while stream.next().await.is_some() {} });
-    let start_at = base.elapsed().as_micros() as u64;
-    for i in 0..args.messages {
+    let frame = |i: usize| {
         let t = base.elapsed().as_micros() as u64;
         let frame = match server {
             Server::Convene => {
@@ -273,7 +285,17 @@ async fn run(server: Server, n: usize, args: &Args) -> anyhow::Result<Outcome> {
             }
             Server::Baseline => json!({"t": t, "i": i}),
         };
-        sink.send(Message::text(frame.to_string())).await?;
+        Message::text(frame.to_string())
+    };
+    // The first message goes alone to idle subscribers; the burst starts once all have it.
+    sink.send(frame(0)).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while subs.delivered.load(Ordering::Relaxed) < n as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let start_at = base.elapsed().as_micros() as u64;
+    for i in 1..args.messages {
+        sink.send(frame(i)).await?;
     }
     let expected = (n * args.messages) as u64;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -286,30 +308,33 @@ async fn run(server: Server, n: usize, args: &Args) -> anyhow::Result<Outcome> {
         .load(Ordering::Relaxed)
         .saturating_sub(start_at)
         .max(1);
-    let mut all: Vec<u64> = Vec::new();
+    let (mut all, mut lone): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
     for h in subs.latencies {
         h.abort();
         if let Ok(v) = tokio::time::timeout(Duration::from_millis(1), h)
             .await
             .unwrap_or(Ok(Vec::new()))
         {
-            all.extend(v);
+            if let Some((first, rest)) = v.split_first() {
+                lone.push(*first);
+                all.extend_from_slice(rest);
+            }
         }
     }
     drain.abort();
     drop(child);
     all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
+    lone.sort_unstable();
+    let burst = delivered.saturating_sub(lone.len() as u64);
     Ok(Outcome {
-        rate: delivered as f64 / (elapsed as f64 / 1e6),
-        p50: pct(0.50),
-        p99: pct(0.99),
+        rate: burst as f64 / (elapsed as f64 / 1e6),
+        p50: quantile(&all, 0.50),
+        p99: quantile(&all, 0.99),
         delivered,
         rss_per_conn_kib: rss_after.saturating_sub(rss_before) as f64 / n as f64,
+        join,
+        lone_p50: quantile(&lone, 0.50),
+        lone_p99: quantile(&lone, 0.99),
     })
 }
 
@@ -343,6 +368,18 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "{n} idle joined connections: convene {:.1} KiB each (target <= 16) | bare broadcast server {:.1} KiB each",
             c.rss_per_conn_kib, b.rss_per_conn_kib
+        );
+        println!(
+            "{n} subscribers connecting and joining: convene {:.2} s | bare broadcast server {:.2} s (connect only)",
+            c.join.as_secs_f64(),
+            b.join.as_secs_f64()
+        );
+        println!(
+            "a lone message to {n} idle subscribers: convene p50 {:.2} ms, p99 {:.2} ms | bare broadcast server p50 {:.2} ms, p99 {:.2} ms",
+            c.lone_p50 as f64 / 1000.0,
+            c.lone_p99 as f64 / 1000.0,
+            b.lone_p50 as f64 / 1000.0,
+            b.lone_p99 as f64 / 1000.0,
         );
     }
     Ok(())
