@@ -931,22 +931,34 @@ async fn a_room_spans_nodes_with_one_order_and_one_presence() {
     assert_eq!(orders[0], orders[1], "node-0 and node-1 see the same order");
     assert_eq!(orders[0], orders[2], "node-0 and node-2 see the same order");
 
-    // The first joiner saw the others arrive from their nodes, and the REST presence (asked on
-    // any node) lists all three.
-    let joined: HashSet<String> = others[0]
-        .iter()
-        .filter(|v| v["op"] == "presence_diff")
-        .flat_map(|v| {
-            v["joins"]
-                .as_object()
-                .unwrap()
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    for (id, _) in &users[1..] {
-        assert!(joined.contains(&id.to_string()), "{joined:?}");
+    // The first joiner sees the others arrive from their nodes, and the REST presence (asked on
+    // any node) lists all three. Presence diffs are gathered over 20 ms and are not ordered with
+    // messages, so the last diff may still be on its way after the twelfth message.
+    let joins_in = |frames: &[Value]| -> HashSet<String> {
+        frames
+            .iter()
+            .filter(|v| v["op"] == "presence_diff")
+            .flat_map(|v| {
+                v["joins"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let expected: Vec<String> = users[1..].iter().map(|(id, _)| id.to_string()).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !expected.iter().all(|id| joins_in(&others[0]).contains(id)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, clients[0].next()).await {
+            Ok(frame) => others[0].push(frame.expect("open")),
+            Err(_) => panic!(
+                "the first joiner never saw {expected:?} join: {:?}",
+                joins_in(&others[0])
+            ),
+        }
     }
     for (i, node) in cluster.nodes.iter().enumerate() {
         let p: Value = cluster
