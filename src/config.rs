@@ -71,6 +71,8 @@ pub struct Config {
     pub ws_publish_per_sec: u32,
     /// Server ping period; silence for twice as long drops the connection.
     pub ws_heartbeat_secs: u64,
+    /// Connections above which a room sends presence counts instead of lists.
+    pub room_presence_limit: usize,
     /// Node-to-node listener; set (or give seeds) to run as a member of a cluster.
     pub cluster_listen: Option<SocketAddr>,
     /// The host other nodes reach this one at (default: the listener's address, or the

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use convene_actors::event::EventFactory;
 use convene_actors::fanout::{self, FanOut, FanOutMessage, FanOutService};
-use convene_actors::room::{self, RoomCommand, RoomFactory};
+use convene_actors::room::{self, PresenceSettings, RoomCommand, RoomFactory};
 use convene_actors::user::UserFactory;
 use convene_cluster::{
     Cluster, KindSettings, MembershipSettings, Network, NetworkSettings, Router, Seed,
@@ -220,12 +220,14 @@ impl Node {
         // A joiner's first frames must fit its outbound queue: the reply, the presence, and up
         // to a room's whole history when it resumes, with some room for live traffic.
         let queue = config.ws_outbound_queue;
-        let presence_frames = queue
-            .saturating_sub(convene_actors::room::HISTORY + 24)
-            .max(queue / 4)
-            .max(1);
-        let rooms_factory =
-            RoomFactory::new(store_dyn, events.clone(), fanout.clone(), presence_frames);
+        let presence = PresenceSettings {
+            frames: queue
+                .saturating_sub(convene_actors::room::HISTORY + 24)
+                .max(queue / 4)
+                .max(1),
+            limit: config.room_presence_limit,
+        };
+        let rooms_factory = RoomFactory::new(store_dyn, events.clone(), fanout.clone(), presence);
         let rooms = Router::start(cluster.clone(), rooms_factory, settings).await?;
         // When the owners change, the rooms this node has sockets in are woken on their
         // (possibly new) owners, which take their members back and resend the presence.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EntityError, Reply};
 use crate::idle::{EntityArgs, Idle};
-use crate::model::{Event, EventPatch, Registration, RegistrationStatus};
+use crate::model::{Event, EventJson, EventPatch, Registration, RegistrationStatus};
 use crate::rules::{Principal, RegistrationOutcome, permissions};
 use crate::store::Store;
 
@@ -25,8 +25,8 @@ convene_cluster::entity_messages! {
     /// Messages an event actor takes.
     pub enum EventMessage via EventRequest {
         ask {
-            /// The event.
-            Get {} -> Result<Event, EntityError>,
+            /// The event as the API shows it.
+            Get {} -> Result<EventJson, EntityError>,
             /// Change the event; answers the event as changed.
             Update {
                 /// Who asks.
@@ -145,6 +145,8 @@ pub struct EventState {
     idle: Idle,
     /// `None` when no such event exists.
     event: Option<Event>,
+    /// The JSON of `event`, kept until its version changes.
+    json: Option<EventJson>,
     registrations: HashMap<i64, Registration>,
     waitlist: VecDeque<i64>,
     idempotency: HashMap<(i64, String), RegistrationOutcome>,
@@ -169,6 +171,7 @@ impl Actor for EventActor {
             shard: args.shard,
             idle: Idle::new(args.idle_after),
             event: None,
+            json: None,
             registrations: HashMap::new(),
             waitlist: VecDeque::new(),
             idempotency: HashMap::new(),
@@ -192,7 +195,7 @@ impl Actor for EventActor {
         }
         match message {
             EventMessage::Get { reply } => {
-                let _ = reply.send(state.live().cloned());
+                let _ = reply.send(state.json());
             }
             EventMessage::Register {
                 user_id,

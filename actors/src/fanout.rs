@@ -91,7 +91,7 @@ pub enum FanOutMessage {
         /// The connection.
         conn: Arc<Conn>,
         /// Its presence meta, kept so a restarted room can take the connection back.
-        meta: Value,
+        meta: Arc<Value>,
     },
     /// Frames for one connection: the room's answer to its join (reply, presence, missed
     /// messages). Live frames follow.
@@ -144,12 +144,12 @@ pub struct RoomMember {
     /// The signed-in user.
     pub user_id: i64,
     /// Its presence meta.
-    pub meta: Value,
+    pub meta: Arc<Value>,
 }
 
 struct Subscriber {
     conn: Arc<Conn>,
-    meta: Value,
+    meta: Arc<Value>,
     /// The room answered its join: it receives the room's frames.
     joined: bool,
 }

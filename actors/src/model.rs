@@ -184,6 +184,51 @@ impl Event {
     }
 }
 
+/// An event as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+    /// Seats still free.
+    pub seats_left: i64,
+    /// Price in currency units, absent when free.
+    pub price: Option<f64>,
+}
+
+impl From<Event> for EventView {
+    fn from(event: Event) -> Self {
+        Self {
+            seats_left: event.seats_left(),
+            price: event.price(),
+            event,
+        }
+    }
+}
+
+/// An event as the API shows it, serialised once per version: the answer to every read of
+/// that version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventJson {
+    /// The version it shows.
+    pub version: i64,
+    /// The [`EventView`] as JSON.
+    pub body: bytes::Bytes,
+}
+
+impl EventJson {
+    /// The JSON of `event`'s view.
+    pub fn of(event: &Event) -> Self {
+        Self {
+            version: event.version,
+            // Serialising an event cannot fail: every map key is a string.
+            body: serde_json::to_vec(&EventView::from(event.clone()))
+                .unwrap_or_default()
+                .into(),
+        }
+    }
+}
+
 /// An event to create (already validated).
 #[derive(Debug, Clone)]
 pub struct NewEvent {

@@ -30,8 +30,8 @@ pub enum ClientOp {
         /// An access token from `POST /api/v1/auth/login`.
         token: String,
     },
-    /// Joins a room: the reply, then a `presence_state`, then the messages missed since
-    /// `since`, then live traffic.
+    /// Joins a room: the reply, then a `presence_state` (a `presence_count` in a room in
+    /// counts mode), then the messages missed since `since`, then live traffic.
     Join {
         /// `room:{name}` (open to anyone signed in) or `event:{id}`.
         room: String,
@@ -57,6 +57,19 @@ pub enum ClientOp {
         #[serde(default)]
         body: Value,
     },
+    /// Asks who is in a room, a page at a time, by connection: the reply carries `presences`,
+    /// the room's `connections` and `users`, and `next` when more follow. Any signed-in user may
+    /// ask, joined or not.
+    Presence {
+        /// The room.
+        room: String,
+        /// The `next` of the previous page (absent: the first page).
+        #[serde(default)]
+        after: Option<String>,
+        /// Connections per page, 1 to 1000 (default 100).
+        #[serde(default)]
+        limit: Option<usize>,
+    },
     /// Answered with an `ok` reply.
     Ping,
 }
@@ -73,9 +86,9 @@ pub struct FrameError {
 }
 
 /// The ops of [`ClientOp`] that name a room.
-const ROOM_OPS: [&str; 3] = ["join", "leave", "publish"];
+const ROOM_OPS: [&str; 4] = ["join", "leave", "publish", "presence"];
 /// Every op of [`ClientOp`].
-const OPS: [&str; 5] = ["auth", "join", "leave", "publish", "ping"];
+const OPS: [&str; 6] = ["auth", "join", "leave", "publish", "presence", "ping"];
 
 impl ClientFrame {
     /// Parses a text frame, telling malformed JSON, unknown ops, missing rooms and other
@@ -124,6 +137,17 @@ pub struct UserPresence {
     pub metas: Vec<Value>,
 }
 
+/// How a room tells its members who is present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceMode {
+    /// A `presence_state`, then `presence_diff`s: every member knows every connection.
+    Full,
+    /// Above the room's presence limit: `presence_count`s only, at most one a second; the list
+    /// is asked for with the `presence` op.
+    Counts,
+}
+
 /// Whether a request succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -154,6 +178,21 @@ pub struct ReplyBody {
     /// With `history_gap`: the oldest seq the room still keeps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest: Option<i64>,
+    /// After a join: how the room sends presence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<PresenceMode>,
+    /// After a `presence` request: a page of the room's connections, by user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presences: Option<Presences>,
+    /// After a `presence` request: the room's connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
+    /// After a `presence` request: the room's distinct users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<usize>,
+    /// After a `presence` request: the `after` of the next page, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// A frame to a client, by its `op`.
@@ -183,8 +222,8 @@ pub enum ServerFrame {
         /// When it was stored (RFC 3339, microseconds).
         ts: String,
     },
-    /// Who is in a room, sent on join (and again when the room moved to another node); the
-    /// `presence_diff`s after it compose with it.
+    /// Who is in a room, sent on join (and again when the room moved to another node, or fell
+    /// back to half its presence limit); the `presence_diff`s after it compose with it.
     PresenceState {
         /// The room.
         room: String,
@@ -199,6 +238,17 @@ pub enum ServerFrame {
         joins: Presences,
         /// Connections that left.
         leaves: Presences,
+    },
+    /// How many are in a room in counts mode: sent on join, then at most once a second while
+    /// the counts change. It replaces any presence list the client holds: no `presence_diff`
+    /// follows until the next `presence_state`.
+    PresenceCount {
+        /// The room.
+        room: String,
+        /// Connections joined.
+        connections: usize,
+        /// Distinct users among them.
+        users: usize,
     },
 }
 

@@ -1,6 +1,6 @@
 //! The room actor: owns one live room (`event:{id}` or `room:{name}`): its members and their
-//! presence (one meta per connection, Phoenix style), its sequence numbers and the last messages,
-//! persisted so history survives a restart. A room is an entity like any other, placed on one
+//! presence (one meta per connection, Phoenix style, or counts only in rooms above the presence
+//! limit), its sequence numbers and the last messages, persisted so history survives a restart. A room is an entity like any other, placed on one
 //! node of the cluster; its members' sockets are on any node. Each broadcast goes once to every
 //! node with members, whose fan-out delivers it to the sockets there.
 
@@ -122,8 +122,13 @@ convene_cluster::entity_messages! {
                 /// The message body.
                 body: Value,
             } -> Result<i64, RoomError>,
-            /// Who is present, in the `presence_state` shape.
-            Presence {} -> Result<Presences, RoomError>,
+            /// Who is present: the connections after `after` (by id), at most `limit`.
+            Presence {
+                /// Connections after this id (`None`: from the first).
+                after: Option<u64>,
+                /// At most this many.
+                limit: usize,
+            } -> Result<PresencePage, RoomError>,
             /// Messages after `since` (at most `limit`), and the room's last seq.
             History {
                 /// Messages after this seq.
@@ -172,6 +177,31 @@ pub fn key(name: &str) -> EntityKey {
 /// The answer to a publish: the message's seq once it is stored.
 type PublishReply = RpcReplyPort<Result<i64, RoomError>>;
 
+/// A page of a room's presence.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresencePage {
+    /// The page's connections, by user.
+    pub presences: Presences,
+    /// Connections in the room.
+    pub connections: usize,
+    /// Distinct users in the room.
+    pub users: usize,
+    /// The `after` of the next page, when there is one.
+    pub next: Option<u64>,
+}
+
+/// How rooms keep their members informed of who is present.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceSettings {
+    /// A joiner's presence, and a burst of presence changes, take at most this many frames
+    /// (frames grow past [`STATE_CHUNK`] metas in rooms large enough to need it), so they fit in
+    /// a connection's outbound queue.
+    pub frames: usize,
+    /// Above this many connections a room sends counts instead of presence lists, and goes
+    /// back to lists when it falls to half as many.
+    pub limit: usize,
+}
+
 /// Metas per presence frame, at least. Small frames keep every connection's write buffer small
 /// (it keeps the capacity of the largest frame written).
 const STATE_CHUNK: usize = 12;
@@ -179,30 +209,35 @@ const STATE_CHUNK: usize = 12;
 /// How long presence changes are gathered into one `presence_diff`.
 const PRESENCE_WINDOW: Duration = Duration::from_millis(20);
 
+/// How long presence changes are gathered into one `presence_count` (counts mode).
+const COUNT_WINDOW: Duration = Duration::from_secs(1);
+
 /// Starts room actors for the shard.
 pub struct RoomFactory {
     store: Arc<dyn Store>,
     events: Router<EventMessage>,
     fanout: ActorRef<FanOutMessage>,
-    presence_frames: usize,
+    presence: PresenceSettings,
 }
 
 impl RoomFactory {
-    /// Rooms that check events through `events` and broadcast through `fanout`. A joiner's
-    /// presence, and a burst of presence changes, take at most `presence_frames` frames (frames
-    /// grow past [`STATE_CHUNK`] metas in rooms large enough to need it), so they fit in a
-    /// connection's outbound queue.
+    /// Rooms that check events through `events`, broadcast through `fanout` and send presence
+    /// as `presence` says.
     pub fn new(
         store: Arc<dyn Store>,
         events: Router<EventMessage>,
         fanout: ActorRef<FanOutMessage>,
-        presence_frames: usize,
+        presence: PresenceSettings,
     ) -> Self {
+        let presence = PresenceSettings {
+            frames: presence.frames.max(1),
+            limit: presence.limit.max(1),
+        };
         Self {
             store,
             events,
             fanout,
-            presence_frames: presence_frames.max(1),
+            presence,
         }
     }
 }
@@ -223,7 +258,7 @@ impl EntityFactory for RoomFactory {
             cluster: self.events.cluster().clone(),
             shard: activation.shard.clone(),
             idle_after: activation.passivate_after,
-            presence_frames: self.presence_frames,
+            presence: self.presence,
         };
         activation.start(RoomActor, args)
     }
@@ -238,7 +273,7 @@ pub struct RoomArgs {
     cluster: Cluster,
     shard: ActorRef<ShardMessage<RoomCommand>>,
     idle_after: Duration,
-    presence_frames: usize,
+    presence: PresenceSettings,
 }
 
 /// The room actor.
@@ -248,7 +283,8 @@ struct Member {
     /// Shared with the room's other members on the same node.
     node: Arc<str>,
     user_id: i64,
-    meta: Value,
+    /// Shared with the node's fan-out and the published presence.
+    meta: Arc<Value>,
     may_publish: bool,
 }
 
@@ -261,8 +297,8 @@ pub struct Joiner {
     pub user_id: i64,
     /// The node its socket is on.
     pub node: String,
-    /// Its presence meta (with `conn` and `online_at`).
-    pub meta: Value,
+    /// Its presence meta (with `conn` and `online_at`), shared with the node's fan-out.
+    pub meta: Arc<Value>,
 }
 
 /// Everything a room actor holds.
@@ -277,20 +313,27 @@ pub struct RoomState {
     idle: Idle,
     seq: i64,
     history: VecDeque<RoomMessage>,
-    members: HashMap<u64, Member>,
+    /// By connection id, so presence pages in a stable order.
+    members: BTreeMap<u64, Member>,
     /// Members per node: where broadcasts go.
     nodes: HashMap<Arc<str>, usize>,
-    /// At most this many frames for a joiner's presence or a burst of changes.
-    presence_frames: usize,
-    /// Presence as last broadcast; a joiner gets it as `presence_state`, then the next diff.
-    published: BTreeMap<u64, (i64, Value)>,
+    /// Connections per user among the members.
+    users: HashMap<i64, usize>,
+    presence: PresenceSettings,
+    /// Above the presence limit: members receive counts, not lists.
+    counts_mode: bool,
+    /// The (connections, users) last sent in counts mode.
+    counted: (usize, usize),
+    /// Presence as last broadcast in full mode; a joiner gets it as `presence_state`, then the
+    /// next diff. Empty in counts mode.
+    published: BTreeMap<u64, (i64, Arc<Value>)>,
     /// Messages admitted and waiting for the next commit, with their publishers' replies.
     pending: Vec<(i64, Value, PublishReply)>,
     publish_scheduled: bool,
     /// The `presence_state` frame of `published`, built once per change.
     state_frames: Option<Vec<Arc<str>>>,
-    pending_joins: Vec<(u64, i64, Value)>,
-    pending_leaves: Vec<(u64, i64, Value)>,
+    pending_joins: Vec<(u64, i64, Arc<Value>)>,
+    pending_leaves: Vec<(u64, i64, Arc<Value>)>,
     flush_scheduled: bool,
 }
 
@@ -316,9 +359,12 @@ impl Actor for RoomActor {
             idle: Idle::new(args.idle_after),
             seq: 0,
             history: VecDeque::new(),
-            members: HashMap::new(),
+            members: BTreeMap::new(),
             nodes: HashMap::new(),
-            presence_frames: args.presence_frames,
+            users: HashMap::new(),
+            presence: args.presence,
+            counts_mode: false,
+            counted: (0, 0),
             published: BTreeMap::new(),
             pending: Vec::new(),
             publish_scheduled: false,
@@ -379,9 +425,12 @@ impl Actor for RoomActor {
             },
             RoomCommand::CommitMessages => state.commit_pending().await,
             RoomCommand::InjectFault => panic!("fault injected into {}", state.key),
-            RoomCommand::Presence { reply } => {
-                let members = state.members.values().map(|m| (m.user_id, &m.meta));
-                let _ = reply.send(Ok(RoomState::presences(members)));
+            RoomCommand::Presence {
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(Ok(state.presence_page(after, limit)));
             }
             RoomCommand::History {
                 since,

@@ -119,7 +119,12 @@ pub fn document() -> Value {
                 reply echoes. Rooms are `room:{name}` (anyone signed in) and `event:{id}` (while \
                 the event exists; its creator and registered attendees publish). Presence follows \
                 Phoenix: a `presence_state` on join, then `presence_diff`s gathered over 20 ms, \
-                one meta per connection. Close codes: 4001 unauthorized, 4000 heartbeat timeout \
+                one meta per connection. A room above the node's `room_presence_limit` \
+                connections (1000 by default) sends counts instead: a `presence_count` on join \
+                and at most once a second while the counts change, no diffs, until it falls to \
+                half the limit and every member receives a `presence_state` again. The join \
+                reply's `presence` says which (`full` or `counts`); the `presence` op pages \
+                through the connections at any size. Close codes: 4001 unauthorized, 4000 heartbeat timeout \
                 (a connection silent for two heartbeats), 4008 slow consumer, 1009 frame over \
                 64 KiB.",
         },
@@ -188,10 +193,12 @@ mod tests {
             "client_leave",
             "client_publish",
             "client_ping",
+            "client_presence",
             "server_reply",
             "server_message",
             "server_presence_state",
             "server_presence_diff",
+            "server_presence_count",
         ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }

@@ -4,10 +4,11 @@ pub mod listing;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use convene_actors::event::{self, EventMessage};
-use convene_actors::model::{Category, Event, EventPatch, NewEvent};
+pub use convene_actors::model::EventView;
+use convene_actors::model::{Category, EventPatch, NewEvent};
 use convene_actors::rules::permissions;
 use convene_cluster::EntityKey;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 use validator::{Validate, ValidationError};
 use warp::http::StatusCode;
@@ -61,28 +62,6 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
         .or(delete)
         .unify()
         .boxed()
-}
-
-/// An event as the API shows it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct EventView {
-    /// The event.
-    #[serde(flatten)]
-    pub event: Event,
-    /// Seats still free.
-    pub seats_left: i64,
-    /// Price in currency units, absent when free.
-    pub price: Option<f64>,
-}
-
-impl From<Event> for EventView {
-    fn from(event: Event) -> Self {
-        Self {
-            seats_left: event.seats_left(),
-            price: event.price(),
-            event,
-        }
-    }
 }
 
 fn in_future(date: &str) -> Result<(), ValidationError> {
@@ -302,9 +281,14 @@ pub async fn get(id: String, app: App) -> Result<Response, ApiError> {
         .events
         .ask(event_key(&id)?, |reply| EventMessage::Get { reply })
         .await??;
-    let mut res = json(StatusCode::OK, &EventView::from(event.clone()));
+    let mut res = Response::new(event.body.into());
+    let headers = res.headers_mut();
+    headers.insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/json"),
+    );
     if let Ok(v) = warp::http::HeaderValue::from_str(&format!("\"{}\"", event.version)) {
-        res.headers_mut().insert("etag", v);
+        headers.insert("etag", v);
     }
     Ok(res)
 }

@@ -19,6 +19,7 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_app(app.clone()))
         .and(bearer())
+        .and(raw_query())
         .then(presence)
         .map(respond);
     let messages = warp::path!("api" / "v1" / "rooms" / String / "messages")
@@ -36,9 +37,29 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
 pub struct PresenceResponse {
     /// The room.
     pub room: String,
-    /// `{user_id: {"metas": [{"conn": …, "online_at": …, …}]}}`, one meta per connection.
+    /// `{user_id: {"metas": [{"conn": …, "online_at": …, …}]}}`, one meta per connection:
+    /// every connection, or a page of them when `limit` was given.
     #[schema(value_type = Object)]
     pub presences: Presences,
+    /// Connections in the room.
+    pub connections: usize,
+    /// Distinct users in the room.
+    pub users: usize,
+    /// The `after` of the next page, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Paging of a room's presence, by connection.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PresenceQuery {
+    /// The `next` of the previous page.
+    #[param(value_type = Option<String>)]
+    pub after: Option<String>,
+    /// Connections per page, 1 to 1000 (default: every connection).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    pub limit: Option<String>,
 }
 
 /// Recent messages of a room.
@@ -84,21 +105,61 @@ fn room_error(e: RoomError) -> ApiError {
 
 /// Who is present in a room.
 #[utoipa::path(get, path = "/api/v1/rooms/{room}/presence", tag = "rooms", security(("bearer" = [])),
-    params(("room" = String, Path, description = "event:{id} or room:{name}")),
+    params(("room" = String, Path, description = "event:{id} or room:{name}"), PresenceQuery),
     responses(
         (status = 200, description = "Presences", body = PresenceResponse),
+        (status = 400, description = "Malformed query string", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 404, description = "Not a room", body = ErrorBody),
+        (status = 422, description = "Invalid after or limit", body = ErrorBody),
     ))]
-pub async fn presence(room: String, app: App, auth: Option<String>) -> Result<Response, ApiError> {
+pub async fn presence(
+    room: String,
+    app: App,
+    auth: Option<String>,
+    query: String,
+) -> Result<Response, ApiError> {
     app.authenticate(auth.as_deref()).await?;
     let room = room_name(&room)?;
-    let presences = app
+    let q: PresenceQuery = serde_urlencoded::from_str(&query)
+        .map_err(|e| ApiError::BadRequest(format!("malformed query: {e}")))?;
+    let after = match q.after.as_deref().filter(|s| !s.is_empty()).map(str::parse) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => {
+            return Err(ApiError::invalid(
+                "after",
+                "must be the next of a previous page",
+            ));
+        }
+    };
+    let limit = match q
+        .limit
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(str::parse::<usize>)
+    {
+        None => usize::MAX,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => return Err(ApiError::invalid("limit", "must be between 1 and 1000")),
+    };
+    let page = app
         .rooms
-        .ask(room::key(&room), |reply| RoomCommand::Presence { reply })
+        .ask(room::key(&room), |reply| RoomCommand::Presence {
+            after,
+            limit,
+            reply,
+        })
         .await?
         .map_err(room_error)?;
-    Ok(json(StatusCode::OK, &PresenceResponse { room, presences }))
+    let body = PresenceResponse {
+        room,
+        presences: page.presences,
+        connections: page.connections,
+        users: page.users,
+        next: page.next.map(|n| n.to_string()),
+    };
+    Ok(json(StatusCode::OK, &body))
 }
 
 /// The room's recent messages after `since`.

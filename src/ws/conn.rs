@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use convene_actors::fanout::Conn;
 use convene_actors::protocol::{ClientFrame, ClientOp, ServerFrame};
+use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
 use governor::{Quota, RateLimiter};
 use serde_json::Value;
@@ -160,19 +161,17 @@ async fn read(
 ) {
     let per_sec = NonZeroU32::new(app.config.ws_publish_per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
     // Publish replies go out in the order the publishes came, each once its room answered.
-    let (replies, mut pending) = mpsc::unbounded_channel::<PendingReply>();
-    let answering = conn.clone();
-    tokio::spawn(async move {
-        while let Some(reply) = pending.recv().await {
-            answering.push(reply.await);
-        }
-    });
+    let mut replies = FuturesOrdered::<PendingReply>::new();
     let limiter = RateLimiter::direct(Quota::per_second(per_sec));
     let silence = heartbeat * 2;
     let mut deadline = Instant::now() + silence;
     loop {
         let msg = tokio::select! {
             () = conn.closing() => return,
+            Some(reply) = replies.next(), if !replies.is_empty() => {
+                conn.push(reply);
+                continue;
+            }
             () = tokio::time::sleep_until(deadline) => {
                 conn.close_with(CLOSE_TIMEOUT, "heartbeat_timeout");
                 return;
@@ -204,7 +203,7 @@ async fn read(
                     conn,
                     joined,
                     limiter: &limiter,
-                    replies: &replies,
+                    replies: &mut replies,
                 };
                 session.handle(frame).await;
             }

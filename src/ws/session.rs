@@ -7,10 +7,15 @@ use std::sync::Arc;
 use convene_actors::fanout::{Conn, FanOutMessage};
 use convene_actors::protocol::{ClientFrame, ClientOp, ReplyBody, ServerFrame};
 use convene_actors::room::{self, Joiner, RoomCommand, RoomError, parse_room};
+use futures::stream::FuturesOrdered;
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
 
 use crate::app::App;
+
+/// Connections per presence page, unless the client asks for another size.
+const PRESENCE_PAGE: usize = 100;
+/// The largest presence page.
+const MAX_PRESENCE_PAGE: usize = 1000;
 
 /// A reply that is ready once the room has answered.
 pub(super) type PendingReply =
@@ -22,7 +27,7 @@ pub(super) struct Session<'a> {
     pub conn: &'a Arc<Conn>,
     pub joined: &'a mut HashSet<String>,
     pub limiter: &'a governor::DefaultDirectRateLimiter,
-    pub replies: &'a mpsc::UnboundedSender<PendingReply>,
+    pub replies: &'a mut FuturesOrdered<PendingReply>,
 }
 
 /// The connection leaves `room`: this node stops delivering its frames, and the room (wherever
@@ -89,6 +94,13 @@ impl Session<'_> {
                     self.push(refused(r, &RoomError::NotJoined));
                 }
             }
+            ClientOp::Presence { room, after, limit } => {
+                if valid_room(&room) {
+                    self.presence(r, room, after, limit).await;
+                } else {
+                    self.push(refused(r, &RoomError::InvalidRoom));
+                }
+            }
             ClientOp::Publish { room, body } => {
                 if valid_room(&room) {
                     self.publish(r, room, body);
@@ -115,7 +127,7 @@ impl Session<'_> {
             "online_at".into(),
             json!(chrono::Utc::now().timestamp_millis()),
         );
-        let meta = Value::Object(meta);
+        let meta = Arc::new(Value::Object(meta));
         // Subscribed first: the room's answer reaches the connection through this node's
         // fan-out, followed by live traffic, wherever the room lives.
         let _ = app.fanout.cast(FanOutMessage::Subscribe {
@@ -155,6 +167,55 @@ impl Session<'_> {
         }
     }
 
+    async fn presence(
+        &mut self,
+        r: Value,
+        room: String,
+        after: Option<String>,
+        limit: Option<usize>,
+    ) {
+        let after = match after.map(|a| a.parse::<u64>()) {
+            None => None,
+            Some(Ok(a)) => Some(a),
+            Some(Err(_)) => {
+                let message = "after must be the next of a previous page";
+                self.push(ServerFrame::error(r, "invalid_frame", message).encode());
+                return;
+            }
+        };
+        let limit = limit.unwrap_or(PRESENCE_PAGE);
+        if !(1..=MAX_PRESENCE_PAGE).contains(&limit) {
+            let message = format!("limit must be 1 to {MAX_PRESENCE_PAGE}");
+            self.push(ServerFrame::error(r, "invalid_frame", message).encode());
+            return;
+        }
+        let answer = self
+            .app
+            .rooms
+            .ask(room::key(&room), |reply| RoomCommand::Presence {
+                after,
+                limit,
+                reply,
+            })
+            .await;
+        let frame = match answer {
+            Ok(Ok(page)) => {
+                let body = ReplyBody {
+                    room: Some(room),
+                    presences: Some(page.presences),
+                    connections: Some(page.connections),
+                    users: Some(page.users),
+                    next: page.next.map(|n| n.to_string()),
+                    ..ReplyBody::default()
+                };
+                ServerFrame::ok(r, body).encode()
+            }
+            Ok(Err(e)) => refused(r, &e),
+            Err(_) => unavailable(r),
+        };
+        self.push(frame);
+    }
+
     fn publish(&mut self, r: Value, room: String, body: Value) {
         if self.limiter.check().is_err() {
             self.push(
@@ -181,7 +242,7 @@ impl Session<'_> {
                 body,
                 reply,
             });
-        let _ = self.replies.send(Box::pin(async move {
+        self.replies.push_back(Box::pin(async move {
             let answer = match sent {
                 Ok(waiting) => waiting.await,
                 Err(e) => Err(e),

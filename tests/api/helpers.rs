@@ -118,6 +118,7 @@ pub struct Settings {
     pub ws_publish_per_sec: u32,
     pub ws_outbound_queue: usize,
     pub ws_heartbeat_secs: u64,
+    pub room_presence_limit: usize,
 }
 
 impl Default for Settings {
@@ -127,6 +128,7 @@ impl Default for Settings {
             ws_publish_per_sec: 20,
             ws_outbound_queue: 1024,
             ws_heartbeat_secs: 30,
+            room_presence_limit: 1000,
         }
     }
 }
@@ -165,6 +167,10 @@ pub async fn spawn_app_with(backend: Backend, settings: Settings) -> Option<Test
         (
             "CONVENE_WS_HEARTBEAT_SECS",
             settings.ws_heartbeat_secs.to_string(),
+        ),
+        (
+            "CONVENE_ROOM_PRESENCE_LIMIT",
+            settings.room_presence_limit.to_string(),
         ),
         ("CONVENE_REQUEST_TIMEOUT_MS", "20000".to_owned()),
         ("CONVENE_DATABASE_MAX_CONNECTIONS", "10".to_owned()),

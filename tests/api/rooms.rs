@@ -74,7 +74,12 @@ impl Client {
         let reply = self.expect("reply").await;
         assert_eq!(reply["status"], "ok", "{reply}");
         assert_eq!(reply["ref"], "j");
-        self.expect("presence_state").await;
+        if reply["body"]["presence"] == "counts" {
+            self.expect("presence_count").await;
+        } else {
+            assert_eq!(reply["body"]["presence"], "full", "{reply}");
+            self.expect("presence_state").await;
+        }
         reply
     }
 
@@ -611,7 +616,191 @@ async fn a_large_room_fits_a_joiners_queue(app: TestApp) {
     assert!(frames <= 8, "{frames} presence frames for a queue of 16");
 }
 
+/// Reads frames until one that `pred` accepts, returning it and the frames before it.
+async fn until(c: &mut Client, pred: impl Fn(&Value) -> bool) -> (Value, Vec<Value>) {
+    let mut before = Vec::new();
+    loop {
+        let v = c.next().await.expect("open");
+        if pred(&v) {
+            return (v, before);
+        }
+        before.push(v);
+    }
+}
+
+fn count_is(connections: usize, users: usize) -> impl Fn(&Value) -> bool {
+    move |v| v["op"] == "presence_count" && v["connections"] == connections && v["users"] == users
+}
+
+/// The connection ids of presence metas, over every user.
+fn conns(presences: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = presences
+        .as_object()
+        .into_iter()
+        .flat_map(|users| users.values())
+        .flat_map(|u| u["metas"].as_array().cloned().unwrap_or_default())
+        .map(|m| m["conn"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Above the presence limit (4 here) a room sends counts, at most once a second, and no diffs;
+/// its presence is paged on request over WebSocket and REST; at half the limit it sends the
+/// whole presence again and diffs resume.
+async fn a_room_above_the_presence_limit_sends_counts(app: TestApp) {
+    let (a, b, c, d) = (
+        app.sign_up("ann@example.com").await,
+        app.sign_up("bob@example.com").await,
+        app.sign_up("cat@example.com").await,
+        app.sign_up("dan@example.com").await,
+    );
+    let room = "room:stadium";
+    let mut a1 = Client::connect(&app, &a.token).await;
+    let mut a2 = Client::connect(&app, &a.token).await;
+    let mut b1 = Client::connect(&app, &b.token).await;
+    let mut c1 = Client::connect(&app, &c.token).await;
+    for client in [&mut a1, &mut a2, &mut b1, &mut c1] {
+        let reply = client.join(room, None).await;
+        assert_eq!(reply["body"]["presence"], "full");
+    }
+    // The fifth connection crosses the limit: everyone is told the counts instead of a diff.
+    let mut d1 = Client::connect(&app, &d.token).await;
+    d1.join(room, None).await;
+    for client in [&mut a1, &mut d1] {
+        let (_, before) = until(client, count_is(5, 4)).await;
+        assert!(
+            before
+                .iter()
+                .all(|v| v["op"] != "presence_diff" || v["joins"].get(d.id.to_string()).is_none()),
+            "the crossing join came as a diff: {before:?}"
+        );
+    }
+    // A second tab of Bob: the joiner gets the counts with it, and users stay four.
+    let mut b2 = Client::connect(&app, &b.token).await;
+    b2.send(json!({"op": "join", "room": room, "ref": "j"}))
+        .await;
+    let reply = b2.expect("reply").await;
+    assert_eq!(reply["body"]["presence"], "counts", "{reply}");
+    let count = b2.expect("presence_count").await;
+    assert_eq!(
+        (count["connections"].clone(), count["users"].clone()),
+        (json!(6), json!(4))
+    );
+    let (_, before) = until(&mut a1, count_is(6, 4)).await;
+    assert!(
+        before.iter().all(|v| v["op"] != "presence_diff"),
+        "{before:?}"
+    );
+
+    // The list, a page at a time, over WebSocket.
+    b2.send(json!({"op": "presence", "room": room, "limit": 4, "ref": 7}))
+        .await;
+    let first = reply_to(&mut b2, 7, &mut Vec::new()).await;
+    assert_eq!(first["status"], "ok", "{first}");
+    assert_eq!(first["body"]["connections"], 6);
+    assert_eq!(first["body"]["users"], 4);
+    let next = first["body"]["next"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    b2.send(json!({"op": "presence", "room": room, "after": next, "ref": 8}))
+        .await;
+    let second = reply_to(&mut b2, 8, &mut Vec::new()).await;
+    assert!(second["body"].get("next").is_none(), "{second}");
+    let mut paged = conns(&first["body"]["presences"]);
+    paged.extend(conns(&second["body"]["presences"]));
+    paged.sort();
+    assert_eq!(paged.len(), 6);
+    // And over REST: the same connections, paged the same way.
+    let res = app
+        .send(
+            "GET",
+            &format!("/api/v1/rooms/{room}/presence?limit=4"),
+            Some(&a.token),
+            None,
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(res.body["connections"], 6);
+    let next = res.body["next"].as_str().unwrap().to_owned();
+    let rest = app
+        .send(
+            "GET",
+            &format!("/api/v1/rooms/{room}/presence?limit=4&after={next}"),
+            Some(&a.token),
+            None,
+        )
+        .await;
+    let mut by_rest = conns(&res.body["presences"]);
+    by_rest.extend(conns(&rest.body["presences"]));
+    by_rest.sort();
+    assert_eq!(by_rest, paged);
+    assert_eq!(conns(&presence(&app, &a, room).await), paged);
+    // Bad pages change nothing and say why.
+    for (frame, r) in [
+        (
+            json!({"op": "presence", "room": room, "limit": 0, "ref": 9}),
+            9,
+        ),
+        (
+            json!({"op": "presence", "room": room, "after": "x", "ref": 10}),
+            10,
+        ),
+        (
+            json!({"op": "presence", "room": room, "limit": 1001, "ref": 11}),
+            11,
+        ),
+    ] {
+        b2.send(frame).await;
+        let reply = reply_to(&mut b2, r, &mut Vec::new()).await;
+        assert_eq!(reply["status"], "error");
+        assert_eq!(reply["body"]["reason"], "invalid_frame", "{reply}");
+    }
+    for query in ["limit=0", "limit=x", "after=-1"] {
+        let res = app
+            .send(
+                "GET",
+                &format!("/api/v1/rooms/{room}/presence?{query}"),
+                Some(&a.token),
+                None,
+            )
+            .await;
+        assert_eq!(res.status, 422, "{query}: {}", res.body);
+    }
+
+    // Leaving: counts while above half the limit (two), then the whole presence again.
+    drop(b2);
+    drop(d1);
+    until(&mut a1, count_is(4, 3)).await;
+    drop(c1);
+    drop(b1);
+    let (state, before) = until(&mut a1, |v| v["op"] == "presence_state").await;
+    assert!(
+        before.iter().all(|v| v["op"] != "presence_diff"),
+        "{before:?}"
+    );
+    let ours = conns(&state["presences"]);
+    assert_eq!(ours.len(), 2, "{state}");
+    assert!(state["presences"].get(a.id.to_string()).is_some());
+    until(&mut a2, |v| v["op"] == "presence_state").await;
+    // Diffs resume.
+    let mut b3 = Client::connect(&app, &b.token).await;
+    let reply = b3.join(room, None).await;
+    assert_eq!(reply["body"]["presence"], "full");
+    let (diff, _) = until(&mut a1, |v| v["op"] == "presence_diff").await;
+    assert!(diff["joins"].get(b.id.to_string()).is_some(), "{diff}");
+}
+
 on_both!(join_publish, join_publish_and_presence, Settings::default());
+on_both!(
+    presence_counts,
+    a_room_above_the_presence_limit_sends_counts,
+    Settings {
+        room_presence_limit: 4,
+        ..Settings::default()
+    }
+);
 on_both!(limits, bad_input_and_limits, Settings::default());
 on_both!(
     history,

@@ -5,7 +5,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
 
 use crate::error::EntityError;
-use crate::model::{DomainEvent, Event, EventPatch, Registration, RegistrationStatus, topics};
+use crate::model::{
+    DomainEvent, Event, EventJson, EventPatch, Registration, RegistrationStatus, topics,
+};
 use crate::rules::{Principal, permissions};
 use crate::store::{EventCommit, IdempotencyRecord, RegistrationWrite, StoreError};
 
@@ -43,6 +45,23 @@ impl EventState {
             .as_ref()
             .filter(|e| e.deleted_at.is_none())
             .ok_or(EntityError::NotFound)
+    }
+
+    /// The live event's JSON, serialised again only when its version changed.
+    pub(super) fn json(&mut self) -> Result<EventJson, EntityError> {
+        let event = self
+            .event
+            .as_ref()
+            .filter(|e| e.deleted_at.is_none())
+            .ok_or(EntityError::NotFound)?;
+        match &self.json {
+            Some(j) if j.version == event.version => Ok(j.clone()),
+            _ => {
+                let json = EventJson::of(event);
+                self.json = Some(json.clone());
+                Ok(json)
+            }
+        }
     }
 
     /// A timestamp later than every one this actor handed out, so first-come order is total.

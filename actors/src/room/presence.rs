@@ -1,5 +1,6 @@
 //! Presence in a room: who is joined on which node, the diffs gathered over a window, the state a
-//! joiner receives, and taking the members back after the room moved or a node went down.
+//! joiner receives, counts instead of lists above the room's presence limit, pages of presence
+//! on request, and taking the members back after the room moved or a node went down.
 
 use std::sync::Arc;
 
@@ -7,10 +8,11 @@ use ractor::ActorRef;
 use serde_json::Value;
 
 use crate::fanout::{members_on, send_frames};
-use crate::protocol::{Presences, ReplyBody, ServerFrame};
+use crate::protocol::{PresenceMode, Presences, ReplyBody, ServerFrame};
 
 use super::{
-    Joiner, Member, PRESENCE_WINDOW, RoomCommand, RoomError, RoomState, STATE_CHUNK, message_frame,
+    COUNT_WINDOW, Joiner, Member, PRESENCE_WINDOW, PresencePage, RoomCommand, RoomError, RoomState,
+    STATE_CHUNK, message_frame,
 };
 
 impl RoomState {
@@ -43,6 +45,15 @@ impl RoomState {
         }
     }
 
+    /// The room's counts, as members in counts mode receive them.
+    fn count_frame(&self) -> ServerFrame {
+        ServerFrame::PresenceCount {
+            room: self.name().to_owned(),
+            connections: self.members.len(),
+            users: self.users.len(),
+        }
+    }
+
     /// Sends `frames` once to every node with members.
     pub(super) fn broadcast_frames(&self, frames: Vec<Arc<str>>) {
         for node in self.nodes.keys() {
@@ -66,16 +77,30 @@ impl RoomState {
 
     pub(super) fn add_member(&mut self, conn_id: u64, member: Member) {
         *self.nodes.entry(member.node.clone()).or_default() += 1;
+        *self.users.entry(member.user_id).or_default() += 1;
         if let Some(old) = self.members.insert(conn_id, member) {
-            self.forget_node(&old.node);
+            self.forget(&old);
         }
     }
 
-    pub(super) fn forget_node(&mut self, node: &str) {
-        if let Some(n) = self.nodes.get_mut(node) {
+    fn remove_member(&mut self, conn_id: u64) -> Option<Member> {
+        let member = self.members.remove(&conn_id)?;
+        self.forget(&member);
+        Some(member)
+    }
+
+    /// Takes a member that is no longer one out of the per-node and per-user counts.
+    fn forget(&mut self, member: &Member) {
+        if let Some(n) = self.nodes.get_mut(&member.node) {
             *n -= 1;
             if *n == 0 {
-                self.nodes.remove(node);
+                self.nodes.remove(&member.node);
+            }
+        }
+        if let Some(n) = self.users.get_mut(&member.user_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.users.remove(&member.user_id);
             }
         }
     }
@@ -104,14 +129,32 @@ impl RoomState {
         if self.members.contains_key(&conn_id) {
             self.leave(myself, conn_id);
         }
-        self.pending_joins.push((conn_id, user_id, meta.clone()));
+        let member = Member {
+            node: self.node_name(&node),
+            user_id,
+            meta: meta.clone(),
+            may_publish,
+        };
+        self.add_member(conn_id, member);
+        let mode = if self.counts_mode {
+            PresenceMode::Counts
+        } else {
+            PresenceMode::Full
+        };
         let reply = ReplyBody {
             room: Some(self.name().to_owned()),
             seq: Some(self.seq),
+            presence: Some(mode),
             ..ReplyBody::default()
         };
         let mut frames = vec![ServerFrame::ok(join_ref, reply).encode()];
-        frames.extend(self.state_frames());
+        if self.counts_mode {
+            // The joiner is counted at once; everyone else learns of it with the next count.
+            frames.push(self.count_frame().encode());
+        } else {
+            self.pending_joins.push((conn_id, user_id, meta));
+            frames.extend(self.state_frames());
+        }
         frames.extend(missed);
         send_frames(
             &self.cluster,
@@ -121,31 +164,25 @@ impl RoomState {
             Some(conn_id),
             frames,
         );
-        let member = Member {
-            node: self.node_name(&node),
-            user_id,
-            meta,
-            may_publish,
-        };
-        self.add_member(conn_id, member);
         self.schedule_flush(myself);
         Ok(())
     }
 
     pub(super) fn leave(&mut self, myself: &ActorRef<RoomCommand>, conn_id: u64) {
-        let Some(member) = self.members.remove(&conn_id) else {
+        let Some(member) = self.remove_member(conn_id) else {
             return;
         };
-        self.forget_node(&member.node);
-        self.pending_leaves
-            .push((conn_id, member.user_id, member.meta));
+        if !self.counts_mode {
+            self.pending_leaves
+                .push((conn_id, member.user_id, member.meta));
+        }
         self.schedule_flush(myself);
     }
 
     /// Metas per frame for `n` metas: [`STATE_CHUNK`], or more when that would take more than
     /// the room's frame budget.
     pub(super) fn chunk(&self, n: usize) -> usize {
-        STATE_CHUNK.max(n.div_ceil(self.presence_frames))
+        STATE_CHUNK.max(n.div_ceil(self.presence.frames))
     }
 
     /// The presence last broadcast, as a joiner receives it: a `presence_state` with the first
@@ -156,7 +193,11 @@ impl RoomState {
             return f.clone();
         }
         let chunk = self.chunk(self.published.len());
-        let entries: Vec<(i64, &Value)> = self.published.values().map(|(u, m)| (*u, m)).collect();
+        let entries: Vec<(i64, &Value)> = self
+            .published
+            .values()
+            .map(|(u, m)| (*u, m.as_ref()))
+            .collect();
         let mut chunks = entries.chunks(chunk);
         let first = Self::presences(chunks.next().unwrap_or_default().iter().copied());
         let state = ServerFrame::PresenceState {
@@ -175,14 +216,40 @@ impl RoomState {
     pub(super) fn schedule_flush(&mut self, myself: &ActorRef<RoomCommand>) {
         if !self.flush_scheduled {
             self.flush_scheduled = true;
-            myself.send_after(PRESENCE_WINDOW, || RoomCommand::FlushPresence);
+            let window = if self.counts_mode {
+                COUNT_WINDOW
+            } else {
+                PRESENCE_WINDOW
+            };
+            myself.send_after(window, || RoomCommand::FlushPresence);
         }
     }
 
-    /// One `presence_diff` for every join and leave since the last one (joins apply first, so a
-    /// connection that came and went within the window nets out).
+    /// Sends what changed since the last flush. In full mode, one `presence_diff` for every
+    /// join and leave (joins apply first, so a connection that came and went within the window
+    /// nets out); in counts mode, a `presence_count` when the counts changed. Crossing the
+    /// presence limit switches to counts (every member receives a `presence_count`); falling
+    /// to half of it switches back (every member receives the whole presence again).
     pub(super) fn flush_presence(&mut self) {
         self.flush_scheduled = false;
+        if self.counts_mode {
+            if self.members.len() <= self.presence.limit / 2 {
+                self.full_mode();
+            } else if self.counted != (self.members.len(), self.users.len()) {
+                self.send_count();
+            }
+            return;
+        }
+        if self.members.len() > self.presence.limit {
+            self.counts_mode = true;
+            self.pending_joins.clear();
+            self.pending_leaves.clear();
+            self.published.clear();
+            self.state_frames = None;
+            tracing::info!(room = %self.key, members = self.members.len(), "room sends presence counts");
+            self.send_count();
+            return;
+        }
         let joins = std::mem::take(&mut self.pending_joins);
         let leaves = std::mem::take(&mut self.pending_leaves);
         if joins.is_empty() && leaves.is_empty() {
@@ -199,12 +266,54 @@ impl RoomState {
         // makes one large frame nor more frames than a connection's queue holds.
         let size = self.chunk(joins.len() + leaves.len());
         for chunk in joins.chunks(size) {
-            let joins = Self::presences(chunk.iter().map(|(_, u, m)| (*u, m)));
+            let joins = Self::presences(chunk.iter().map(|(_, u, m)| (*u, m.as_ref())));
             self.broadcast(&self.diff(joins, Presences::new()));
         }
         for chunk in leaves.chunks(size) {
-            let leaves = Self::presences(chunk.iter().map(|(_, u, m)| (*u, m)));
+            let leaves = Self::presences(chunk.iter().map(|(_, u, m)| (*u, m.as_ref())));
             self.broadcast(&self.diff(Presences::new(), leaves));
+        }
+    }
+
+    fn send_count(&mut self) {
+        self.counted = (self.members.len(), self.users.len());
+        self.broadcast(&self.count_frame());
+    }
+
+    /// Back to presence lists: every member receives the whole presence, and diffs resume.
+    fn full_mode(&mut self) {
+        self.counts_mode = false;
+        self.counted = (0, 0);
+        self.published = self
+            .members
+            .iter()
+            .map(|(conn, m)| (*conn, (m.user_id, m.meta.clone())))
+            .collect();
+        self.state_frames = None;
+        tracing::info!(room = %self.key, members = self.members.len(), "room sends presence lists");
+        let frames = self.state_frames();
+        self.broadcast_frames(frames);
+    }
+
+    /// The connections after `after`, at most `limit`, grouped by user.
+    pub(super) fn presence_page(&self, after: Option<u64>, limit: usize) -> PresencePage {
+        let from = match after {
+            Some(a) => std::ops::Bound::Excluded(a),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut taken: Vec<(&u64, &Member)> = self
+            .members
+            .range((from, std::ops::Bound::Unbounded))
+            .take(limit.saturating_add(1))
+            .collect();
+        let more = taken.len() > limit;
+        taken.truncate(limit);
+        let next = taken.last().filter(|_| more).map(|(id, _)| **id);
+        PresencePage {
+            presences: Self::presences(taken.iter().map(|(_, m)| (m.user_id, m.meta.as_ref()))),
+            connections: self.members.len(),
+            users: self.users.len(),
+            next,
         }
     }
 
@@ -217,8 +326,6 @@ impl RoomState {
                 .await
                 .unwrap_or_default();
             for m in members {
-                self.published
-                    .insert(m.conn_id, (m.user_id, m.meta.clone()));
                 let member = Member {
                     node: self.node_name(&node),
                     user_id: m.user_id,
@@ -228,12 +335,17 @@ impl RoomState {
                 self.add_member(m.conn_id, member);
             }
         }
-        if !self.members.is_empty() {
-            tracing::info!(room = %self.key, members = self.members.len(), "room took back its connections");
-            // The members may have missed presence changes while the room was away: they get
-            // the whole presence again.
-            let frames = self.state_frames();
-            self.broadcast_frames(frames);
+        if self.members.is_empty() {
+            return;
+        }
+        tracing::info!(room = %self.key, members = self.members.len(), "room took back its connections");
+        // The members may have missed presence changes while the room was away: they get the
+        // whole presence again, or the counts in a large room.
+        if self.members.len() > self.presence.limit {
+            self.counts_mode = true;
+            self.send_count();
+        } else {
+            self.full_mode();
         }
     }
 

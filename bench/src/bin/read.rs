@@ -101,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if let (Some(b), Some(c)) = best {
-        report("event reads", c, "bare warp + HashMap", b, 0.7);
+        report("event reads", c, "bare warp + HashMap", b, 0.85);
     }
     node.shutdown().await;
     Ok(())

@@ -122,6 +122,6 @@ async fn main() -> anyhow::Result<()> {
     );
     let base_run = baseline(&base, &args).await?;
     let convene_run = through_convene(&base, &args).await?;
-    report("registrations", convene_run, "postgres-only", base_run, 3.0);
+    report("registrations", convene_run, "postgres-only", base_run, 8.0);
     Ok(())
 }
