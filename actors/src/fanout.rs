@@ -9,11 +9,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::protocol::Meta;
 use convene_cluster::wire::{decode, encode};
 use convene_cluster::{Cluster, NodeService};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -91,7 +91,7 @@ pub enum FanOutMessage {
         /// The connection.
         conn: Arc<Conn>,
         /// Its presence meta, kept so a restarted room can take the connection back.
-        meta: Arc<Value>,
+        meta: Meta,
     },
     /// Frames for one connection: the room's answer to its join (reply, presence, missed
     /// messages). Live frames follow.
@@ -144,12 +144,12 @@ pub struct RoomMember {
     /// The signed-in user.
     pub user_id: i64,
     /// Its presence meta.
-    pub meta: Arc<Value>,
+    pub meta: Meta,
 }
 
 struct Subscriber {
     conn: Arc<Conn>,
-    meta: Arc<Value>,
+    meta: Meta,
     /// The room answered its join: it receives the room's frames.
     joined: bool,
 }

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::event::EventMessage;
 use crate::fanout::FanOutMessage;
 use crate::idle::Idle;
-use crate::protocol::Presences;
+use crate::protocol::{Meta, Presences};
 use crate::store::{RoomMessage, Store};
 
 mod history;
@@ -284,7 +284,7 @@ struct Member {
     node: Arc<str>,
     user_id: i64,
     /// Shared with the node's fan-out and the published presence.
-    meta: Arc<Value>,
+    meta: Meta,
     may_publish: bool,
 }
 
@@ -298,7 +298,7 @@ pub struct Joiner {
     /// The node its socket is on.
     pub node: String,
     /// Its presence meta (with `conn` and `online_at`), shared with the node's fan-out.
-    pub meta: Arc<Value>,
+    pub meta: Meta,
 }
 
 /// Everything a room actor holds.
@@ -326,14 +326,14 @@ pub struct RoomState {
     counted: (usize, usize),
     /// Presence as last broadcast in full mode; a joiner gets it as `presence_state`, then the
     /// next diff. Empty in counts mode.
-    published: BTreeMap<u64, (i64, Arc<Value>)>,
+    published: BTreeMap<u64, (i64, Meta)>,
     /// Messages admitted and waiting for the next commit, with their publishers' replies.
     pending: Vec<(i64, Value, PublishReply)>,
     publish_scheduled: bool,
     /// The `presence_state` frame of `published`, built once per change.
     state_frames: Option<Vec<Arc<str>>>,
-    pending_joins: Vec<(u64, i64, Arc<Value>)>,
-    pending_leaves: Vec<(u64, i64, Arc<Value>)>,
+    pending_joins: Vec<(u64, i64, Meta)>,
+    pending_leaves: Vec<(u64, i64, Meta)>,
     flush_scheduled: bool,
 }
 

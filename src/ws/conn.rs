@@ -115,13 +115,14 @@ async fn write(
     heartbeat: Duration,
 ) {
     let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-    let mut batch = Vec::with_capacity(64);
     // Writing stops as soon as the connection is asked to close: a client that stopped reading
     // blocks the socket, and its queue filling up is what asks.
     loop {
+        let mut batch = Vec::new();
         tokio::select! {
             biased;
             () = conn.closing() => break,
+            // A fresh batch each time: an idle connection holds no buffer.
             n = rx.recv_many(&mut batch, 64) => {
                 if n == 0 {
                     break;

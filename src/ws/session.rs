@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use convene_actors::fanout::{Conn, FanOutMessage};
-use convene_actors::protocol::{ClientFrame, ClientOp, ReplyBody, ServerFrame};
+use convene_actors::protocol::{self, ClientFrame, ClientOp, ReplyBody, ServerFrame};
 use convene_actors::room::{self, Joiner, RoomCommand, RoomError, parse_room};
 use futures::stream::FuturesOrdered;
 use serde_json::{Map, Value, json};
@@ -127,7 +127,7 @@ impl Session<'_> {
             "online_at".into(),
             json!(chrono::Utc::now().timestamp_millis()),
         );
-        let meta = Arc::new(Value::Object(meta));
+        let meta = protocol::meta(&meta);
         // Subscribed first: the room's answer reaches the connection through this node's
         // fan-out, followed by live traffic, wherever the room lives.
         let _ = app.fanout.cast(FanOutMessage::Subscribe {

@@ -8,7 +8,7 @@ use ractor::ActorRef;
 use serde_json::Value;
 
 use crate::fanout::{members_on, send_frames};
-use crate::protocol::{PresenceMode, Presences, ReplyBody, ServerFrame};
+use crate::protocol::{Meta, PresenceMode, Presences, ReplyBody, ServerFrame};
 
 use super::{
     COUNT_WINDOW, Joiner, Member, PRESENCE_WINDOW, PresencePage, RoomCommand, RoomError, RoomState,
@@ -21,7 +21,7 @@ impl RoomState {
     }
 
     /// `{user_id: {"metas": [...]}}` over (user, meta) pairs.
-    pub(super) fn presences<'a>(entries: impl Iterator<Item = (i64, &'a Value)>) -> Presences {
+    pub(super) fn presences<'a>(entries: impl Iterator<Item = (i64, &'a Meta)>) -> Presences {
         let mut by_user = Presences::new();
         for (user, meta) in entries {
             by_user
@@ -193,11 +193,7 @@ impl RoomState {
             return f.clone();
         }
         let chunk = self.chunk(self.published.len());
-        let entries: Vec<(i64, &Value)> = self
-            .published
-            .values()
-            .map(|(u, m)| (*u, m.as_ref()))
-            .collect();
+        let entries: Vec<(i64, &Meta)> = self.published.values().map(|(u, m)| (*u, m)).collect();
         let mut chunks = entries.chunks(chunk);
         let first = Self::presences(chunks.next().unwrap_or_default().iter().copied());
         let state = ServerFrame::PresenceState {
@@ -266,11 +262,11 @@ impl RoomState {
         // makes one large frame nor more frames than a connection's queue holds.
         let size = self.chunk(joins.len() + leaves.len());
         for chunk in joins.chunks(size) {
-            let joins = Self::presences(chunk.iter().map(|(_, u, m)| (*u, m.as_ref())));
+            let joins = Self::presences(chunk.iter().map(|(_, u, m)| (*u, m)));
             self.broadcast(&self.diff(joins, Presences::new()));
         }
         for chunk in leaves.chunks(size) {
-            let leaves = Self::presences(chunk.iter().map(|(_, u, m)| (*u, m.as_ref())));
+            let leaves = Self::presences(chunk.iter().map(|(_, u, m)| (*u, m)));
             self.broadcast(&self.diff(Presences::new(), leaves));
         }
     }
@@ -310,7 +306,7 @@ impl RoomState {
         taken.truncate(limit);
         let next = taken.last().filter(|_| more).map(|(id, _)| **id);
         PresencePage {
-            presences: Self::presences(taken.iter().map(|(_, m)| (m.user_id, m.meta.as_ref()))),
+            presences: Self::presences(taken.iter().map(|(_, m)| (m.user_id, &m.meta))),
             connections: self.members.len(),
             users: self.users.len(),
             next,
