@@ -106,6 +106,9 @@ pub(super) async fn serve(app: App, mut socket: Socket, token: Option<String>) {
     .await;
 }
 
+/// Frames written together at most.
+const BATCH: usize = 64;
+
 /// Sends queued frames and heartbeat pings until the connection is asked to close, then sends
 /// the close frame (best effort: a client that stopped reading may never see it).
 async fn write(
@@ -115,31 +118,39 @@ async fn write(
     heartbeat: Duration,
 ) {
     let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    // One wait for the close request, registered once: not once per frame.
+    let closing = conn.closing();
+    tokio::pin!(closing);
     // Writing stops as soon as the connection is asked to close: a client that stopped reading
     // blocks the socket, and its queue filling up is what asks.
     loop {
-        let mut batch = Vec::new();
         tokio::select! {
             biased;
-            () = conn.closing() => break,
-            // A fresh batch each time: an idle connection holds no buffer.
-            n = rx.recv_many(&mut batch, 64) => {
-                if n == 0 {
-                    break;
-                }
-                // Frames waiting together go out with one flush.
-                let frames = batch.drain(..).map(|f| Ok(text(f)));
-                let mut frames = futures::stream::iter(frames);
+            () = &mut closing => break,
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
+                // Frames waiting together go out in one write: they gather in the socket's
+                // write buffer (4 KiB, see `upgrade`), then one flush.
+                let sent = async {
+                    sink.feed(text(frame)).await?;
+                    for _ in 1..BATCH {
+                        match rx.try_recv() {
+                            Ok(frame) => sink.feed(text(frame)).await?,
+                            Err(_) => break,
+                        }
+                    }
+                    sink.flush().await
+                };
                 tokio::select! {
                     biased;
-                    () = conn.closing() => break,
-                    sent = sink.send_all(&mut frames) => if sent.is_err() { break },
+                    () = &mut closing => break,
+                    sent = sent => if sent.is_err() { break },
                 }
             }
             _ = ping.tick() => {
                 tokio::select! {
                     biased;
-                    () = conn.closing() => break,
+                    () = &mut closing => break,
                     sent = sink.send(Message::Ping(Bytes::new())) => if sent.is_err() { break },
                 }
             }

@@ -18,6 +18,9 @@ use super::MAX_FRAME;
 use super::conn::serve;
 use crate::app::App;
 
+/// Bytes of queued frames gathered into one write to the socket.
+const WRITE_BUFFER: usize = 4096;
+
 /// Whether a request asks to open the WebSocket at `/ws`.
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.uri().path() == "/ws" && req.headers().contains_key(SEC_WEBSOCKET_KEY)
@@ -60,10 +63,11 @@ pub fn upgrade(app: App, mut req: Request<Incoming>) -> Response {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        // Small buffers that grow for large frames: idle connections stay cheap.
+        // Small buffers that grow for large frames: idle connections stay cheap. Frames written
+        // together gather up to WRITE_BUFFER bytes before a write.
         let config = WebSocketConfig::default()
             .read_buffer_size(1024)
-            .write_buffer_size(0)
+            .write_buffer_size(WRITE_BUFFER)
             .max_message_size(Some(MAX_FRAME * 4))
             .max_frame_size(Some(MAX_FRAME * 4));
         let socket =
