@@ -6,6 +6,7 @@
 //! [`Router::ask`] is the only way the edges reach an entity, wherever it lives.
 
 mod calls;
+mod directory;
 mod key;
 mod membership;
 mod metrics;
@@ -17,6 +18,7 @@ mod router;
 mod shard;
 pub mod wire;
 
+pub use directory::Ticket;
 pub use key::{EntityKey, KeyError};
 pub use membership::{Cluster, MemberReport, MembershipSettings, Owner};
 pub use metrics::ClusterMetrics;

@@ -10,8 +10,9 @@ use std::time::Duration;
 use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort, SpawnErr};
 use tokio::sync::oneshot;
 
+use crate::directory::Directory;
 use crate::registry::LocalKind;
-use crate::shard::{EntityFactory, KindSettings, Shard, ShardArgs, route};
+use crate::shard::{EntityFactory, KindSettings, Shard, ShardArgs, deliver_local, route};
 use crate::wire::{Answer, Forwardable, WireError};
 use crate::{Cluster, EntityKey, ShardMessage, ShardStats};
 
@@ -30,6 +31,7 @@ pub enum AskError {
 pub struct Router<M> {
     cluster: Cluster,
     shard: ActorRef<ShardMessage<M>>,
+    directory: Arc<Directory<M>>,
     timeout: Duration,
 }
 
@@ -38,6 +40,7 @@ impl<M> Clone for Router<M> {
         Self {
             cluster: self.cluster.clone(),
             shard: self.shard.clone(),
+            directory: self.directory.clone(),
             timeout: self.timeout,
         }
     }
@@ -53,15 +56,18 @@ impl<M: Forwardable> Router<M> {
         settings: KindSettings,
     ) -> Result<Self, SpawnErr> {
         let kind = factory.kind();
+        let directory = Arc::new(Directory::new());
         let args = ShardArgs {
             factory: Arc::new(factory),
             settings,
             cluster: cluster.clone(),
+            directory: directory.clone(),
         };
         let (shard, _) = Actor::spawn(None, Shard::<F>::default(), args).await?;
         let router = Self {
             cluster,
             shard,
+            directory,
             timeout: settings.timeout,
         };
         router
@@ -82,7 +88,14 @@ impl<M: Forwardable> Router<M> {
 
     /// Sends a one-way message to the entity of `key`.
     pub fn tell(&self, key: EntityKey, msg: M) -> Result<(), AskError> {
-        if route(&self.cluster, &self.shard, self.timeout, key, msg) {
+        if route(
+            &self.cluster,
+            &self.shard,
+            &self.directory,
+            self.timeout,
+            key,
+            msg,
+        ) {
             Ok(())
         } else {
             Err(AskError::Unavailable)
@@ -127,7 +140,7 @@ impl<M: Forwardable> LocalKind for Router<M> {
     fn deliver(&self, key: EntityKey, body: &[u8]) -> Result<Answer, WireError> {
         let (msg, answer) = M::from_wire(body)?;
         // If the shard is gone the message and its reply port drop, and the answer is `None`.
-        let _ = self.shard.cast(ShardMessage::Deliver { key, msg });
+        deliver_local(&self.shard, &self.directory, key, msg);
         Ok(answer)
     }
 

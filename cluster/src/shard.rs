@@ -18,10 +18,11 @@ use ractor::{
 
 mod forward;
 
+use crate::directory::{Directory, Ticket};
 use crate::wire::Forwardable;
 use crate::{Cluster, EntityKey};
-pub(crate) use forward::route;
 use forward::{Forward, remote_owner};
+pub(crate) use forward::{deliver_local, route};
 
 /// The spawn of one entity actor, in flight.
 pub type Spawning<M> = Pin<Box<dyn Future<Output = Result<ActorRef<M>, SpawnErr>> + Send>>;
@@ -82,6 +83,9 @@ pub enum ShardMessage<M> {
         key: EntityKey,
         /// The message itself.
         msg: M,
+        /// Held until the message is in the actor's mailbox, so that later messages of the
+        /// key wait for it rather than go straight to the actor.
+        ticket: Option<Ticket<M>>,
     },
     /// An entity actor idle long enough asks to be stopped; the shard drains it.
     Passivate {
@@ -119,13 +123,15 @@ pub struct ShardStats {
 }
 
 /// Start-up arguments of a shard.
-pub struct ShardArgs<F> {
+pub struct ShardArgs<F: EntityFactory> {
     /// Starts entity actors.
     pub factory: Arc<F>,
     /// The kind's policy.
     pub settings: KindSettings,
     /// The member list, to tell which keys this node owns.
     pub cluster: Cluster,
+    /// Where the kind's routers find running actors.
+    pub(crate) directory: Arc<Directory<F::Msg>>,
 }
 
 /// The shard actor for one kind. Its state is the table of entity slots.
@@ -137,10 +143,13 @@ impl<F> Default for Shard<F> {
     }
 }
 
+/// Messages waiting for a key's actor, with their tickets.
+type Waiting<M> = VecDeque<(M, Option<Ticket<M>>)>;
+
 enum Slot<M> {
-    Starting(VecDeque<M>),
+    Starting(Waiting<M>),
     Running(ActorRef<M>),
-    Stopping(VecDeque<M>),
+    Stopping(Waiting<M>),
 }
 
 /// Shard state.
@@ -157,7 +166,7 @@ impl<F: EntityFactory> ShardState<F> {
         &mut self,
         myself: &ActorRef<ShardMessage<F::Msg>>,
         key: EntityKey,
-        buf: VecDeque<F::Msg>,
+        buf: Waiting<F::Msg>,
     ) {
         self.slots.insert(key.clone(), Slot::Starting(buf));
         let factory = self.args.factory.clone();
@@ -205,14 +214,20 @@ impl<F: EntityFactory> ShardState<F> {
         }
     }
 
-    fn deliver(&mut self, myself: &ActorRef<ShardMessage<F::Msg>>, key: EntityKey, msg: F::Msg) {
+    fn deliver(
+        &mut self,
+        myself: &ActorRef<ShardMessage<F::Msg>>,
+        key: EntityKey,
+        msg: F::Msg,
+        ticket: Option<Ticket<F::Msg>>,
+    ) {
         if !matches!(self.slots.get(&key), Some(Slot::Running(_))) {
             let Some(msg) = self.follow(myself, &key, msg) else {
                 return;
             };
-            return self.deliver_here(myself, key, msg);
+            return self.deliver_here(myself, key, msg, ticket);
         }
-        self.deliver_here(myself, key, msg);
+        self.deliver_here(myself, key, msg, ticket);
     }
 
     fn deliver_here(
@@ -220,22 +235,24 @@ impl<F: EntityFactory> ShardState<F> {
         myself: &ActorRef<ShardMessage<F::Msg>>,
         key: EntityKey,
         msg: F::Msg,
+        ticket: Option<Ticket<F::Msg>>,
     ) {
         match self.slots.get_mut(&key) {
-            Some(Slot::Starting(buf) | Slot::Stopping(buf)) => buf.push_back(msg),
+            Some(Slot::Starting(buf) | Slot::Stopping(buf)) => buf.push_back((msg, ticket)),
             Some(Slot::Running(actor)) => {
                 if let Err(e) = actor.cast(msg) {
                     // The actor stopped between its last message and this one; its exit
                     // notice is on the way. Start it again with this message first.
+                    self.args.directory.stopping(&key);
                     let mut buf = VecDeque::new();
                     if let ractor::MessagingErr::SendErr(m) = e {
-                        buf.push_back(m);
+                        buf.push_back((m, ticket));
                     }
                     self.by_actor.retain(|_, k| *k != key);
                     self.start(myself, key, buf);
                 }
             }
-            None => self.start(myself, key, VecDeque::from([msg])),
+            None => self.start(myself, key, VecDeque::from([(msg, ticket)])),
         }
     }
 
@@ -275,12 +292,15 @@ impl<F: EntityFactory> ShardState<F> {
             false
         };
         // Messages that waited for a handed-off entity follow its key to the new owner.
-        let buf: VecDeque<F::Msg> = buf
+        let buf: Waiting<F::Msg> = buf
             .into_iter()
-            .filter_map(|m| self.follow(myself, &key, m))
+            .filter_map(|(m, ticket)| Some((self.follow(myself, &key, m)?, ticket)))
             .collect();
         if restart || !buf.is_empty() {
+            self.args.directory.stopping(&key);
             self.start(myself, key, buf);
+        } else {
+            self.args.directory.remove(&key);
         }
     }
 
@@ -297,6 +317,7 @@ impl<F: EntityFactory> ShardState<F> {
             .collect();
         for key in moved {
             if let Some(Slot::Running(actor)) = self.slots.get(&key) {
+                self.args.directory.stopping(&key);
                 let _ = actor.drain();
                 self.slots.insert(key, Slot::Stopping(VecDeque::new()));
                 self.stats.handoffs += 1;
@@ -332,17 +353,21 @@ impl<F: EntityFactory> Actor for Shard<F> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ShardMessage::Deliver { key, msg } => state.deliver(&myself, key, msg),
+            ShardMessage::Deliver { key, msg, ticket } => {
+                state.deliver(&myself, key, msg, ticket);
+            }
             ShardMessage::Started { key, result } => {
                 let Some(Slot::Starting(buf)) = state.slots.remove(&key) else {
                     return Ok(());
                 };
                 match result {
                     Ok(actor) => {
-                        for msg in buf {
+                        for (msg, ticket) in buf {
                             // A send error means it already died; its exit notice restarts it.
                             let _ = actor.cast(msg);
+                            drop(ticket);
                         }
+                        state.args.directory.running(&key, actor.clone());
                         state.by_actor.insert(actor.get_id(), key.clone());
                         state.slots.insert(key.clone(), Slot::Running(actor));
                         if remote_owner::<F::Msg>(&state.args.cluster, &key).is_some() {
@@ -353,6 +378,8 @@ impl<F: EntityFactory> Actor for Shard<F> {
                     Err(reason) => {
                         // Dropping the buffered messages drops their reply ports: each caller
                         // sees the entity as unavailable and may retry.
+                        drop(buf);
+                        state.args.directory.remove(&key);
                         tracing::warn!(%key, %reason, "entity failed to start");
                     }
                 }
@@ -361,6 +388,7 @@ impl<F: EntityFactory> Actor for Shard<F> {
                 if let Some(Slot::Running(actor)) = state.slots.get(&key) {
                     // Drain: messages already in its mailbox are handled before it stops, and
                     // new ones wait here until it has stopped.
+                    state.args.directory.stopping(&key);
                     let _ = actor.drain();
                     state.slots.insert(key, Slot::Stopping(VecDeque::new()));
                     state.stats.passivations += 1;

@@ -2,7 +2,6 @@
 //! and heartbeat pings) and its reader (limits, then each client frame to `session`), and
 //! leaves its rooms when it ends.
 
-use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,9 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use convene_actors::fanout::Conn;
 use convene_actors::protocol::{ClientFrame, ClientOp, ServerFrame};
-use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
-use governor::{Quota, RateLimiter};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -21,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::session::{PendingReply, Session, leave};
+use super::session::{Publishing, Session, leave};
 use super::{
     CLOSE_GRACE, CLOSE_TIMEOUT, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED, MAX_FRAME, NEXT_CONN, Socket,
 };
@@ -85,7 +82,7 @@ pub(super) async fn serve(app: App, mut socket: Socket, token: Option<String>) {
     let (sink, stream) = socket.split();
     let heartbeat = Duration::from_secs(app.config.ws_heartbeat_secs.max(1));
     let writer = tokio::spawn(write(sink, rx, conn.clone(), heartbeat));
-    let mut joined = HashSet::new();
+    let mut joined = Vec::new();
     let mut stream = stream;
     read(&app, &mut stream, &conn, &mut joined, heartbeat).await;
     for room in joined {
@@ -164,23 +161,30 @@ async fn write(
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
 }
 
+/// The next publish reply that is ready, in order; never, while none is waiting.
+async fn next_reply(publishing: &mut Option<Publishing>) -> Option<Arc<str>> {
+    match publishing {
+        Some(p) if !p.replies.is_empty() => p.replies.next().await,
+        _ => std::future::pending().await,
+    }
+}
+
 async fn read(
     app: &App,
     stream: &mut futures::stream::SplitStream<Socket>,
     conn: &Arc<Conn>,
-    joined: &mut HashSet<String>,
+    joined: &mut Vec<String>,
     heartbeat: Duration,
 ) {
     let per_sec = NonZeroU32::new(app.config.ws_publish_per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
-    // Publish replies go out in the order the publishes came, each once its room answered.
-    let mut replies = FuturesOrdered::<PendingReply>::new();
-    let limiter = RateLimiter::direct(Quota::per_second(per_sec));
+    // Made at the first publish: a connection that only listens does without.
+    let mut publishing: Option<Publishing> = None;
     let silence = heartbeat * 2;
     let mut deadline = Instant::now() + silence;
     loop {
         let msg = tokio::select! {
             () = conn.closing() => return,
-            Some(reply) = replies.next(), if !replies.is_empty() => {
+            Some(reply) = next_reply(&mut publishing) => {
                 conn.push(reply);
                 continue;
             }
@@ -214,8 +218,8 @@ async fn read(
                     app,
                     conn,
                     joined,
-                    limiter: &limiter,
-                    replies: &mut replies,
+                    per_sec,
+                    publishing: &mut publishing,
                 };
                 session.handle(frame).await;
             }

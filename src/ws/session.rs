@@ -1,13 +1,14 @@
 //! What a signed-in connection asks, one client frame at a time: join, leave, publish and ping,
 //! each sent to the room's owner through the router and answered with a reply carrying its `ref`.
 
-use std::collections::HashSet;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use convene_actors::fanout::{Conn, FanOutMessage};
 use convene_actors::protocol::{self, ClientFrame, ClientOp, ReplyBody, ServerFrame};
 use convene_actors::room::{self, Joiner, RoomCommand, RoomError, parse_room};
 use futures::stream::FuturesOrdered;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{Map, Value, json};
 
 use crate::app::App;
@@ -25,9 +26,16 @@ pub(super) type PendingReply =
 pub(super) struct Session<'a> {
     pub app: &'a App,
     pub conn: &'a Arc<Conn>,
-    pub joined: &'a mut HashSet<String>,
-    pub limiter: &'a governor::DefaultDirectRateLimiter,
-    pub replies: &'a mut FuturesOrdered<PendingReply>,
+    pub joined: &'a mut Vec<String>,
+    pub per_sec: NonZeroU32,
+    pub publishing: &'a mut Option<Publishing>,
+}
+
+/// What a connection that publishes keeps: its rate limit, and the replies of its publishes,
+/// which go out in the order the publishes came, each once its room answered.
+pub(super) struct Publishing {
+    limiter: DefaultDirectRateLimiter,
+    pub replies: FuturesOrdered<PendingReply>,
 }
 
 /// The connection leaves `room`: this node stops delivering its frames, and the room (wherever
@@ -87,7 +95,8 @@ impl Session<'_> {
             ClientOp::Leave { room } => {
                 if !valid_room(&room) {
                     self.push(refused(r, &RoomError::InvalidRoom));
-                } else if self.joined.remove(&room) {
+                } else if let Some(i) = self.joined.iter().position(|j| *j == room) {
+                    self.joined.swap_remove(i);
                     leave(self.app, &room, self.conn.id);
                     self.push(room_reply(r, room, None));
                 } else {
@@ -160,7 +169,9 @@ impl Session<'_> {
         }
         match answer {
             Ok(Ok(())) => {
-                self.joined.insert(room);
+                if !self.joined.contains(&room) {
+                    self.joined.push(room);
+                }
             }
             Ok(Err(e)) => self.push(refused(r, &e)),
             Err(_) => self.push(unavailable(r)),
@@ -217,7 +228,12 @@ impl Session<'_> {
     }
 
     fn publish(&mut self, r: Value, room: String, body: Value) {
-        if self.limiter.check().is_err() {
+        let per_sec = self.per_sec;
+        let publishing = self.publishing.get_or_insert_with(|| Publishing {
+            limiter: RateLimiter::direct(Quota::per_second(per_sec)),
+            replies: FuturesOrdered::new(),
+        });
+        if publishing.limiter.check().is_err() {
             self.push(
                 ServerFrame::error(r, "rate_limited", "too many publishes; slow down").encode(),
             );
@@ -242,7 +258,7 @@ impl Session<'_> {
                 body,
                 reply,
             });
-        self.replies.push_back(Box::pin(async move {
+        publishing.replies.push_back(Box::pin(async move {
             let answer = match sent {
                 Ok(waiting) => waiting.await,
                 Err(e) => Err(e),

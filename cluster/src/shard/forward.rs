@@ -8,6 +8,7 @@ use ractor::ActorRef;
 use ractor::rpc::CallResult;
 
 use super::ShardMessage;
+use crate::directory::Directory;
 use crate::membership::Owner;
 use crate::protocol::{PeerMessage, reply};
 use crate::wire::{Forwardable, Responder};
@@ -21,6 +22,7 @@ const RETRY_AFTER: Duration = Duration::from_millis(25);
 pub(crate) fn route<M: Forwardable>(
     cluster: &Cluster,
     shard: &ActorRef<ShardMessage<M>>,
+    directory: &Directory<M>,
     timeout: Duration,
     key: EntityKey,
     msg: M,
@@ -42,7 +44,27 @@ pub(crate) fn route<M: Forwardable>(
         },
         None => msg,
     };
-    shard.cast(ShardMessage::Deliver { key, msg }).is_ok()
+    deliver_local(shard, directory, key, msg)
+}
+
+/// Delivers `msg` to the local actor of `key`: straight to it when it runs and nothing for the
+/// key is on its way through the shard, through the shard otherwise.
+pub(crate) fn deliver_local<M: Forwardable>(
+    shard: &ActorRef<ShardMessage<M>>,
+    directory: &Directory<M>,
+    key: EntityKey,
+    msg: M,
+) -> bool {
+    match directory.send(&key, msg) {
+        Ok(()) => true,
+        Err((msg, ticket)) => shard
+            .cast(ShardMessage::Deliver {
+                key,
+                msg,
+                ticket: Some(ticket),
+            })
+            .is_ok(),
+    }
 }
 
 /// The member that owns `key` if it is not this node and the kind is placed.
@@ -126,7 +148,11 @@ impl<M: Forwardable> Forward<M> {
         };
         if self
             .shard
-            .cast(ShardMessage::Deliver { key: self.key, msg })
+            .cast(ShardMessage::Deliver {
+                key: self.key,
+                msg,
+                ticket: None,
+            })
             .is_err()
         {
             return;
