@@ -14,6 +14,7 @@ pub mod rooms;
 pub mod users;
 
 use std::convert::Infallible;
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -103,25 +104,43 @@ const ROUTES: &[(&str, &str)] = &[
     ("/asyncapi.json", "GET"),
 ];
 
+/// A path split at its slashes.
+type Segments = Vec<&'static [u8]>;
+
 /// The route template of a path, so metric labels stay bounded: `{id}` stands for a number,
 /// `{room}` for any one segment, and paths of no known route become `unmatched`.
 pub fn route_template(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    let fits = |template: &str| {
-        let parts: Vec<&str> = template.split('/').collect();
+    // This runs for every request: the templates are split once, the path once, on bytes.
+    static TEMPLATES: LazyLock<Vec<(&'static str, Segments)>> = LazyLock::new(|| {
+        ROUTES
+            .iter()
+            .map(|(r, _)| (*r, r.as_bytes().split(|b| *b == b'/').collect()))
+            .collect()
+    });
+    let mut segments = [&b""[..]; 8];
+    let mut n = 0;
+    for s in path.trim_end_matches('/').as_bytes().split(|b| *b == b'/') {
+        let Some(slot) = segments.get_mut(n) else {
+            return "unmatched";
+        };
+        *slot = s;
+        n += 1;
+    }
+    let segments = &segments[..n];
+    let fits = |parts: &[&[u8]]| {
         parts.len() == segments.len()
-            && parts.iter().zip(&segments).all(|(t, s)| match *t {
-                "{id}" => {
-                    let digits = s.strip_prefix('-').unwrap_or(s);
-                    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+            && parts.iter().zip(segments).all(|(t, s)| match *t {
+                b"{id}" => {
+                    let digits = s.strip_prefix(b"-").unwrap_or(s);
+                    !digits.is_empty() && digits.iter().all(u8::is_ascii_digit)
                 }
-                "{room}" => !s.is_empty(),
+                b"{room}" => !s.is_empty(),
                 _ => t == s,
             })
     };
-    ROUTES
+    TEMPLATES
         .iter()
-        .find(|(r, _)| fits(r))
+        .find(|(_, parts)| fits(parts))
         .map_or("unmatched", |(r, _)| r)
 }
 
@@ -238,6 +257,9 @@ mod tests {
         assert_eq!(route_template("/api/v1/events/"), "/api/v1/events");
         assert_eq!(route_template("/api/v1/events/abc"), "unmatched");
         assert_eq!(route_template("/wp-admin/x.php"), "unmatched");
+        assert_eq!(route_template("/a/b/c/d/e/f/g/h/i/j"), "unmatched");
+        assert_eq!(route_template("/"), "unmatched");
+        assert_eq!(route_template("/health"), "/health");
         assert_eq!(route_template("/api/v1/events/-9"), "/api/v1/events/{id}");
         assert_eq!(
             route_template("/api/v1/rooms/room:lobby/presence"),

@@ -66,7 +66,7 @@ pub fn upgrade(app: App, mut req: Request<Incoming>) -> Response {
         // Small buffers that grow for large frames: idle connections stay cheap. Frames written
         // together gather up to WRITE_BUFFER bytes before a write.
         let config = WebSocketConfig::default()
-            .read_buffer_size(1024)
+            .read_buffer_size(512)
             .write_buffer_size(WRITE_BUFFER)
             .max_message_size(Some(MAX_FRAME * 4))
             .max_frame_size(Some(MAX_FRAME * 4));
