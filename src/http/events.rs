@@ -53,9 +53,10 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
         .and(bearer())
         .then(delete)
         .map(respond);
-    list.or(create)
+    // The hottest route first: an `or` tries its filters in order.
+    get.or(list)
         .unify()
-        .or(get)
+        .or(create)
         .unify()
         .or(patch)
         .unify()
