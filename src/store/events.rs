@@ -226,6 +226,18 @@ impl EventStore for SqlStore {
         let scope = format!("event/{}", e.id);
         on_pool!(self.db, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
+            // The active rows before this batch: the event's count, which every earlier commit
+            // checked. The batch is checked by its own rows, not by recounting the event's.
+            let before = if c.registrations.is_empty() {
+                None
+            } else {
+                let (n,): (i64,) = sqlx::query_as("SELECT registered_count FROM events WHERE id = $1")
+                    .bind(e.id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                Some(n)
+            };
             let done = sqlx::query(
                 "UPDATE events SET title = $1, description = $2, date = $3, location = $4, latitude = $5, \
                  longitude = $6, capacity = $7, registered_count = $8, category = $9, tags = $10, price_cents = $11, \
@@ -252,6 +264,34 @@ impl EventStore for SqlStore {
             .map_err(|err| write_error(err, || StoreError::Conflict))?;
             if done.rows_affected() != 1 {
                 return Err(StoreError::Conflict);
+            }
+            // Each changed row's final status in this batch (the last write wins), and how many
+            // of those rows were active before it.
+            let mut changed: std::collections::HashMap<i64, RegistrationStatus> =
+                std::collections::HashMap::new();
+            for w in c.registrations {
+                if let RegistrationWrite::Update { id, status, .. } = w {
+                    changed.insert(*id, *status);
+                }
+            }
+            let ids: Vec<i64> = changed.keys().copied().collect();
+            let mut were_active = 0;
+            for chunk in ids.chunks(CHUNK) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "SELECT COUNT(*) FROM event_registrations WHERE status = 'active' AND event_id = ",
+                );
+                qb.push_bind(e.id).push(" AND id IN (");
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                qb.push(")");
+                let (n,): (i64,) = qb
+                    .build_query_as()
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                were_active += n;
             }
             // New rows go in by the hundred; the ids come back keyed by user (unique per event).
             let inserts: Vec<(i64, RegistrationStatus, DateTime<Utc>)> = c
@@ -310,16 +350,21 @@ impl EventStore for SqlStore {
                     }
                 }
             }
-            if !c.registrations.is_empty() {
-                // The capacity check again, inside the transaction: whatever the actor believed,
-                // the rows themselves never exceed the capacity.
-                let (active,): (i64,) = sqlx::query_as(
-                    "SELECT COUNT(*) FROM event_registrations WHERE event_id = $1 AND status = 'active'",
-                )
-                .bind(e.id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+            if let Some(before) = before {
+                // The capacity check again, inside the transaction, from the rows written:
+                // whatever the actor believed, the rows never exceed the capacity.
+                let inserted_active = c
+                    .registrations
+                    .iter()
+                    .filter(|w| {
+                        matches!(w, RegistrationWrite::Insert { status: RegistrationStatus::Active, .. })
+                    })
+                    .count() as i64;
+                let now_active = changed
+                    .values()
+                    .filter(|s| **s == RegistrationStatus::Active)
+                    .count() as i64;
+                let active = before - were_active + now_active + inserted_active;
                 if active > e.capacity || active != e.registered_count {
                     return Err(StoreError::Invariant(format!(
                         "event {} would hold {active} active registrations for {} seats (count {})",
