@@ -177,6 +177,9 @@ pub fn key(name: &str) -> EntityKey {
 /// The answer to a publish: the message's seq once it is stored.
 type PublishReply = RpcReplyPort<Result<i64, RoomError>>;
 
+/// The most connections one presence page holds.
+pub const MAX_PRESENCE_PAGE: usize = 1000;
+
 /// A page of a room's presence.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PresencePage {

@@ -57,14 +57,16 @@ impl<M: Message> Directory<M> {
         }
     }
 
-    fn entry(&self, key: &EntityKey) -> Arc<Entry<M>> {
-        let found = self
-            .entries
+    fn get(&self, key: &EntityKey) -> Option<Arc<Entry<M>>> {
+        self.entries
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(key)
-            .cloned();
-        found.unwrap_or_else(|| {
+            .cloned()
+    }
+
+    fn entry(&self, key: &EntityKey) -> Arc<Entry<M>> {
+        self.get(key).unwrap_or_else(|| {
             self.entries
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -112,13 +114,7 @@ impl<M: Message> Directory<M> {
     /// The actor of `key` is about to drain or stop, or has stopped: messages go through the
     /// shard again. Returns once no message is being sent straight to it.
     pub(crate) fn stopping(&self, key: &EntityKey) {
-        let entry = self
-            .entries
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .cloned();
-        if let Some(entry) = entry {
+        if let Some(entry) = self.get(key) {
             *entry.actor.write().unwrap_or_else(PoisonError::into_inner) = None;
         }
     }

@@ -1,7 +1,7 @@
 //! Live rooms over REST: who is present, and the recent messages.
 
 use convene_actors::protocol::Presences;
-use convene_actors::room::{self, RoomCommand, RoomError, parse_room};
+use convene_actors::room::{self, MAX_PRESENCE_PAGE, RoomCommand, RoomError, parse_room};
 use convene_actors::store::RoomMessage;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -140,8 +140,11 @@ pub async fn presence(
         .map(str::parse::<usize>)
     {
         None => usize::MAX,
-        Some(Ok(n)) if (1..=1000).contains(&n) => n,
-        Some(_) => return Err(ApiError::invalid("limit", "must be between 1 and 1000")),
+        Some(Ok(n)) if (1..=MAX_PRESENCE_PAGE).contains(&n) => n,
+        Some(_) => {
+            let message = format!("must be between 1 and {MAX_PRESENCE_PAGE}");
+            return Err(ApiError::invalid("limit", message));
+        }
     };
     let page = app
         .rooms

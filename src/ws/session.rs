@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use convene_actors::fanout::{Conn, FanOutMessage};
 use convene_actors::protocol::{self, ClientFrame, ClientOp, ReplyBody, ServerFrame};
-use convene_actors::room::{self, Joiner, RoomCommand, RoomError, parse_room};
+use convene_actors::room::{self, Joiner, MAX_PRESENCE_PAGE, RoomCommand, RoomError, parse_room};
 use futures::stream::FuturesOrdered;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{Map, Value, json};
@@ -15,8 +15,6 @@ use crate::app::App;
 
 /// Connections per presence page, unless the client asks for another size.
 const PRESENCE_PAGE: usize = 100;
-/// The largest presence page.
-const MAX_PRESENCE_PAGE: usize = 1000;
 
 /// A reply that is ready once the room has answered.
 pub(super) type PendingReply =
