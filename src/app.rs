@@ -14,6 +14,7 @@ use convene_cluster::{Cluster, Router};
 use ractor::ActorRef;
 
 use crate::auth::{Auth, Claims, TokenError};
+use crate::bus::Buses;
 use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
@@ -40,6 +41,8 @@ pub struct Inner {
     pub rooms: Router<RoomCommand>,
     /// Delivers room frames to this node's sockets.
     pub fanout: ActorRef<FanOutMessage>,
+    /// NATS and Kafka, those configured, and the in-process feed of domain events.
+    pub buses: Buses,
     /// The members of the cluster and the owner of each key.
     pub cluster: Cluster,
     /// Set when the node is leaving: health answers 503 so load balancers stop sending work.

@@ -89,6 +89,22 @@ pub struct Config {
     pub down_after_ms: u64,
     /// On SIGTERM, the most a node takes to hand off its entities and exit.
     pub drain_grace_secs: u64,
+    /// NATS server(s) with JetStream; unset means no NATS.
+    pub nats_url: Option<Secret>,
+    /// Kafka bootstrap servers; unset means no Kafka.
+    pub kafka_brokers: Option<String>,
+    /// Put in front of every subject and topic.
+    pub bus_prefix: String,
+    /// The JetStream stream the relay publishes into (created if missing).
+    pub nats_stream: String,
+    /// Partitions of the Kafka topics the relay creates.
+    pub kafka_partitions: i32,
+    /// Outbox rows relayed per round.
+    pub outbox_batch: usize,
+    /// Lifetime of the relay's lease.
+    pub relay_lease_ms: u64,
+    /// Published outbox rows are kept this long.
+    pub outbox_retention_hours: u64,
 }
 
 impl Config {
@@ -171,7 +187,8 @@ impl Config {
                 // Secrets and URLs stay strings even when they look like numbers.
                 let value = match key.as_str() {
                     "jwt_secret" | "database_url" | "node_name" | "data_dir" | "cookie"
-                    | "seeds" | "cluster_advertise" => Value::from(v),
+                    | "seeds" | "cluster_advertise" | "nats_url" | "kafka_brokers"
+                    | "bus_prefix" | "nats_stream" => Value::from(v),
                     _ => value,
                 };
                 prefixed.insert(key, value);

@@ -1,10 +1,11 @@
 //! Convene: an events platform backend. Users, events and their registrations are long-lived
 //! actors (see `convene-actors`) placed on nodes by `convene-cluster`; this crate is the program
 //! around them: configuration, the sqlx store, authentication and revoked tokens, the HTTP and
-//! WebSocket edges and metrics.
+//! WebSocket edges, the buses and the outbox relay, and metrics.
 
 pub mod app;
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod console;
 pub mod http;

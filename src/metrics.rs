@@ -1,10 +1,13 @@
 //! Prometheus metrics of a node, named as the seed names them: `http_requests_total`,
 //! `http_request_duration_seconds` (labelled by route template, never by raw path: see
 //! [`crate::http::route_template`]),
-//! `event_registrations_total` by status, and `convene_actors_active` by kind.
+//! `event_registrations_total` by status, `convene_actors_active` by kind, and the relay's
+//! `convene_outbox_pending`, `convene_bus_published_total`, `convene_bus_publish_seconds` and
+//! `convene_bus_up`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The metric families of one node, in their own registry (so in-process test nodes do not
@@ -20,6 +23,14 @@ pub struct Metrics {
     pub registrations: IntCounterVec,
     /// Entity actors running, by kind.
     pub actors_active: IntGaugeVec,
+    /// Outbox rows not yet published.
+    pub outbox_pending: IntGauge,
+    /// Domain events a bus acknowledged, by bus and type.
+    pub bus_published: IntCounterVec,
+    /// Time for a bus to acknowledge a batch, by bus.
+    pub bus_publish_seconds: HistogramVec,
+    /// 1 when a bus is reachable, by bus.
+    pub bus_up: IntGaugeVec,
 }
 
 impl Metrics {
@@ -52,11 +63,44 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let outbox_pending = IntGauge::new(
+            "convene_outbox_pending",
+            "Outbox rows waiting to be published",
+        )
+        .expect("valid metric");
+        let bus_published = IntCounterVec::new(
+            Opts::new(
+                "convene_bus_published_total",
+                "Domain events a bus acknowledged",
+            ),
+            &["bus", "topic"],
+        )
+        .expect("valid metric");
+        let bus_publish_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "convene_bus_publish_seconds",
+                "Time for a bus to acknowledge a batch of domain events",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
+            &["bus"],
+        )
+        .expect("valid metric");
+        let bus_up = IntGaugeVec::new(
+            Opts::new("convene_bus_up", "1 when the bus is reachable"),
+            &["bus"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
             Box::new(registrations.clone()),
             Box::new(actors_active.clone()),
+            Box::new(outbox_pending.clone()),
+            Box::new(bus_published.clone()),
+            Box::new(bus_publish_seconds.clone()),
+            Box::new(bus_up.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -66,6 +110,10 @@ impl Metrics {
             http_duration,
             registrations,
             actors_active,
+            outbox_pending,
+            bus_published,
+            bus_publish_seconds,
+            bus_up,
         }
     }
 

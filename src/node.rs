@@ -19,6 +19,8 @@ use tokio::sync::oneshot;
 
 use crate::app::{App, Inner};
 use crate::auth::{Auth, load_or_create_secret};
+use crate::bus::Buses;
+use crate::bus::relay::{Relay, RelayArgs, RelayMessage, RelaySettings};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::revocations::Revocations;
@@ -33,6 +35,7 @@ pub struct Node {
     stop: Option<oneshot::Sender<()>>,
     served: tokio::task::JoinHandle<()>,
     shards: Vec<ractor::ActorCell>,
+    relay: ractor::ActorRef<RelayMessage>,
     network: Option<Network>,
 }
 
@@ -250,6 +253,25 @@ impl Node {
         revocations.start(&cluster, store.clone());
         let metrics = Metrics::new();
         metrics.register(cluster.metrics().collectors());
+        let buses = Buses::connect(&config)
+            .await
+            .context("configuring the buses")?;
+        let (relay, _) = Actor::spawn(
+            None,
+            Relay,
+            RelayArgs {
+                store: store.clone(),
+                buses: buses.clone(),
+                metrics: metrics.clone(),
+                settings: RelaySettings {
+                    batch: config.outbox_batch.max(1),
+                    lease: Duration::from_millis(config.relay_lease_ms.max(100)),
+                    retention: Duration::from_secs(config.outbox_retention_hours * 3600),
+                    holder: format!("{}/{}", config.node_name, uuid::Uuid::new_v4().simple()),
+                },
+            },
+        )
+        .await?;
         let network = match network {
             Some(settings) => Some(Network::start(cluster.clone(), settings).await?),
             None => None,
@@ -268,6 +290,7 @@ impl Node {
             events,
             rooms,
             fanout: fanout.clone(),
+            buses,
             cluster,
             draining: AtomicBool::new(false),
             metrics,
@@ -284,6 +307,7 @@ impl Node {
             stop: Some(stop),
             served,
             shards,
+            relay,
             network,
         })
     }
@@ -300,6 +324,11 @@ impl Node {
     pub async fn shutdown(mut self) {
         let deadline = Instant::now() + Duration::from_secs(self.app.config.drain_grace_secs);
         self.app.draining.store(true, Ordering::SeqCst);
+        // The relay gives its lease up, so another node relays at once.
+        let _ = self
+            .relay
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
         if let Some(network) = self.network.take() {
             let cluster = self.app.cluster.clone();
             let heartbeat = cluster.settings().heartbeat;

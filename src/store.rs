@@ -3,12 +3,14 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use convene_actors::StoreError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
+use tokio::sync::Notify;
 
 /// The database behind the store.
 #[derive(Clone, Debug)]
@@ -72,6 +74,8 @@ pub use events::EventFilter;
 #[derive(Clone, Debug)]
 pub struct SqlStore {
     db: Db,
+    /// Woken after every commit that wrote to the outbox, so the relay on this node need not poll.
+    written: Arc<Notify>,
 }
 
 /// Which database a URL names.
@@ -91,6 +95,7 @@ impl SqlStore {
         sqlx::migrate!("./schema/postgres").run(&pool).await?;
         Ok(Self {
             db: Db::Postgres(pool),
+            written: Arc::default(),
         })
     }
 
@@ -114,6 +119,7 @@ impl SqlStore {
             .await?;
         Ok(Self {
             db: Db::Sqlite { write, read },
+            written: Arc::default(),
         })
     }
 

@@ -7,26 +7,27 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Names of the domain events written to the outbox.
+/// Names of the domain events written to the outbox, which are also their subjects on NATS; the
+/// part before the dot is their Kafka topic.
 pub mod topics {
     /// A user signed up.
-    pub const USER_CREATED: &str = "user.created";
+    pub const USER_CREATED: &str = "users.created";
     /// A user changed their name or profile, or was given a role.
-    pub const USER_UPDATED: &str = "user.updated";
+    pub const USER_UPDATED: &str = "users.updated";
     /// An event was published.
-    pub const EVENT_CREATED: &str = "event.created";
+    pub const EVENT_CREATED: &str = "events.created";
     /// An event was changed.
-    pub const EVENT_UPDATED: &str = "event.updated";
+    pub const EVENT_UPDATED: &str = "events.updated";
     /// An event was deleted.
-    pub const EVENT_DELETED: &str = "event.deleted";
+    pub const EVENT_DELETED: &str = "events.deleted";
     /// A seat was taken.
-    pub const REGISTRATION_CREATED: &str = "registration.created";
+    pub const REGISTRATION_CREATED: &str = "registrations.created";
     /// A user joined the waitlist.
-    pub const REGISTRATION_WAITLISTED: &str = "registration.waitlisted";
+    pub const REGISTRATION_WAITLISTED: &str = "registrations.waitlisted";
     /// A waitlisted user got a seat.
-    pub const REGISTRATION_PROMOTED: &str = "registration.promoted";
+    pub const REGISTRATION_PROMOTED: &str = "registrations.promoted";
     /// A registration was cancelled.
-    pub const REGISTRATION_CANCELLED: &str = "registration.cancelled";
+    pub const REGISTRATION_CANCELLED: &str = "registrations.cancelled";
 }
 
 /// A user's role; it decides the permissions put in their tokens.

@@ -182,6 +182,7 @@ impl EventStore for SqlStore {
             );
             write_outbox!(tx, [&created]);
             tx.commit().await.map_err(unavailable)?;
+            self.outbox_written();
             Ok(event)
         })
     }
@@ -394,6 +395,7 @@ impl EventStore for SqlStore {
             }
             write_outbox!(tx, c.events.iter());
             tx.commit().await.map_err(unavailable)?;
+            self.outbox_written();
             Ok(ids)
         })
     }

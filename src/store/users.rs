@@ -73,12 +73,6 @@ impl SqlStore {
     /// Gives the account with this e-mail address a role; `false` when there is no such account.
     pub async fn grant_role(&self, email: &str, role: Role) -> Result<bool, StoreError> {
         let now = Utc::now();
-        let event = DomainEvent::new(
-            topics::USER_UPDATED,
-            "user",
-            json!({"email": email, "role": role.as_str()}),
-            now,
-        );
         on_pool!(self.db, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             let row: Option<(i64,)> = sqlx::query_as(
@@ -91,9 +85,15 @@ impl SqlStore {
             .await
             .map_err(unavailable)?;
             let Some((id,)) = row else { return Ok(false) };
-            let event = DomainEvent { key: format!("user/{id}"), ..event };
+            let event = DomainEvent::new(
+                topics::USER_UPDATED,
+                format!("user/{id}"),
+                json!({"user_id": id, "role": role.as_str()}),
+                now,
+            );
             write_outbox!(tx, [&event]);
             tx.commit().await.map_err(unavailable)?;
+            self.outbox_written();
             Ok(true)
         })
     }
@@ -128,6 +128,7 @@ impl UserStore for SqlStore {
             );
             write_outbox!(tx, [&event]);
             tx.commit().await.map_err(unavailable)?;
+            self.outbox_written();
             Ok(user)
         })
     }
@@ -164,7 +165,9 @@ impl UserStore for SqlStore {
                 return Err(StoreError::Conflict);
             }
             write_outbox!(tx, events.iter());
-            tx.commit().await.map_err(unavailable)
+            tx.commit().await.map_err(unavailable)?;
+            self.outbox_written();
+            Ok(())
         })
     }
 

@@ -45,12 +45,19 @@ struct TestCluster {
     nodes: Vec<Proc>,
     client: reqwest::Client,
     admin: String,
+    /// More settings for every node.
+    env: Vec<(String, String)>,
 }
 
 impl TestCluster {
     /// Starts `n` nodes that know each other as seeds; `None` (skipped) without PostgreSQL
     /// outside CI.
     async fn start(n: usize) -> Option<Self> {
+        Self::start_with(n, Vec::new()).await
+    }
+
+    /// [`Self::start`], with more settings for every node.
+    async fn start_with(n: usize, env: Vec<(String, String)>) -> Option<Self> {
         let database = fresh_postgres().await?;
         let dir = std::env::temp_dir().join(format!("convene-cluster-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -64,6 +71,7 @@ impl TestCluster {
                 .build()
                 .unwrap(),
             admin: String::new(),
+            env,
         };
         for i in 0..n {
             let node = cluster.spawn(i, "cookie-ok").await;
@@ -107,6 +115,7 @@ impl TestCluster {
             .env("CONVENE_DOWN_AFTER_MS", "2000")
             .env("RUST_LOG", "warn,convene=info,convene_cluster=info")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().cloned())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -1130,4 +1139,90 @@ async fn a_room_moves_with_its_owner_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(p["presences"].as_object().unwrap().len(), 2, "{p}");
+}
+
+/// Which node holds the relay's lease, by index.
+async fn relay_holder(cluster: &TestCluster) -> Option<usize> {
+    let mut db = sqlx::PgConnection::connect(&cluster.database)
+        .await
+        .unwrap();
+    let holder: Option<(String,)> =
+        sqlx::query_as("SELECT holder FROM leases WHERE name = 'relay' AND expires_at > NOW()")
+            .fetch_optional(&mut db)
+            .await
+            .unwrap();
+    let (holder,) = holder?;
+    let name = holder.split('/').next().unwrap();
+    cluster.nodes.iter().position(|n| n.name == name)
+}
+
+async fn create_events_on(cluster: &TestCluster, node: usize, n: usize) {
+    for _ in 0..n {
+        let r = cluster
+            .client
+            .post(format!("{}/api/v1/events", cluster.nodes[node].http))
+            .bearer_auth(&cluster.admin)
+            .json(&event_body(5))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_relay_node_hands_the_outbox_to_another_and_loses_nothing() {
+    let nats_url = crate::helpers::service_url("NATS_URL", "nats://127.0.0.1:4222");
+    let Some(client) = crate::bus::nats_client(&nats_url).await else {
+        return;
+    };
+    let (prefix, stream) = crate::bus::names();
+    let env = vec![
+        ("CONVENE_NATS_URL".to_owned(), nats_url),
+        ("CONVENE_BUS_PREFIX".to_owned(), prefix),
+        ("CONVENE_NATS_STREAM".to_owned(), stream.clone()),
+        ("CONVENE_RELAY_LEASE_MS".to_owned(), "1500".to_owned()),
+    ];
+    let Some(mut cluster) = TestCluster::start_with(3, env).await else {
+        return;
+    };
+    let mut holder = None;
+    for _ in 0..100 {
+        holder = relay_holder(&cluster).await;
+        if holder.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let holder = holder.expect("one node takes the relay lease");
+    let other = (holder + 1) % 3;
+    create_events_on(&cluster, other, 20).await;
+    cluster.kill(holder);
+    // Written while the relay's node is dead and its lease not yet expired.
+    create_events_on(&cluster, other, 20).await;
+    let mut db = sqlx::PgConnection::connect(&cluster.database)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (pending,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pending} rows still pending; logs:\n{}",
+            cluster.log(other)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let next = relay_holder(&cluster).await.expect("a live node relays");
+    assert_ne!(next, holder);
+    let rows = crate::bus::outbox(&cluster.database).await;
+    let seen = crate::bus::read_stream(&client, &stream).await;
+    crate::bus::check_exactly_once_in_order(&rows, &seen);
 }

@@ -119,6 +119,8 @@ pub struct Settings {
     pub ws_outbound_queue: usize,
     pub ws_heartbeat_secs: u64,
     pub room_presence_limit: usize,
+    /// More `CONVENE_*` settings, such as the buses'.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Settings {
@@ -129,6 +131,7 @@ impl Default for Settings {
             ws_outbound_queue: 1024,
             ws_heartbeat_secs: 30,
             room_presence_limit: 1000,
+            env: Vec::new(),
         }
     }
 }
@@ -175,7 +178,9 @@ pub async fn spawn_app_with(backend: Backend, settings: Settings) -> Option<Test
         ("CONVENE_REQUEST_TIMEOUT_MS", "20000".to_owned()),
         ("CONVENE_DATABASE_MAX_CONNECTIONS", "10".to_owned()),
     ]
-    .map(|(k, v)| (k.to_owned(), v));
+    .map(|(k, v)| (k.to_owned(), v))
+    .into_iter()
+    .chain(settings.env);
     let overrides = Overrides {
         data_dir: Some(dir.0.clone()),
         ..Default::default()

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod bus;
 mod cluster;
 mod events;
 mod operations;

@@ -1,0 +1,9 @@
+-- The relay's lease (one relay per database).
+
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+
+CREATE INDEX outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL;

@@ -1,0 +1,156 @@
+//! The buses: the versioned envelope a domain event travels in, the publishers to NATS
+//! JetStream and Kafka (each optional), the in-process feed, and the relay that takes the outbox
+//! to all of them (`relay.rs`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use convene_actors::model::DomainEvent;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::config::Config;
+
+pub mod kafka;
+pub mod nats;
+pub mod relay;
+
+/// The version of every envelope type's `data` schema (`schema/events/<type>.json`).
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// What subscribers receive: one domain event, versioned. Its JSON Schema per `type` is in
+/// `schema/events/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The domain event's name, such as `events.created`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The version of `data`'s schema.
+    pub version: u32,
+    /// Unique per domain event: a repeat carries the same id.
+    pub id: Uuid,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// What happened.
+    pub data: Value,
+}
+
+/// A domain event ready for the buses.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The envelope, for consumers in this process.
+    pub envelope: Arc<Envelope>,
+    /// The envelope's `type`: the NATS subject without the prefix.
+    pub kind: String,
+    /// The entity it happened to, such as `event/42`.
+    pub entity: String,
+    /// Its id.
+    pub id: Uuid,
+    /// The serialised envelope.
+    pub body: Bytes,
+}
+
+impl Outgoing {
+    /// Wraps a domain event in its envelope.
+    pub fn new(event: &DomainEvent) -> Self {
+        let envelope = Envelope {
+            kind: event.topic.clone(),
+            version: ENVELOPE_VERSION,
+            id: event.message_id,
+            occurred_at: event.occurred_at,
+            data: event.payload.clone(),
+        };
+        Self {
+            kind: event.topic.clone(),
+            entity: event.key.clone(),
+            id: event.message_id,
+            body: Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default()),
+            envelope: Arc::new(envelope),
+        }
+    }
+
+    /// The entity's id alone (`42` of `event/42`): the Kafka key.
+    pub fn entity_id(&self) -> &str {
+        self.entity.rsplit('/').next().unwrap_or(&self.entity)
+    }
+
+    /// The Kafka topic: the part of the type before its first dot.
+    pub fn family(&self) -> &str {
+        self.kind.split('.').next().unwrap_or(&self.kind)
+    }
+}
+
+/// Why a bus did not take a batch.
+#[derive(Debug, thiserror::Error)]
+#[error("{bus}: {reason}")]
+pub struct BusError {
+    /// Which bus.
+    pub bus: &'static str,
+    /// What went wrong.
+    pub reason: String,
+}
+
+impl BusError {
+    fn new(bus: &'static str, reason: impl std::fmt::Display) -> Self {
+        Self {
+            bus,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// A bus the relay publishes to.
+#[async_trait::async_trait]
+pub trait Publisher: Send + Sync {
+    /// `nats` or `kafka`: its label in metrics and health.
+    fn name(&self) -> &'static str;
+
+    /// Publishes the batch, in order for each entity; `Ok` once the bus acknowledged every
+    /// message. A batch that failed is sent again whole, and the bus or its consumers drop
+    /// the repeats by id.
+    async fn publish(&self, batch: &[Outgoing]) -> Result<(), BusError>;
+
+    /// Whether the bus is reachable, as last seen; checks it again when `probe` is set.
+    async fn up(&self, probe: bool) -> bool;
+}
+
+/// The buses a node publishes to, and its in-process feed of envelopes.
+#[derive(Clone)]
+pub struct Buses {
+    /// NATS and Kafka, those configured.
+    pub publishers: Vec<Arc<dyn Publisher>>,
+    /// Every published envelope, for consumers in this process.
+    pub local: broadcast::Sender<Arc<Envelope>>,
+}
+
+impl Buses {
+    /// Connects to the buses `config` names. Neither needs to be up: publishers connect in the
+    /// background and the relay retries until they answer.
+    pub async fn connect(config: &Config) -> anyhow::Result<Self> {
+        let mut publishers: Vec<Arc<dyn Publisher>> = Vec::new();
+        if let Some(url) = &config.nats_url {
+            publishers.push(Arc::new(
+                nats::Nats::connect(url.expose(), &config.bus_prefix, &config.nats_stream).await?,
+            ));
+        }
+        if let Some(brokers) = &config.kafka_brokers {
+            publishers.push(Arc::new(kafka::Kafka::new(
+                brokers,
+                &config.bus_prefix,
+                config.kafka_partitions,
+            )?));
+        }
+        Ok(Self {
+            publishers,
+            local: broadcast::channel(4096).0,
+        })
+    }
+
+    /// The envelopes published from now on, in this process.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Envelope>> {
+        self.local.subscribe()
+    }
+}

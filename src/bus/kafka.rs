@@ -1,0 +1,156 @@
+//! Kafka publisher: an idempotent producer (`acks=all`), topics `events`, `registrations` and
+//! `users` under the prefix (created when missing), the entity's id as the key so one entity's
+//! events stay in one partition and in order, and the message id in a header.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::sync::OnceCell;
+
+use super::{BusError, Outgoing, Publisher};
+
+const BUS: &str = "kafka";
+
+/// The families of domain events, one topic each.
+const FAMILIES: [&str; 3] = ["events", "registrations", "users"];
+
+/// The Kafka publisher.
+pub struct Kafka {
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    prefix: String,
+    partitions: i32,
+    created: OnceCell<()>,
+    up: Arc<AtomicBool>,
+}
+
+impl Kafka {
+    /// A producer for `brokers`; it connects on first use.
+    pub fn new(brokers: &str, prefix: &str, partitions: i32) -> anyhow::Result<Self> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("client.id", "convene")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "10000")
+            .set("reconnect.backoff.max.ms", "2000");
+        let producer: FutureProducer = config.create()?;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("client.id", "convene-admin")
+            .create()?;
+        Ok(Self {
+            producer,
+            admin,
+            prefix: prefix.to_owned(),
+            partitions: partitions.max(1),
+            created: OnceCell::new(),
+            up: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The topic of a family under the prefix.
+    pub fn topic(&self, family: &str) -> String {
+        format!("{}{family}", self.prefix)
+    }
+
+    async fn ensure_topics(&self) -> Result<(), BusError> {
+        self.created
+            .get_or_try_init(|| async {
+                let names: Vec<String> = FAMILIES.iter().map(|f| self.topic(f)).collect();
+                let topics: Vec<NewTopic> = names
+                    .iter()
+                    .map(|n| NewTopic::new(n, self.partitions, TopicReplication::Fixed(1)))
+                    .collect();
+                let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+                let results = self
+                    .admin
+                    .create_topics(&topics, &options)
+                    .await
+                    .map_err(|e| BusError::new(BUS, format!("creating topics: {e}")))?;
+                for result in results {
+                    match result {
+                        Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((topic, code)) => {
+                            return Err(BusError::new(BUS, format!("creating {topic}: {code}")));
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for Kafka {
+    fn name(&self) -> &'static str {
+        BUS
+    }
+
+    async fn publish(&self, batch: &[Outgoing]) -> Result<(), BusError> {
+        let result = async {
+            self.ensure_topics().await?;
+            let mut deliveries = Vec::with_capacity(batch.len());
+            for m in batch {
+                let topic = self.topic(m.family());
+                let id = m.id.to_string();
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: "message_id",
+                        value: Some(id.as_str()),
+                    })
+                    .insert(Header {
+                        key: "type",
+                        value: Some(m.kind.as_str()),
+                    });
+                let record = FutureRecord::to(&topic)
+                    .key(m.entity_id())
+                    .payload(m.body.as_ref())
+                    .headers(headers);
+                let delivery = self
+                    .producer
+                    .send_result(record)
+                    .map_err(|(e, _)| BusError::new(BUS, e))?;
+                deliveries.push(delivery);
+            }
+            for delivery in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(BusError::new(BUS, e)),
+                    Err(_) => return Err(BusError::new(BUS, "the producer went away")),
+                }
+            }
+            Ok(())
+        }
+        .await;
+        self.up.store(result.is_ok(), Ordering::Relaxed);
+        result
+    }
+
+    async fn up(&self, probe: bool) -> bool {
+        if probe {
+            let producer = self.producer.clone();
+            let reached = tokio::task::spawn_blocking(move || {
+                producer
+                    .client()
+                    .fetch_metadata(None, Duration::from_secs(1))
+                    .is_ok()
+            })
+            .await
+            .unwrap_or(false);
+            self.up.store(reached, Ordering::Relaxed);
+        }
+        self.up.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,166 @@
+//! NATS JetStream publisher: the stream is created when missing, each message carries its id
+//! in `Nats-Msg-Id` (JetStream drops a repeat within the duplicate window), and a message of an
+//! entity is sent only once the previous one of that entity was acknowledged, so a lost publish
+//! can never be overtaken by a later one of the same entity.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use tokio::sync::OnceCell;
+
+use super::{BusError, Outgoing, Publisher};
+
+const BUS: &str = "nats";
+
+/// Repeats of one message id within this window are dropped by the stream.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+
+/// The JetStream publisher.
+pub struct Nats {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    prefix: String,
+    stream: String,
+    created: OnceCell<()>,
+}
+
+impl Nats {
+    /// Connects to `url`; the connection is made (and remade) in the background.
+    pub async fn connect(url: &str, prefix: &str, stream: &str) -> anyhow::Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name("convene")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(2))
+            .max_reconnects(None)
+            .connect(url)
+            .await?;
+        let js = jetstream::context::ContextBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .ack_timeout(Duration::from_secs(5))
+            .build(client.clone());
+        Ok(Self {
+            client,
+            js,
+            prefix: prefix.to_owned(),
+            stream: stream.to_owned(),
+            created: OnceCell::new(),
+        })
+    }
+
+    /// The client, for the inbound side and for tests.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    async fn ensure_stream(&self) -> Result<(), BusError> {
+        self.created
+            .get_or_try_init(|| async {
+                let subjects = ["events.>", "registrations.>", "users.>"]
+                    .map(|s| format!("{}{s}", self.prefix))
+                    .to_vec();
+                self.js
+                    .get_or_create_stream(stream::Config {
+                        name: self.stream.clone(),
+                        subjects,
+                        duplicate_window: DUPLICATE_WINDOW,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| BusError::new(BUS, format!("stream {}: {e}", self.stream)))
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Splits a batch into waves: the first message of each entity, then the second, and so on,
+/// each wave in outbox order.
+fn waves(batch: &[Outgoing]) -> Vec<Vec<&Outgoing>> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut waves: Vec<Vec<&Outgoing>> = Vec::new();
+    for m in batch {
+        let n = seen.entry(m.entity.as_str()).or_default();
+        if waves.len() <= *n {
+            waves.push(Vec::new());
+        }
+        waves[*n].push(m);
+        *n += 1;
+    }
+    waves
+}
+
+#[async_trait::async_trait]
+impl Publisher for Nats {
+    fn name(&self) -> &'static str {
+        BUS
+    }
+
+    async fn publish(&self, batch: &[Outgoing]) -> Result<(), BusError> {
+        self.ensure_stream().await?;
+        for wave in waves(batch) {
+            let mut acks = Vec::with_capacity(wave.len());
+            for m in wave {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    m.id.to_string().as_str(),
+                );
+                headers.insert("Convene-Entity", m.entity.as_str());
+                let subject = format!("{}{}", self.prefix, m.kind);
+                let ack = self
+                    .js
+                    .publish_with_headers(subject, headers, m.body.clone())
+                    .await
+                    .map_err(|e| BusError::new(BUS, e))?;
+                acks.push(ack);
+            }
+            for ack in acks {
+                ack.await.map_err(|e| BusError::new(BUS, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn up(&self, _probe: bool) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(entity: &str, n: u8) -> Outgoing {
+        let event = convene_actors::model::DomainEvent::new(
+            "events.updated",
+            entity,
+            serde_json::Value::Null,
+            chrono::Utc::now(),
+        );
+        Outgoing {
+            envelope: Outgoing::new(&event).envelope,
+            kind: "events.updated".into(),
+            entity: entity.into(),
+            id: uuid::Uuid::from_bytes([n; 16]),
+            body: bytes::Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn one_message_per_entity_in_each_wave_in_outbox_order() {
+        let batch = [
+            out("event/1", 1),
+            out("event/2", 2),
+            out("event/1", 3),
+            out("event/3", 4),
+            out("event/1", 5),
+        ];
+        let ids: Vec<Vec<u8>> = waves(&batch)
+            .iter()
+            .map(|w| w.iter().map(|m| m.id.as_bytes()[0]).collect())
+            .collect();
+        assert_eq!(ids, [vec![1, 2, 4], vec![3], vec![5]]);
+    }
+}

@@ -1,0 +1,575 @@
+//! The outbox relay against real brokers: envelopes on NATS JetStream and Kafka that match their
+//! schemas, the in-process feed of the embedded default, a NATS server killed and restarted while
+//! events are created (nothing lost, nothing doubled, each entity in order, health degraded
+//! meanwhile), and the lease that lets one node of a cluster relay.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::process::{Child, Command};
+
+use crate::helpers::{
+    Backend, Settings, TempDir, TestApp, eventually, service_url, spawn_app_with, unavailable,
+};
+
+/// A prefix and a stream name no other test run uses.
+pub(crate) fn names() -> (String, String) {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    (format!("t{tag}."), format!("T{tag}"))
+}
+
+fn bus_env(prefix: &str, stream: &str, nats: Option<&str>, kafka: Option<&str>) -> Settings {
+    let mut env = vec![
+        ("CONVENE_BUS_PREFIX".to_owned(), prefix.to_owned()),
+        ("CONVENE_NATS_STREAM".to_owned(), stream.to_owned()),
+        ("CONVENE_RELAY_LEASE_MS".to_owned(), "500".to_owned()),
+    ];
+    if let Some(url) = nats {
+        env.push(("CONVENE_NATS_URL".to_owned(), url.to_owned()));
+    }
+    if let Some(brokers) = kafka {
+        env.push(("CONVENE_KAFKA_BROKERS".to_owned(), brokers.to_owned()));
+    }
+    Settings {
+        env,
+        ..Settings::default()
+    }
+}
+
+pub(crate) async fn nats_client(url: &str) -> Option<async_nats::Client> {
+    let connect = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url);
+    match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            unavailable("NATS", e);
+            None
+        }
+        Err(_) => {
+            unavailable("NATS", "connect timed out");
+            None
+        }
+    }
+}
+
+async fn kafka_reachable(brokers: &str) -> bool {
+    let brokers = brokers.to_owned();
+    let reached = tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        consumer
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    match reached {
+        Ok(_) => true,
+        Err(e) => {
+            unavailable("Kafka", e);
+            false
+        }
+    }
+}
+
+/// The outbox as the database holds it: (message id, entity key, type), in commit order.
+pub(crate) async fn outbox(database: &str) -> Vec<(uuid::Uuid, String, String)> {
+    let q = "SELECT message_id, entity_key, topic FROM outbox ORDER BY id";
+    if database.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(database).await.unwrap();
+        sqlx::query_as(q).fetch_all(&mut c).await.unwrap()
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(database).await.unwrap();
+        sqlx::query_as(q).fetch_all(&mut c).await.unwrap()
+    }
+}
+
+async fn pending(database: &str) -> i64 {
+    let q = "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL";
+    let (n,): (i64,) = if database.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(database).await.unwrap();
+        sqlx::query_as(q).fetch_one(&mut c).await.unwrap()
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(database).await.unwrap();
+        sqlx::query_as(q).fetch_one(&mut c).await.unwrap()
+    };
+    n
+}
+
+/// A message as a subscriber saw it: its id header, its entity, its envelope.
+#[derive(Debug, Clone)]
+pub(crate) struct Seen {
+    id: String,
+    entity: String,
+    envelope: Value,
+}
+
+/// Every message in the stream, in stream order.
+pub(crate) async fn read_stream(client: &async_nats::Client, stream: &str) -> Vec<Seen> {
+    let js = jetstream::new(client.clone());
+    let mut stream = js.get_stream(stream).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut seen = Vec::new();
+    for seq in 1..=last {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let header = |name: &str| {
+            m.headers
+                .get(name)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        seen.push(Seen {
+            id: header("Nats-Msg-Id"),
+            entity: header("Convene-Entity"),
+            envelope: serde_json::from_slice(&m.payload).unwrap(),
+        });
+    }
+    seen
+}
+
+/// Checks the subscriber's view against the outbox: every row exactly once after dropping
+/// repeats of an id, and each entity's rows in commit order.
+pub(crate) fn check_exactly_once_in_order(rows: &[(uuid::Uuid, String, String)], seen: &[Seen]) {
+    let mut first = HashSet::new();
+    let deduped: Vec<&Seen> = seen.iter().filter(|s| first.insert(s.id.clone())).collect();
+    let expected: HashSet<String> = rows.iter().map(|r| r.0.to_string()).collect();
+    let got: HashSet<String> = deduped.iter().map(|s| s.id.clone()).collect();
+    assert_eq!(expected.len(), rows.len(), "the outbox holds each id once");
+    let missing: Vec<_> = expected.difference(&got).collect();
+    assert!(missing.is_empty(), "{} domain events lost", missing.len());
+    let extra: Vec<_> = got.difference(&expected).collect();
+    assert!(extra.is_empty(), "{} unknown messages", extra.len());
+    let mut per_entity: HashMap<&str, Vec<String>> = HashMap::new();
+    for (id, entity, _) in rows {
+        per_entity.entry(entity).or_default().push(id.to_string());
+    }
+    let mut arrived: HashMap<&str, Vec<String>> = HashMap::new();
+    for s in &deduped {
+        arrived.entry(&s.entity).or_default().push(s.id.clone());
+    }
+    for (entity, ids) in &per_entity {
+        assert_eq!(
+            arrived.get(entity),
+            Some(ids),
+            "{entity} arrived out of commit order"
+        );
+    }
+}
+
+/// Validates an envelope against its schema in `schema/events/`.
+fn check_schema(envelope: &Value) {
+    let kind = envelope["type"].as_str().expect("an envelope has a type");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("schema/events/{kind}.json"));
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("no schema for {kind}")),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(envelope)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{kind}: {errors:?} in {envelope}");
+}
+
+/// A user, an event and its whole life: registrations, a waitlist, a promotion, an update, a
+/// deletion, a profile change.
+async fn lifecycle(app: &TestApp) {
+    let owner = app.sign_up("owner@example.com").await;
+    let guests = app.sign_up_many("guest", 2).await;
+    let event = app.create_event(&owner, 1).await;
+    for g in &guests {
+        let a = app
+            .send(
+                "POST",
+                &format!("/api/v1/events/{event}/registrations"),
+                Some(&g.token),
+                Some(json!({"waitlist": true})),
+            )
+            .await;
+        assert!(a.status == 201 || a.status == 202, "{}", a.body);
+    }
+    let a = app
+        .send(
+            "DELETE",
+            &format!("/api/v1/events/{event}/registrations/me"),
+            Some(&guests[0].token),
+            None,
+        )
+        .await;
+    assert!(a.status < 300, "{}", a.body);
+    let a = app
+        .send(
+            "PATCH",
+            &format!("/api/v1/events/{event}"),
+            Some(&owner.token),
+            Some(json!({"title": "Rust in Lyon, again"})),
+        )
+        .await;
+    assert!(a.status < 300, "{}", a.body);
+    let a = app
+        .send(
+            "PATCH",
+            "/api/v1/users/me",
+            Some(&owner.token),
+            Some(json!({"name": "Owner"})),
+        )
+        .await;
+    assert!(a.status < 300, "{}", a.body);
+    let a = app
+        .send(
+            "DELETE",
+            &format!("/api/v1/events/{event}"),
+            Some(&owner.token),
+            None,
+        )
+        .await;
+    assert!(a.status < 300, "{}", a.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_publishes_in_process_and_marks_the_outbox() {
+    let app = spawn_app_with(Backend::Sqlite, Settings::default())
+        .await
+        .unwrap();
+    let mut feed = app.node.app.buses.subscribe();
+    lifecycle(&app).await;
+    let rows = outbox(&app.database).await;
+    let mut got = Vec::new();
+    while got.len() < rows.len() {
+        let envelope = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+            .await
+            .expect("every domain event reaches the in-process feed")
+            .unwrap();
+        got.push(envelope.id);
+    }
+    assert_eq!(got, rows.iter().map(|r| r.0).collect::<Vec<_>>());
+    let kinds: HashSet<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    for kind in [
+        "users.created",
+        "users.updated",
+        "events.created",
+        "events.updated",
+        "events.deleted",
+        "registrations.created",
+        "registrations.waitlisted",
+        "registrations.cancelled",
+        "registrations.promoted",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} in {kinds:?}");
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            pending(&app.database).await == 0
+        })
+        .await,
+        "published rows are marked"
+    );
+    let health = app.send("GET", "/health", None, None).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.body["status"], "healthy", "{}", health.body);
+    assert!(health.body["checks"].get("nats").is_none());
+}
+
+async fn relays_to_both(backend: Backend) {
+    let nats_url = service_url("NATS_URL", "nats://127.0.0.1:4222");
+    let brokers = service_url("KAFKA_BROKERS", "127.0.0.1:9092");
+    let Some(client) = nats_client(&nats_url).await else {
+        return;
+    };
+    if !kafka_reachable(&brokers).await {
+        return;
+    }
+    let (prefix, stream) = names();
+    let settings = bus_env(&prefix, &stream, Some(&nats_url), Some(&brokers));
+    let Some(app) = spawn_app_with(backend, settings).await else {
+        return;
+    };
+    lifecycle(&app).await;
+    let rows = outbox(&app.database).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            pending(&app.database).await == 0
+        })
+        .await,
+        "the outbox drains to both buses"
+    );
+
+    let seen = read_stream(&client, &stream).await;
+    check_exactly_once_in_order(&rows, &seen);
+    let kinds: HashMap<String, &str> = rows
+        .iter()
+        .map(|r| (r.0.to_string(), r.2.as_str()))
+        .collect();
+    for s in &seen {
+        check_schema(&s.envelope);
+        assert_eq!(s.envelope["id"], s.id);
+        assert_eq!(s.envelope["type"], kinds[&s.id]);
+        assert_eq!(s.envelope["version"], 1);
+        assert!(
+            !s.envelope.to_string().contains("password"),
+            "{}",
+            s.envelope
+        );
+    }
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("{prefix}reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let topics: Vec<String> = ["events", "registrations", "users"]
+        .iter()
+        .map(|t| format!("{prefix}{t}"))
+        .collect();
+    consumer
+        .subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())
+        .unwrap();
+    let mut from_kafka = Vec::new();
+    let mut records = consumer.stream();
+    while from_kafka.len() < rows.len() {
+        let m = tokio::time::timeout(Duration::from_secs(60), records.next())
+            .await
+            .expect("every domain event reaches Kafka")
+            .unwrap()
+            .unwrap();
+        let envelope: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let kind = envelope["type"].as_str().unwrap().to_owned();
+        assert_eq!(
+            m.topic(),
+            format!("{prefix}{}", kind.split('.').next().unwrap())
+        );
+        let entity = rows
+            .iter()
+            .find(|r| r.0.to_string() == envelope["id"])
+            .map(|r| r.1.clone())
+            .expect("a known message");
+        let key = std::str::from_utf8(m.key().unwrap()).unwrap();
+        assert_eq!(entity.rsplit('/').next().unwrap(), key, "key = entity id");
+        // Kafka orders within a topic: an entity's events, one family at a time.
+        from_kafka.push(Seen {
+            id: envelope["id"].as_str().unwrap().to_owned(),
+            entity: format!("{entity} {}", m.topic()),
+            envelope,
+        });
+    }
+    let per_topic: Vec<_> = rows
+        .iter()
+        .map(|(id, entity, kind)| {
+            let topic = format!("{prefix}{}", kind.split('.').next().unwrap());
+            (*id, format!("{entity} {topic}"), kind.clone())
+        })
+        .collect();
+    check_exactly_once_in_order(&per_topic, &from_kafka);
+
+    let metrics = app.send("GET", "/metrics", None, None).await;
+    let text = metrics.body.as_str().unwrap();
+    for bus in ["nats", "kafka"] {
+        assert!(
+            text.contains(&format!(
+                "convene_bus_published_total{{bus=\"{bus}\",topic=\"events.created\"}} 1"
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!("convene_bus_up{{bus=\"{bus}\"}} 1")));
+    }
+    let health = app.send("GET", "/health", None, None).await;
+    assert_eq!(health.body["status"], "healthy", "{}", health.body);
+    assert_eq!(health.body["checks"]["nats"]["status"], "healthy");
+    assert_eq!(health.body["checks"]["kafka"]["status"], "healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_reach_nats_and_kafka_once_in_order_sqlite() {
+    relays_to_both(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_reach_nats_and_kafka_once_in_order_postgres() {
+    relays_to_both(Backend::Postgres).await;
+}
+
+/// A NATS server of the test's own, on a free port, with its JetStream store in `dir`.
+struct OwnNats {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+fn nats_server_binary() -> Option<String> {
+    for candidate in [
+        "nats-server",
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+    ] {
+        let found = std::process::Command::new(candidate)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if found {
+            return Some(candidate.to_owned());
+        }
+    }
+    None
+}
+
+impl OwnNats {
+    fn new() -> Option<Self> {
+        if nats_server_binary().is_none() {
+            unavailable("nats-server", "not installed");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("convene-nats-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Some(Self {
+            port,
+            dir: TempDir(dir),
+            child: None,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn start(&mut self) {
+        let child = Command::new(nats_server_binary().unwrap())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                tokio::net::TcpStream::connect(&addr).await.is_ok()
+            })
+            .await,
+            "nats-server did not start on {addr}"
+        );
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+}
+
+async fn nats_killed_midway(backend: Backend) {
+    let Some(mut nats) = OwnNats::new() else {
+        return;
+    };
+    let (prefix, stream) = names();
+    let settings = bus_env(&prefix, &stream, Some(&nats.url()), None);
+    // The node starts before its bus: it must come up anyway and catch up later.
+    let Some(app) = spawn_app_with(backend, settings).await else {
+        return;
+    };
+    let health = app.send("GET", "/health", None, None).await;
+    assert_eq!(health.status, 200, "a bus down is not critical");
+    assert_eq!(health.body["status"], "degraded", "{}", health.body);
+    assert_eq!(health.body["checks"]["nats"]["status"], "unhealthy");
+    nats.start().await;
+
+    let owners = app.sign_up_many("owner", 10).await;
+    let created = std::sync::atomic::AtomicUsize::new(0);
+    let work = futures::stream::iter(0..1000)
+        .map(|i| {
+            let (app, owner, created) = (&app, &owners[i % owners.len()], &created);
+            async move {
+                let event = app.create_event(owner, 10).await;
+                let a = app
+                    .send(
+                        "PATCH",
+                        &format!("/api/v1/events/{event}"),
+                        Some(&owner.token),
+                        Some(json!({"capacity": 20})),
+                    )
+                    .await;
+                assert!(a.status < 300, "{}", a.body);
+                created.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>();
+    let outage = async {
+        while created.load(std::sync::atomic::Ordering::SeqCst) < 300 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        nats.kill().await;
+        let degraded = eventually(Duration::from_secs(10), || async {
+            let h = app.send("GET", "/health", None, None).await;
+            h.status == 200 && h.body["status"] == "degraded"
+        })
+        .await;
+        assert!(degraded, "health tells that NATS is down");
+        while created.load(std::sync::atomic::Ordering::SeqCst) < 600 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            pending(&app.database).await > 0,
+            "rows wait in the outbox while NATS is down"
+        );
+        nats.start().await;
+    };
+    tokio::join!(work, outage);
+
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            pending(&app.database).await == 0
+        })
+        .await,
+        "the outbox drains once NATS is back"
+    );
+    let rows = outbox(&app.database).await;
+    assert!(rows.len() >= 2010, "{} rows", rows.len());
+    let client = nats_client(&nats.url()).await.unwrap();
+    let seen = read_stream(&client, &stream).await;
+    check_exactly_once_in_order(&rows, &seen);
+    let health = app.send("GET", "/health", None, None).await;
+    assert_eq!(health.body["status"], "healthy", "{}", health.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_while_events_are_created_loses_and_doubles_nothing_sqlite() {
+    nats_killed_midway(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_while_events_are_created_loses_and_doubles_nothing_postgres() {
+    nats_killed_midway(Backend::Postgres).await;
+}
