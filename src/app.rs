@@ -80,6 +80,34 @@ impl App {
         Self(Arc::new(inner))
     }
 
+    /// The claims of a service token given as `Bearer <token>`: valid, unexpired, not revoked,
+    /// and of the `service` role (a user's token is refused).
+    pub fn authenticate_service(&self, header: Option<&str>) -> Result<Claims, ApiError> {
+        let token = header
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "a service token (`Authorization: Bearer …`) is required".into(),
+                )
+            })?;
+        let claims = self.auth.verify(token).map_err(|e| match e {
+            TokenError::Expired => ApiError::Unauthorized("the token has expired".into()),
+            TokenError::Invalid => ApiError::Unauthorized("the token is invalid".into()),
+        })?;
+        if self.revocations.is_revoked(&claims.jti) {
+            return Err(ApiError::Unauthorized("the token has been revoked".into()));
+        }
+        if !claims.is_service() {
+            return Err(ApiError::Forbidden("commands need a service token".into()));
+        }
+        Ok(claims)
+    }
+
     /// The caller behind an `Authorization: Bearer …` header: a valid, unexpired token of
     /// ours that has not been revoked.
     pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller, ApiError> {

@@ -11,6 +11,13 @@ use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation, decode, encode}
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+/// The role of service tokens; no account has it, so such a token never acts as a user.
+pub const SERVICE_ROLE: &str = "service";
+/// What a service token allows.
+pub const COMMANDS_SEND: &str = "commands:send";
+/// How a service token's subject starts.
+const SERVICE_SUBJECT: &str = "service:";
+
 /// The claims of an access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -31,12 +38,20 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// The user these claims speak for.
+    /// The user these claims speak for; `None` for a service token.
     pub fn principal(&self) -> Option<Principal> {
+        if self.is_service() {
+            return None;
+        }
         Some(Principal {
             user_id: self.sub.parse().ok()?,
             permissions: self.permissions.clone(),
         })
+    }
+
+    /// Whether this is a service token.
+    pub fn is_service(&self) -> bool {
+        self.role == SERVICE_ROLE && self.sub.starts_with(SERVICE_SUBJECT)
     }
 
     /// When the token expires.
@@ -110,6 +125,23 @@ impl Auth {
                 .collect(),
             iat: now,
             exp: now + self.ttl_secs,
+            jti: uuid::Uuid::new_v4().to_string(),
+        };
+        let token = encode(&Header::default(), &claims, &self.encoding)?;
+        Ok((token, claims))
+    }
+
+    /// A token for another service to send commands over the buses: role `service`, the
+    /// permission `commands:send`, subject `service:<name>`, valid `ttl_secs`.
+    pub fn issue_service(&self, name: &str, ttl_secs: i64) -> anyhow::Result<(String, Claims)> {
+        let now = Utc::now().timestamp();
+        let claims = Claims {
+            sub: format!("{SERVICE_SUBJECT}{name}"),
+            email: String::new(),
+            role: SERVICE_ROLE.to_owned(),
+            permissions: vec![COMMANDS_SEND.to_owned()],
+            iat: now,
+            exp: now + ttl_secs,
             jti: uuid::Uuid::new_v4().to_string(),
         };
         let token = encode(&Header::default(), &claims, &self.encoding)?;
@@ -205,6 +237,19 @@ mod tests {
         assert_eq!(back, claims);
         assert_eq!(back.permissions, vec!["events:read", "events:create"]);
         assert_eq!(back.exp - back.iat, 60);
+    }
+
+    #[test]
+    fn a_service_token_sends_commands_and_speaks_for_no_user() {
+        let a = auth(b"0123456789abcdef0123456789abcdef");
+        let (token, _) = a.issue_service("billing", 3600).unwrap();
+        let claims = a.verify(&token).unwrap();
+        assert!(claims.is_service());
+        assert_eq!(claims.permissions, [COMMANDS_SEND]);
+        assert_eq!(claims.exp - claims.iat, 3600);
+        assert!(claims.principal().is_none());
+        let (user_token, _) = a.issue(&user()).unwrap();
+        assert!(!a.verify(&user_token).unwrap().is_service());
     }
 
     #[test]

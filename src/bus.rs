@@ -14,6 +14,8 @@ use uuid::Uuid;
 
 use crate::config::Config;
 
+pub mod commands;
+pub mod consumer;
 pub mod kafka;
 pub mod nats;
 pub mod relay;
@@ -120,8 +122,10 @@ pub trait Publisher: Send + Sync {
 /// The buses a node publishes to, and its in-process feed of envelopes.
 #[derive(Clone)]
 pub struct Buses {
-    /// NATS and Kafka, those configured.
-    pub publishers: Vec<Arc<dyn Publisher>>,
+    /// NATS, when configured.
+    pub nats: Option<Arc<nats::Nats>>,
+    /// Kafka, when configured.
+    pub kafka: Option<Arc<kafka::Kafka>>,
     /// Every published envelope, for consumers in this process.
     pub local: broadcast::Sender<Arc<Envelope>>,
 }
@@ -130,23 +134,37 @@ impl Buses {
     /// Connects to the buses `config` names. Neither needs to be up: publishers connect in the
     /// background and the relay retries until they answer.
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
-        let mut publishers: Vec<Arc<dyn Publisher>> = Vec::new();
-        if let Some(url) = &config.nats_url {
-            publishers.push(Arc::new(
+        let nats = match &config.nats_url {
+            Some(url) => Some(Arc::new(
                 nats::Nats::connect(url.expose(), &config.bus_prefix, &config.nats_stream).await?,
-            ));
-        }
-        if let Some(brokers) = &config.kafka_brokers {
-            publishers.push(Arc::new(kafka::Kafka::new(
+            )),
+            None => None,
+        };
+        let kafka = match &config.kafka_brokers {
+            Some(brokers) => Some(Arc::new(kafka::Kafka::new(
                 brokers,
                 &config.bus_prefix,
                 config.kafka_partitions,
-            )?));
-        }
+            )?)),
+            None => None,
+        };
         Ok(Self {
-            publishers,
+            nats,
+            kafka,
             local: broadcast::channel(4096).0,
         })
+    }
+
+    /// The buses the relay publishes to.
+    pub fn publishers(&self) -> Vec<Arc<dyn Publisher>> {
+        let mut all: Vec<Arc<dyn Publisher>> = Vec::new();
+        if let Some(n) = &self.nats {
+            all.push(n.clone());
+        }
+        if let Some(k) = &self.kafka {
+            all.push(k.clone());
+        }
+        all
     }
 
     /// The envelopes published from now on, in this process.

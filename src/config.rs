@@ -97,6 +97,8 @@ pub struct Config {
     pub bus_prefix: String,
     /// The JetStream stream the relay publishes into (created if missing).
     pub nats_stream: String,
+    /// The Kafka consumer group of the command topic (under the prefix).
+    pub kafka_group: String,
     /// Partitions of the Kafka topics the relay creates.
     pub kafka_partitions: i32,
     /// Outbox rows relayed per round.

@@ -1,5 +1,6 @@
 //! The `convene` command: `serve` runs a node; `migrate` applies the schema; `users grant-role`
-//! gives an account a role; `cluster status` prints a running cluster's members.
+//! gives an account a role; `tokens issue` mints a service token for the bus commands;
+//! `cluster status` prints a running cluster's members.
 
 use std::path::PathBuf;
 
@@ -53,6 +54,28 @@ enum Command {
     Users {
         #[command(subcommand)]
         command: UsersCommand,
+    },
+    /// Mints tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Prints a new token signed with the cluster's secret (jwt_secret, or the one under the
+    /// data directory).
+    Issue {
+        /// `service`: lets another system send commands over NATS and Kafka.
+        #[arg(long)]
+        role: String,
+        /// How long it is valid, such as `30d`, `12h` or `90m`.
+        #[arg(long, default_value = "30d")]
+        ttl: String,
+        /// Who it is for; shown in its subject (`service:<name>`).
+        #[arg(long, default_value = "default")]
+        name: String,
     },
 }
 
@@ -112,6 +135,29 @@ async fn main() -> anyhow::Result<()> {
         Command::Cluster {
             command: ClusterCommand::Status { url, token, key },
         } => convene::console::cluster_status(&url, &token, key.as_deref()).await,
+        Command::Tokens {
+            command: TokensCommand::Issue { role, ttl, name },
+        } => {
+            if role != convene::auth::SERVICE_ROLE {
+                anyhow::bail!(
+                    "only `--role service` tokens are minted here; users get theirs by logging in"
+                );
+            }
+            let ttl = humantime::parse_duration(&ttl)
+                .with_context(|| format!("`{ttl}` is not a duration such as 30d or 12h"))?;
+            let ttl = i64::try_from(ttl.as_secs()).context("the ttl is too long")?;
+            anyhow::ensure!(ttl > 0, "the ttl must be at least a second");
+            let secret = convene::node::token_secret(&config)?;
+            let auth = convene::auth::Auth::new(&secret, ttl, 1024, 1)?;
+            let (token, claims) = auth.issue_service(&name, ttl)?;
+            eprintln!(
+                "service token for {}, expires {}",
+                claims.sub,
+                claims.expires_at().to_rfc3339()
+            );
+            println!("{token}");
+            Ok(())
+        }
         Command::Migrate => {
             let store = open_store(&config).await?;
             println!("migrations applied ({})", store.backend());

@@ -2,8 +2,8 @@
 //! `http_request_duration_seconds` (labelled by route template, never by raw path: see
 //! [`crate::http::route_template`]),
 //! `event_registrations_total` by status, `convene_actors_active` by kind, and the relay's
-//! `convene_outbox_pending`, `convene_bus_published_total`, `convene_bus_publish_seconds` and
-//! `convene_bus_up`.
+//! `convene_outbox_pending`, `convene_bus_published_total`, `convene_bus_publish_seconds`,
+//! `convene_bus_up` and `convene_bus_commands_total`.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -31,6 +31,8 @@ pub struct Metrics {
     pub bus_publish_seconds: HistogramVec,
     /// 1 when a bus is reachable, by bus.
     pub bus_up: IntGaugeVec,
+    /// Commands taken from a bus, by bus and the status answered.
+    pub bus_commands: IntCounterVec,
 }
 
 impl Metrics {
@@ -92,8 +94,17 @@ impl Metrics {
             &["bus"],
         )
         .expect("valid metric");
+        let bus_commands = IntCounterVec::new(
+            Opts::new(
+                "convene_bus_commands_total",
+                "Commands taken from a bus, by the status answered",
+            ),
+            &["bus", "status"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(bus_commands.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
             Box::new(registrations.clone()),
             Box::new(actors_active.clone()),
@@ -114,6 +125,7 @@ impl Metrics {
             bus_published,
             bus_publish_seconds,
             bus_up,
+            bus_commands,
         }
     }
 

@@ -19,8 +19,8 @@ use tokio::sync::oneshot;
 
 use crate::app::{App, Inner};
 use crate::auth::{Auth, load_or_create_secret};
-use crate::bus::Buses;
 use crate::bus::relay::{Relay, RelayArgs, RelayMessage, RelaySettings};
+use crate::bus::{Buses, commands, consumer};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::revocations::Revocations;
@@ -36,6 +36,9 @@ pub struct Node {
     served: tokio::task::JoinHandle<()>,
     shards: Vec<ractor::ActorCell>,
     relay: ractor::ActorRef<RelayMessage>,
+    /// The NATS responder and the Kafka consumer of commands, and what stops them.
+    inbound: Vec<tokio::task::JoinHandle<()>>,
+    stop_inbound: tokio::sync::watch::Sender<bool>,
     network: Option<Network>,
 }
 
@@ -62,6 +65,19 @@ pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
             SqlStore::sqlite(&config.data_dir.join("convene.db"))
                 .await
                 .context("opening SQLite")
+        }
+    }
+}
+
+/// The token signing secret: `jwt_secret`, or the one kept under the data directory (made on
+/// first use).
+pub fn token_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    match &config.jwt_secret {
+        Some(s) if s.expose().len() >= 32 => Ok(s.expose().as_bytes().to_vec()),
+        Some(_) => anyhow::bail!("jwt_secret must be at least 32 bytes"),
+        None => {
+            std::fs::create_dir_all(&config.data_dir)?;
+            load_or_create_secret(&config.data_dir)
         }
     }
 }
@@ -168,14 +184,7 @@ impl Node {
     /// Starts a node with `config`, listening on its `listen` address (port 0 picks one).
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let store = open_store(&config).await?;
-        let secret = match &config.jwt_secret {
-            Some(s) if s.expose().len() >= 32 => s.expose().as_bytes().to_vec(),
-            Some(_) => anyhow::bail!("jwt_secret must be at least 32 bytes"),
-            None => {
-                std::fs::create_dir_all(&config.data_dir)?;
-                load_or_create_secret(&config.data_dir)?
-            }
-        };
+        let secret = token_secret(&config)?;
         let auth = Auth::new(
             &secret,
             config.token_ttl_secs,
@@ -298,6 +307,26 @@ impl Node {
             started: Instant::now(),
             dummy_hash,
         });
+        let mut inbound = Vec::new();
+        let (stop_inbound, inbound_stopped) = tokio::sync::watch::channel(false);
+        if let Some(nats) = &app.buses.nats {
+            let prefix = config.bus_prefix.clone();
+            inbound.push(commands::serve_nats(
+                app.clone(),
+                nats.client().clone(),
+                prefix,
+                inbound_stopped.clone(),
+            ));
+        }
+        if let Some(kafka) = &app.buses.kafka {
+            let group = format!("{}{}", config.bus_prefix, config.kafka_group);
+            inbound.push(consumer::serve_kafka(
+                app.clone(),
+                kafka.clone(),
+                group,
+                inbound_stopped,
+            ));
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(serve(listener, app.clone(), stopped));
         tracing::info!(%addr, backend = app.store.backend(), node = %config.node_name, "node started");
@@ -308,6 +337,8 @@ impl Node {
             served,
             shards,
             relay,
+            inbound,
+            stop_inbound,
             network,
         })
     }
@@ -324,6 +355,17 @@ impl Node {
     pub async fn shutdown(mut self) {
         let deadline = Instant::now() + Duration::from_secs(self.app.config.drain_grace_secs);
         self.app.draining.store(true, Ordering::SeqCst);
+        // Commands still on the buses go to the other nodes (or wait for this one's return):
+        // the Kafka consumer commits what it carried out and leaves its group.
+        let _ = self.stop_inbound.send(true);
+        for mut task in self.inbound.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
         // The relay gives its lease up, so another node relays at once.
         let _ = self
             .relay

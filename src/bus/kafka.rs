@@ -18,13 +18,25 @@ use super::{BusError, Outgoing, Publisher};
 
 const BUS: &str = "kafka";
 
-/// The families of domain events, one topic each.
-const FAMILIES: [&str; 3] = ["events", "registrations", "users"];
+/// The topics under the prefix: one per family of domain events, the registration commands and
+/// their dead letters.
+const TOPICS: [&str; 5] = [
+    "events",
+    "registrations",
+    "users",
+    COMMANDS_TOPIC,
+    DEAD_LETTERS_TOPIC,
+];
+/// Registration commands, as NATS takes them on `cmd.events.<id>.<action>`.
+pub const COMMANDS_TOPIC: &str = "registrations.requests";
+/// Commands that cannot be carried out, with the reason in a header.
+pub const DEAD_LETTERS_TOPIC: &str = "registrations.requests.dlq";
 
 /// The Kafka publisher.
 pub struct Kafka {
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
+    brokers: String,
     prefix: String,
     partitions: i32,
     created: OnceCell<()>,
@@ -51,6 +63,7 @@ impl Kafka {
         Ok(Self {
             producer,
             admin,
+            brokers: brokers.to_owned(),
             prefix: prefix.to_owned(),
             partitions: partitions.max(1),
             created: OnceCell::new(),
@@ -58,15 +71,26 @@ impl Kafka {
         })
     }
 
-    /// The topic of a family under the prefix.
+    /// The producer, shared with the dead-letter path.
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    /// A topic under the prefix.
     pub fn topic(&self, family: &str) -> String {
         format!("{}{family}", self.prefix)
     }
 
-    async fn ensure_topics(&self) -> Result<(), BusError> {
+    /// The brokers, as configured.
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// Creates the topics that are missing.
+    pub async fn ensure_topics(&self) -> Result<(), BusError> {
         self.created
             .get_or_try_init(|| async {
-                let names: Vec<String> = FAMILIES.iter().map(|f| self.topic(f)).collect();
+                let names: Vec<String> = TOPICS.iter().map(|f| self.topic(f)).collect();
                 let topics: Vec<NewTopic> = names
                     .iter()
                     .map(|n| NewTopic::new(n, self.partitions, TopicReplication::Fixed(1)))

@@ -143,7 +143,7 @@ impl RelayState {
         for m in &out {
             *per_kind.entry(m.kind.as_str()).or_default() += 1;
         }
-        for bus in &args.buses.publishers {
+        for bus in &args.buses.publishers() {
             let started = Instant::now();
             let result = bus.publish(&out).await;
             let up = args.metrics.bus_up.with_label_values(&[bus.name()]);
@@ -196,7 +196,7 @@ impl RelayState {
         }
         let probe = self.ticks % PROBE_EVERY == 0;
         self.ticks += 1;
-        for bus in &args.buses.publishers {
+        for bus in &args.buses.publishers() {
             let up = bus.up(probe).await;
             args.metrics
                 .bus_up

@@ -127,13 +127,20 @@ impl ApiError {
     }
 }
 
-impl Reply for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
+impl ApiError {
+    /// The JSON body, as every edge answers it.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
             error: self.code().to_owned(),
             message: self.to_string(),
             details: self.details(),
-        };
+        }
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body();
         let mut res =
             warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
         if matches!(self, Self::Unavailable(_)) {

@@ -216,7 +216,7 @@ pub struct UpdateEventRequest {
 }
 
 /// The key of the event whose id is the path segment `id`.
-pub(super) fn event_key(id: &str) -> Result<EntityKey, ApiError> {
+pub fn event_key(id: &str) -> Result<EntityKey, ApiError> {
     Ok(event::key(parse_id(id)?))
 }
 

@@ -113,7 +113,7 @@ pub async fn health(app: App) -> Response {
     let healthy = checks.values().all(|c| c.status == "healthy");
     // The buses are not critical: while one is down the outbox keeps what it would carry.
     let mut degraded = false;
-    for bus in &app.buses.publishers {
+    for bus in &app.buses.publishers() {
         let up = bus.up(false).await;
         degraded |= !up;
         checks.insert(

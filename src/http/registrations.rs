@@ -4,6 +4,7 @@
 use convene_actors::event::EventMessage;
 use convene_actors::model::Registration;
 use convene_actors::rules::RegistrationOutcome;
+use convene_cluster::EntityKey;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use warp::http::StatusCode;
@@ -87,6 +88,27 @@ pub async fn register(
 ) -> Result<Response, ApiError> {
     let caller = app.authenticate(auth.as_deref()).await?;
     let key = event_key(&id)?;
+    let req: SeatRequest = parse_json(&body, Some(SeatRequest::default()))?;
+    let (status, answer) = take_seat(
+        &app,
+        key,
+        caller.principal.user_id,
+        req.waitlist,
+        idempotency_key,
+    )
+    .await?;
+    Ok(json(status, &answer))
+}
+
+/// Asks the event's actor for a seat for `user_id`, as the HTTP API and the bus commands do:
+/// 201 taken, 200 already had one, 202 waitlisted; `event_full` and `event_past` conflicts.
+pub async fn take_seat(
+    app: &App,
+    key: EntityKey,
+    user_id: i64,
+    waitlist: bool,
+    idempotency_key: Option<String>,
+) -> Result<(StatusCode, RegistrationResponse), ApiError> {
     if let Some(k) = &idempotency_key {
         if k.is_empty() || k.len() > 255 || k.chars().any(|c| c.is_control()) {
             return Err(ApiError::BadRequest(
@@ -94,13 +116,11 @@ pub async fn register(
             ));
         }
     }
-    let req: SeatRequest = parse_json(&body, Some(SeatRequest::default()))?;
-    let user_id = caller.principal.user_id;
     let outcome = app
         .events
         .ask(key, |reply| EventMessage::Register {
             user_id,
-            waitlist: req.waitlist,
+            waitlist,
             idempotency_key,
             reply,
         })
@@ -131,7 +151,15 @@ pub async fn register(
             });
         }
     };
-    Ok(json(status, &RegistrationResponse { registration }))
+    Ok((status, RegistrationResponse { registration }))
+}
+
+/// Cancels `user_id`'s registration through the event's actor (404 when there is none).
+pub async fn give_up_seat(app: &App, key: EntityKey, user_id: i64) -> Result<(), ApiError> {
+    app.events
+        .ask(key, |reply| EventMessage::Cancel { user_id, reply })
+        .await??;
+    Ok(())
 }
 
 /// Cancels the signed-in user's registration; the oldest waitlisted user takes the seat.
@@ -145,10 +173,7 @@ pub async fn register(
 pub async fn cancel(id: String, app: App, auth: Option<String>) -> Result<Response, ApiError> {
     let caller = app.authenticate(auth.as_deref()).await?;
     let key = event_key(&id)?;
-    let user_id = caller.principal.user_id;
-    app.events
-        .ask(key, |reply| EventMessage::Cancel { user_id, reply })
-        .await??;
+    give_up_seat(&app, key, caller.principal.user_id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod bus;
 mod cluster;
+mod commands;
 mod events;
 mod operations;
 mod registrations;
