@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 
+pub mod bridge;
 pub mod commands;
 pub mod consumer;
 pub mod kafka;

@@ -107,6 +107,9 @@ pub struct Config {
     pub relay_lease_ms: u64,
     /// Published outbox rows are kept this long.
     pub outbox_retention_hours: u64,
+    /// The NATS↔Kafka bridge's routes (none by default).
+    #[serde(default)]
+    pub bridge: crate::bus::bridge::BridgeConfig,
 }
 
 impl Config {
@@ -273,6 +276,16 @@ mod tests {
             assert_eq!(c.node_name, format!("convene-{i}"));
             assert_eq!(c.seeds.len(), 3);
         }
+    }
+
+    #[test]
+    fn the_bridge_example_loads() {
+        let path = PathBuf::from("config/bridge.toml");
+        let c = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.bridge.to_kafka[0].subject, "events.*");
+        assert!(!c.bridge.to_nats.is_empty());
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert!(c.bridge.is_empty());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! [`crate::http::route_template`]),
 //! `event_registrations_total` by status, `convene_actors_active` by kind, and the relay's
 //! `convene_outbox_pending`, `convene_bus_published_total`, `convene_bus_publish_seconds`,
-//! `convene_bus_up` and `convene_bus_commands_total`.
+//! `convene_bus_up` and `convene_bus_commands_total`, and the bridge's
+//! `convene_bridge_messages_total`.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -33,6 +34,8 @@ pub struct Metrics {
     pub bus_up: IntGaugeVec,
     /// Commands taken from a bus, by bus and the status answered.
     pub bus_commands: IntCounterVec,
+    /// Messages the bridge saw, by route and outcome (forwarded, looped, failed).
+    pub bridge_messages: IntCounterVec,
 }
 
 impl Metrics {
@@ -102,8 +105,17 @@ impl Metrics {
             &["bus", "status"],
         )
         .expect("valid metric");
+        let bridge_messages = IntCounterVec::new(
+            Opts::new(
+                "convene_bridge_messages_total",
+                "Messages the NATS-Kafka bridge saw, by route and outcome",
+            ),
+            &["route", "outcome"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(bus_commands.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(bridge_messages.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
             Box::new(registrations.clone()),
@@ -126,6 +138,7 @@ impl Metrics {
             bus_publish_seconds,
             bus_up,
             bus_commands,
+            bridge_messages,
         }
     }
 

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use crate::app::{App, Inner};
 use crate::auth::{Auth, load_or_create_secret};
 use crate::bus::relay::{Relay, RelayArgs, RelayMessage, RelaySettings};
-use crate::bus::{Buses, commands, consumer};
+use crate::bus::{Buses, bridge, commands, consumer};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::revocations::Revocations;
@@ -36,7 +36,7 @@ pub struct Node {
     served: tokio::task::JoinHandle<()>,
     shards: Vec<ractor::ActorCell>,
     relay: ractor::ActorRef<RelayMessage>,
-    /// The NATS responder and the Kafka consumer of commands, and what stops them.
+    /// The NATS responder, the Kafka consumer of commands and the bridge, and what stops them.
     inbound: Vec<tokio::task::JoinHandle<()>>,
     stop_inbound: tokio::sync::watch::Sender<bool>,
     network: Option<Network>,
@@ -324,8 +324,21 @@ impl Node {
                 app.clone(),
                 kafka.clone(),
                 group,
-                inbound_stopped,
+                inbound_stopped.clone(),
             ));
+        }
+        if !config.bridge.is_empty() {
+            let (Some(nats), Some(kafka)) = (&app.buses.nats, &app.buses.kafka) else {
+                anyhow::bail!("the bridge needs both nats_url and kafka_brokers");
+            };
+            inbound.extend(bridge::start(
+                &config.bridge,
+                nats.client().clone(),
+                kafka.clone(),
+                format!("{}{}-bridge", config.bus_prefix, config.kafka_group),
+                app.metrics.clone(),
+                inbound_stopped.clone(),
+            )?);
         }
         let (stop, stopped) = oneshot::channel::<()>();
         let served = tokio::spawn(serve(listener, app.clone(), stopped));

@@ -91,28 +91,33 @@ impl Kafka {
         self.created
             .get_or_try_init(|| async {
                 let names: Vec<String> = TOPICS.iter().map(|f| self.topic(f)).collect();
-                let topics: Vec<NewTopic> = names
-                    .iter()
-                    .map(|n| NewTopic::new(n, self.partitions, TopicReplication::Fixed(1)))
-                    .collect();
-                let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
-                let results = self
-                    .admin
-                    .create_topics(&topics, &options)
-                    .await
-                    .map_err(|e| BusError::new(BUS, format!("creating topics: {e}")))?;
-                for result in results {
-                    match result {
-                        Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                        Err((topic, code)) => {
-                            return Err(BusError::new(BUS, format!("creating {topic}: {code}")));
-                        }
-                    }
-                }
-                Ok(())
+                self.create_topics(&names).await
             })
             .await
             .map(|_| ())
+    }
+
+    /// Creates these topics (full names) if they are missing, with the configured partitions.
+    pub async fn create_topics(&self, names: &[String]) -> Result<(), BusError> {
+        let topics: Vec<NewTopic> = names
+            .iter()
+            .map(|n| NewTopic::new(n, self.partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+        let results = self
+            .admin
+            .create_topics(&topics, &options)
+            .await
+            .map_err(|e| BusError::new(BUS, format!("creating topics: {e}")))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(BusError::new(BUS, format!("creating {topic}: {code}")));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

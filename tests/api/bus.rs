@@ -62,7 +62,7 @@ pub(crate) async fn nats_client(url: &str) -> Option<async_nats::Client> {
     }
 }
 
-async fn kafka_reachable(brokers: &str) -> bool {
+pub(crate) async fn kafka_reachable(brokers: &str) -> bool {
     let brokers = brokers.to_owned();
     let reached = tokio::task::spawn_blocking(move || {
         let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()

@@ -121,6 +121,8 @@ pub struct Settings {
     pub room_presence_limit: usize,
     /// More `CONVENE_*` settings, such as the buses'.
     pub env: Vec<(String, String)>,
+    /// A configuration file's text (for sections the environment cannot express).
+    pub file: Option<String>,
 }
 
 impl Default for Settings {
@@ -132,6 +134,7 @@ impl Default for Settings {
             ws_heartbeat_secs: 30,
             room_presence_limit: 1000,
             env: Vec::new(),
+            file: None,
         }
     }
 }
@@ -185,7 +188,12 @@ pub async fn spawn_app_with(backend: Backend, settings: Settings) -> Option<Test
         data_dir: Some(dir.0.clone()),
         ..Default::default()
     };
-    let config = Config::load(None, env, &overrides).unwrap();
+    let file = settings.file.map(|text| {
+        let path = dir.0.join("convene.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    let config = Config::load(file.as_deref(), env, &overrides).unwrap();
     let node = Node::start(config).await.unwrap();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))

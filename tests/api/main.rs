@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod bridge;
 mod bus;
 mod cluster;
 mod commands;
