@@ -2,8 +2,8 @@
 //! `users` under the prefix (created when missing), the entity's id as the key so one entity's
 //! events stay in one partition and in order, and the message id in a header.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -34,7 +34,9 @@ pub const DEAD_LETTERS_TOPIC: &str = "registrations.requests.dlq";
 
 /// The Kafka publisher.
 pub struct Kafka {
-    producer: FutureProducer,
+    /// Replaced when librdkafka declares it unusable (a fatal error of the idempotent producer).
+    producer: RwLock<FutureProducer>,
+    config: ClientConfig,
     admin: AdminClient<DefaultClientContext>,
     brokers: String,
     prefix: String,
@@ -55,13 +57,14 @@ impl Kafka {
             .set("linger.ms", "2")
             .set("message.timeout.ms", "10000")
             .set("reconnect.backoff.max.ms", "2000");
-        let producer: FutureProducer = config.create()?;
+        let producer = RwLock::new(config.create()?);
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("client.id", "convene-admin")
             .create()?;
         Ok(Self {
             producer,
+            config,
             admin,
             brokers: brokers.to_owned(),
             prefix: prefix.to_owned(),
@@ -72,8 +75,29 @@ impl Kafka {
     }
 
     /// The producer, shared with the dead-letter path.
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
+    pub fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the producer if librdkafka declared it unusable.
+    fn recover(&self) {
+        let producer = self.producer();
+        let Some((code, reason)) = producer.client().fatal_error() else {
+            return;
+        };
+        tracing::warn!(?code, %reason, "the Kafka producer failed for good; making a new one");
+        match self.config.create() {
+            Ok(fresh) => {
+                *self
+                    .producer
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+            }
+            Err(e) => tracing::warn!(error = %e, "a new Kafka producer could not be made"),
+        }
     }
 
     /// A topic under the prefix.
@@ -128,6 +152,7 @@ impl Publisher for Kafka {
     }
 
     async fn publish(&self, batch: &[Outgoing]) -> Result<(), BusError> {
+        let producer = self.producer();
         let result = async {
             self.ensure_topics().await?;
             let mut deliveries = Vec::with_capacity(batch.len());
@@ -147,8 +172,7 @@ impl Publisher for Kafka {
                     .key(m.entity_id())
                     .payload(m.body.as_ref())
                     .headers(headers);
-                let delivery = self
-                    .producer
+                let delivery = producer
                     .send_result(record)
                     .map_err(|(e, _)| BusError::new(BUS, e))?;
                 deliveries.push(delivery);
@@ -163,13 +187,16 @@ impl Publisher for Kafka {
             Ok(())
         }
         .await;
+        if result.is_err() {
+            self.recover();
+        }
         self.up.store(result.is_ok(), Ordering::Relaxed);
         result
     }
 
     async fn up(&self, probe: bool) -> bool {
         if probe {
-            let producer = self.producer.clone();
+            let producer = self.producer();
             let reached = tokio::task::spawn_blocking(move || {
                 producer
                     .client()

@@ -1,6 +1,6 @@
 //! The NATS↔Kafka bridge against the real brokers: NATS to Kafka and Kafka to NATS with headers
-//! and keys carried across, and a pair of routes that would loop forever without the origin
-//! header.
+//! and keys carried across, a pair of routes that would loop forever without the origin
+//! header, and a NATS server restarted under the bridge.
 
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::brokers::OwnNats;
 use crate::bus::{kafka_reachable, names, nats_client};
 use crate::helpers::{Backend, Settings, eventually, service_url, spawn_app_with};
 
@@ -251,4 +252,124 @@ subject = "{p}loop.back"
     let mut payloads: Vec<&str> = records.iter().map(|r| r.1.as_str()).collect();
     payloads.sort();
     assert_eq!(payloads, ["from kafka", "from nats"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_rides_out_a_nats_restart() {
+    let brokers = service_url("KAFKA_BROKERS", "127.0.0.1:9092");
+    if !kafka_reachable(&brokers).await {
+        return;
+    }
+    let Some(mut nats) = OwnNats::new() else {
+        return;
+    };
+    nats.start().await;
+    let (p, stream) = names();
+    let file = format!(
+        r#"
+[[bridge.to_kafka]]
+subject = "{p}in.>"
+topic = "{p}from-nats"
+
+[[bridge.to_nats]]
+topic = "{p}to-nats"
+subject = "{p}out"
+"#
+    );
+    let settings = Settings {
+        env: vec![
+            ("CONVENE_NATS_URL".into(), nats.url()),
+            ("CONVENE_KAFKA_BROKERS".into(), brokers.clone()),
+            ("CONVENE_BUS_PREFIX".into(), p.clone()),
+            ("CONVENE_NATS_STREAM".into(), stream),
+        ],
+        file: Some(file),
+        ..Settings::default()
+    };
+    let app = spawn_app_with(Backend::Sqlite, settings).await.unwrap();
+    let client = nats_client(&nats.url()).await.unwrap();
+    // What reaches `out` is kept across the restart, so nothing depends on who reconnects first.
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BRIDGED".into(),
+        subjects: vec![format!("{p}out")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let forwarded = || async {
+        let text = app.send("GET", "/metrics", None, None).await.body;
+        text.as_str()
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("nats:") && l.contains("outcome=\"forwarded\""))
+            .filter(|l| l.contains(&format!("nats:{p}in.>")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let ready = eventually(Duration::from_secs(30), || async {
+        client
+            .publish(format!("{p}in.probe"), "probe".into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        forwarded().await > 0
+    })
+    .await;
+    assert!(ready, "the bridge forwards before the restart");
+
+    nats.kill().await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for i in 0..20 {
+        producer
+            .send(
+                FutureRecord::to(&format!("{p}to-nats"))
+                    .key("k")
+                    .payload(&format!("r{i}")),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nats.start().await;
+
+    // Kafka to NATS: the records produced while NATS was down arrive, in order.
+    let arrived = eventually(Duration::from_secs(60), || async {
+        let Ok(mut s) = js.get_stream("BRIDGED").await else {
+            return false;
+        };
+        s.info().await.is_ok_and(|i| i.state.messages >= 20)
+    })
+    .await;
+    assert!(arrived, "the records produced during the outage reach NATS");
+    let mut s = js.get_stream("BRIDGED").await.unwrap();
+    let last = s.info().await.unwrap().state.last_sequence;
+    let mut payloads = Vec::new();
+    for seq in 1..=last {
+        let m = s.get_raw_message(seq).await.unwrap();
+        let p = String::from_utf8(m.payload.to_vec()).unwrap();
+        if !payloads.contains(&p) {
+            payloads.push(p);
+        }
+    }
+    let expected: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+    assert_eq!(payloads, expected);
+
+    // NATS to Kafka: the subscription is back after the restart.
+    let before = forwarded().await;
+    let resumed = eventually(Duration::from_secs(30), || async {
+        client
+            .publish(format!("{p}in.after"), "after".into())
+            .await
+            .is_ok()
+            && client.flush().await.is_ok()
+            && forwarded().await > before
+    })
+    .await;
+    assert!(resumed, "NATS messages are bridged again after the restart");
 }

@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -15,10 +14,10 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{Value, json};
 use sqlx::Connection;
-use tokio::process::{Child, Command};
 
+use crate::brokers::{OwnKafka, OwnNats};
 use crate::helpers::{
-    Backend, Settings, TempDir, TestApp, eventually, service_url, spawn_app_with, unavailable,
+    Backend, Settings, TestApp, eventually, service_url, spawn_app_with, unavailable,
 };
 
 /// A prefix and a stream name no other test run uses.
@@ -168,6 +167,80 @@ pub(crate) fn check_exactly_once_in_order(rows: &[(uuid::Uuid, String, String)],
             "{entity} arrived out of commit order"
         );
     }
+}
+
+/// Every record of the three domain topics until each outbox row was seen at least once; each
+/// as `Seen` with the entity "key topic" (Kafka orders within a topic, so an entity's events
+/// are in order one family at a time).
+async fn read_kafka(
+    brokers: &str,
+    prefix: &str,
+    rows: &[(uuid::Uuid, String, String)],
+) -> Vec<Seen> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{prefix}reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let topics: Vec<String> = ["events", "registrations", "users"]
+        .iter()
+        .map(|t| format!("{prefix}{t}"))
+        .collect();
+    consumer
+        .subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())
+        .unwrap();
+    let entities: HashMap<String, &str> = rows
+        .iter()
+        .map(|r| (r.0.to_string(), r.1.as_str()))
+        .collect();
+    let mut seen = Vec::new();
+    let mut distinct = HashSet::new();
+    let mut records = consumer.stream();
+    while distinct.len() < rows.len() {
+        let m = tokio::time::timeout(Duration::from_secs(60), records.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} of {} domain events on Kafka",
+                    distinct.len(),
+                    rows.len()
+                )
+            })
+            .unwrap()
+            .unwrap();
+        let envelope: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let kind = envelope["type"].as_str().unwrap().to_owned();
+        assert_eq!(
+            m.topic(),
+            format!("{prefix}{}", kind.split('.').next().unwrap())
+        );
+        let id = envelope["id"].as_str().unwrap().to_owned();
+        let entity = entities.get(&id).expect("a known message");
+        let key = std::str::from_utf8(m.key().unwrap()).unwrap();
+        assert_eq!(entity.rsplit('/').next().unwrap(), key, "key = entity id");
+        distinct.insert(id.clone());
+        seen.push(Seen {
+            id,
+            entity: format!("{entity} {}", m.topic()),
+            envelope,
+        });
+    }
+    seen
+}
+
+/// The outbox rows with the entity "key topic", as `read_kafka` names them.
+fn per_topic(
+    prefix: &str,
+    rows: &[(uuid::Uuid, String, String)],
+) -> Vec<(uuid::Uuid, String, String)> {
+    rows.iter()
+        .map(|(id, entity, kind)| {
+            let topic = format!("{prefix}{}", kind.split('.').next().unwrap());
+            (*id, format!("{entity} {topic}"), kind.clone())
+        })
+        .collect()
 }
 
 /// Validates an envelope against its schema in `schema/events/`.
@@ -327,56 +400,8 @@ async fn relays_to_both(backend: Backend) {
         );
     }
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("{prefix}reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let topics: Vec<String> = ["events", "registrations", "users"]
-        .iter()
-        .map(|t| format!("{prefix}{t}"))
-        .collect();
-    consumer
-        .subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())
-        .unwrap();
-    let mut from_kafka = Vec::new();
-    let mut records = consumer.stream();
-    while from_kafka.len() < rows.len() {
-        let m = tokio::time::timeout(Duration::from_secs(60), records.next())
-            .await
-            .expect("every domain event reaches Kafka")
-            .unwrap()
-            .unwrap();
-        let envelope: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-        let kind = envelope["type"].as_str().unwrap().to_owned();
-        assert_eq!(
-            m.topic(),
-            format!("{prefix}{}", kind.split('.').next().unwrap())
-        );
-        let entity = rows
-            .iter()
-            .find(|r| r.0.to_string() == envelope["id"])
-            .map(|r| r.1.clone())
-            .expect("a known message");
-        let key = std::str::from_utf8(m.key().unwrap()).unwrap();
-        assert_eq!(entity.rsplit('/').next().unwrap(), key, "key = entity id");
-        // Kafka orders within a topic: an entity's events, one family at a time.
-        from_kafka.push(Seen {
-            id: envelope["id"].as_str().unwrap().to_owned(),
-            entity: format!("{entity} {}", m.topic()),
-            envelope,
-        });
-    }
-    let per_topic: Vec<_> = rows
-        .iter()
-        .map(|(id, entity, kind)| {
-            let topic = format!("{prefix}{}", kind.split('.').next().unwrap());
-            (*id, format!("{entity} {topic}"), kind.clone())
-        })
-        .collect();
-    check_exactly_once_in_order(&per_topic, &from_kafka);
+    let from_kafka = read_kafka(&brokers, &prefix, &rows).await;
+    check_exactly_once_in_order(&per_topic(&prefix, &rows), &from_kafka);
 
     let metrics = app.send("GET", "/metrics", None, None).await;
     let text = metrics.body.as_str().unwrap();
@@ -405,105 +430,58 @@ async fn envelopes_reach_nats_and_kafka_once_in_order_postgres() {
     relays_to_both(Backend::Postgres).await;
 }
 
-/// A NATS server of the test's own, on a free port, with its JetStream store in `dir`.
-struct OwnNats {
-    port: u16,
-    dir: TempDir,
-    child: Option<Child>,
+/// A broker of the test's own, killed and started again in the middle of the load.
+enum Outage {
+    Nats(OwnNats),
+    Kafka(OwnKafka),
 }
 
-fn nats_server_binary() -> Option<String> {
-    for candidate in [
-        "nats-server",
-        "/usr/sbin/nats-server",
-        "/usr/bin/nats-server",
-    ] {
-        let found = std::process::Command::new(candidate)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if found {
-            return Some(candidate.to_owned());
+impl Outage {
+    fn bus(&self) -> &'static str {
+        match self {
+            Self::Nats(_) => "nats",
+            Self::Kafka(_) => "kafka",
         }
-    }
-    None
-}
-
-impl OwnNats {
-    fn new() -> Option<Self> {
-        if nats_server_binary().is_none() {
-            unavailable("nats-server", "not installed");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("convene-nats-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Some(Self {
-            port,
-            dir: TempDir(dir),
-            child: None,
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
     }
 
     async fn start(&mut self) {
-        let child = Command::new(nats_server_binary().unwrap())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.port);
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                tokio::net::TcpStream::connect(&addr).await.is_ok()
-            })
-            .await,
-            "nats-server did not start on {addr}"
-        );
+        match self {
+            Self::Nats(b) => b.start().await,
+            Self::Kafka(b) => b.start().await,
+        }
     }
 
     async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.unwrap();
+        match self {
+            Self::Nats(b) => b.kill().await,
+            Self::Kafka(b) => b.kill().await,
         }
     }
 }
 
-async fn nats_killed_midway(backend: Backend) {
-    let Some(mut nats) = OwnNats::new() else {
-        return;
-    };
+async fn killed_midway(backend: Backend, mut broker: Outage) {
     let (prefix, stream) = names();
-    let settings = bus_env(&prefix, &stream, Some(&nats.url()), None);
+    let settings = match &broker {
+        Outage::Nats(b) => bus_env(&prefix, &stream, Some(&b.url()), None),
+        Outage::Kafka(b) => bus_env(&prefix, &stream, None, Some(&b.brokers())),
+    };
+    let bus = broker.bus();
     // The node starts before its bus: it must come up anyway and catch up later.
     let Some(app) = spawn_app_with(backend, settings).await else {
         return;
     };
-    let health = app.send("GET", "/health", None, None).await;
-    assert_eq!(health.status, 200, "a bus down is not critical");
-    assert_eq!(health.body["status"], "degraded", "{}", health.body);
-    assert_eq!(health.body["checks"]["nats"]["status"], "unhealthy");
-    nats.start().await;
+    let degraded = eventually(Duration::from_secs(10), || async {
+        let h = app.send("GET", "/health", None, None).await;
+        h.status == 200
+            && h.body["status"] == "degraded"
+            && h.body["checks"][bus]["status"] == "unhealthy"
+    })
+    .await;
+    assert!(
+        degraded,
+        "a bus down is not critical, and health says which"
+    );
+    broker.start().await;
 
     let owners = app.sign_up_many("owner", 10).await;
     let created = std::sync::atomic::AtomicUsize::new(0);
@@ -530,46 +508,68 @@ async fn nats_killed_midway(backend: Backend) {
         while created.load(std::sync::atomic::Ordering::SeqCst) < 300 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        nats.kill().await;
-        let degraded = eventually(Duration::from_secs(10), || async {
-            let h = app.send("GET", "/health", None, None).await;
-            h.status == 200 && h.body["status"] == "degraded"
-        })
-        .await;
-        assert!(degraded, "health tells that NATS is down");
+        broker.kill().await;
         while created.load(std::sync::atomic::Ordering::SeqCst) < 600 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(
             pending(&app.database).await > 0,
-            "rows wait in the outbox while NATS is down"
+            "rows wait in the outbox while {bus} is down"
         );
-        nats.start().await;
+        let degraded = eventually(Duration::from_secs(20), || async {
+            let h = app.send("GET", "/health", None, None).await;
+            h.status == 200 && h.body["status"] == "degraded"
+        })
+        .await;
+        assert!(degraded, "health tells that {bus} is down");
+        broker.start().await;
     };
     tokio::join!(work, outage);
 
     assert!(
-        eventually(Duration::from_secs(60), || async {
+        eventually(Duration::from_secs(90), || async {
             pending(&app.database).await == 0
         })
         .await,
-        "the outbox drains once NATS is back"
+        "the outbox drains once {bus} is back"
     );
     let rows = outbox(&app.database).await;
     assert!(rows.len() >= 2010, "{} rows", rows.len());
-    let client = nats_client(&nats.url()).await.unwrap();
-    let seen = read_stream(&client, &stream).await;
-    check_exactly_once_in_order(&rows, &seen);
-    let health = app.send("GET", "/health", None, None).await;
-    assert_eq!(health.body["status"], "healthy", "{}", health.body);
+    match &broker {
+        Outage::Nats(b) => {
+            let client = nats_client(&b.url()).await.unwrap();
+            let seen = read_stream(&client, &stream).await;
+            check_exactly_once_in_order(&rows, &seen);
+        }
+        Outage::Kafka(b) => {
+            let seen = read_kafka(&b.brokers(), &prefix, &rows).await;
+            check_exactly_once_in_order(&per_topic(&prefix, &rows), &seen);
+        }
+    }
+    let healthy = eventually(Duration::from_secs(20), || async {
+        app.send("GET", "/health", None, None).await.body["status"] == "healthy"
+    })
+    .await;
+    assert!(healthy, "health recovers with {bus}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_killed_while_events_are_created_loses_and_doubles_nothing_sqlite() {
-    nats_killed_midway(Backend::Sqlite).await;
+    if let Some(nats) = OwnNats::new() {
+        killed_midway(Backend::Sqlite, Outage::Nats(nats)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_killed_while_events_are_created_loses_and_doubles_nothing_postgres() {
-    nats_killed_midway(Backend::Postgres).await;
+    if let Some(nats) = OwnNats::new() {
+        killed_midway(Backend::Postgres, Outage::Nats(nats)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_killed_while_events_are_created_loses_and_doubles_nothing() {
+    if let Some(kafka) = OwnKafka::new().await {
+        killed_midway(Backend::Postgres, Outage::Kafka(kafka)).await;
+    }
 }

@@ -5,6 +5,7 @@ mod helpers;
 
 mod auth;
 mod bridge;
+mod brokers;
 mod bus;
 mod cluster;
 mod commands;
