@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use convene_actors::model::DomainEvent;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::store::Pending;
 
 pub mod bridge;
 pub mod commands;
@@ -26,7 +26,7 @@ pub const ENVELOPE_VERSION: u32 = 1;
 
 /// What subscribers receive: one domain event, versioned. Its JSON Schema per `type` is in
 /// `schema/events/`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
     /// The domain event's name, such as `events.created`.
     #[serde(rename = "type")]
@@ -37,8 +37,8 @@ pub struct Envelope {
     pub id: Uuid,
     /// When it happened.
     pub occurred_at: DateTime<Utc>,
-    /// What happened.
-    pub data: Value,
+    /// What happened, as the outbox holds it (parse it into what you need).
+    pub data: Box<RawValue>,
 }
 
 /// A domain event ready for the buses.
@@ -57,19 +57,19 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// Wraps a domain event in its envelope.
-    pub fn new(event: &DomainEvent) -> Self {
+    /// Wraps an outbox row in its envelope; the payload's JSON is copied, not parsed.
+    pub fn new(row: Pending) -> Self {
         let envelope = Envelope {
-            kind: event.topic.clone(),
+            kind: row.topic.clone(),
             version: ENVELOPE_VERSION,
-            id: event.message_id,
-            occurred_at: event.occurred_at,
-            data: event.payload.clone(),
+            id: row.message_id,
+            occurred_at: row.occurred_at,
+            data: row.payload,
         };
         Self {
-            kind: event.topic.clone(),
-            entity: event.key.clone(),
-            id: event.message_id,
+            kind: row.topic,
+            entity: row.entity,
+            id: row.message_id,
             body: Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default()),
             envelope: Arc::new(envelope),
         }

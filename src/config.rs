@@ -106,7 +106,7 @@ pub struct Config {
     /// Lifetime of the relay's lease.
     pub relay_lease_ms: u64,
     /// Published outbox rows are kept this long.
-    pub outbox_retention_hours: u64,
+    pub outbox_retention_secs: u64,
     /// The NATS↔Kafka bridge's routes (none by default).
     #[serde(default)]
     pub bridge: crate::bus::bridge::BridgeConfig,

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::app::{App, Inner};
 use crate::auth::{Auth, load_or_create_secret};
-use crate::bus::relay::{Relay, RelayArgs, RelayMessage, RelaySettings};
+use crate::bus::relay::{KeeperMessage, RelayArgs, RelayKeeper, RelayMessage, RelaySettings};
 use crate::bus::{Buses, bridge, commands, consumer};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -35,7 +35,7 @@ pub struct Node {
     stop: Option<oneshot::Sender<()>>,
     served: tokio::task::JoinHandle<()>,
     shards: Vec<ractor::ActorCell>,
-    relay: ractor::ActorRef<RelayMessage>,
+    relay: ractor::ActorRef<KeeperMessage>,
     /// The NATS responder, the Kafka consumer of commands and the bridge, and what stops them.
     inbound: Vec<tokio::task::JoinHandle<()>>,
     stop_inbound: tokio::sync::watch::Sender<bool>,
@@ -267,7 +267,7 @@ impl Node {
             .context("configuring the buses")?;
         let (relay, _) = Actor::spawn(
             None,
-            Relay,
+            RelayKeeper,
             RelayArgs {
                 store: store.clone(),
                 buses: buses.clone(),
@@ -275,7 +275,7 @@ impl Node {
                 settings: RelaySettings {
                     batch: config.outbox_batch.max(1),
                     lease: Duration::from_millis(config.relay_lease_ms.max(100)),
-                    retention: Duration::from_secs(config.outbox_retention_hours * 3600),
+                    retention: Duration::from_secs(config.outbox_retention_secs),
                     holder: format!("{}/{}", config.node_name, uuid::Uuid::new_v4().simple()),
                 },
             },
@@ -354,6 +354,11 @@ impl Node {
             stop_inbound,
             network,
         })
+    }
+
+    /// The outbox relay running on this node (it publishes only while it holds the lease).
+    pub fn relay(&self) -> Option<ractor::ActorRef<RelayMessage>> {
+        RelayKeeper::relay(&self.relay)
     }
 
     /// The base URL of the HTTP edge.

@@ -69,6 +69,7 @@ mod rooms;
 mod users;
 
 pub use events::EventFilter;
+pub use outbox::Pending;
 
 /// The store. Cheap to clone.
 #[derive(Clone, Debug)]

@@ -133,19 +133,14 @@ mod tests {
     use super::*;
 
     fn out(entity: &str, n: u8) -> Outgoing {
-        let event = convene_actors::model::DomainEvent::new(
-            "events.updated",
-            entity,
-            serde_json::Value::Null,
-            chrono::Utc::now(),
-        );
-        Outgoing {
-            envelope: Outgoing::new(&event).envelope,
-            kind: "events.updated".into(),
+        Outgoing::new(crate::store::Pending {
+            id: i64::from(n),
+            message_id: uuid::Uuid::from_bytes([n; 16]),
+            topic: "events.updated".into(),
             entity: entity.into(),
-            id: uuid::Uuid::from_bytes([n; 16]),
-            body: bytes::Bytes::new(),
-        }
+            payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            occurred_at: chrono::Utc::now(),
+        })
     }
 
     #[test]

@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 
 use super::{Buses, Outgoing};
 use crate::metrics::Metrics;
-use crate::store::SqlStore;
+use crate::store::{Pending, SqlStore};
+use convene_actors::StoreError;
 
 /// The lease's name in the database.
 const LEASE: &str = "relay";
@@ -26,12 +27,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Wake-up without any commit seen: rows written by another process on SQLite, or a missed
 /// notification.
 const POLL: Duration = Duration::from_secs(1);
-/// Published rows past their retention are deleted this often.
+/// Published rows past their retention are deleted this often (or once per retention, when
+/// shorter).
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// The buses are probed every this many ticks.
 const PROBE_EVERY: u64 = 5;
 
 /// What the relay is given.
+#[derive(Clone)]
 pub struct RelaySettings {
     /// Rows per round.
     pub batch: usize,
@@ -52,11 +55,14 @@ pub enum RelayMessage {
     Wake,
     /// Renew the lease, update the gauges, prune.
     Tick,
+    /// Panics inside the handler, for supervision tests and fault drills.
+    InjectFault,
 }
 
 impl ractor::Message for RelayMessage {}
 
 /// What it starts with.
+#[derive(Clone)]
 pub struct RelayArgs {
     /// The outbox.
     pub store: SqlStore,
@@ -78,6 +84,12 @@ pub struct RelayState {
     ticks: u64,
     /// Set while a `Wake` is in the mailbox, so a burst of commits queues one.
     woken: Arc<AtomicBool>,
+    /// Rows up to here were read in this pass.
+    cursor: i64,
+    /// The next batch, being read.
+    prefetch: Option<JoinHandle<Result<Vec<Pending>, StoreError>>>,
+    /// The last batch's marks, being written.
+    marking: Option<JoinHandle<Result<(), StoreError>>>,
     waker: JoinHandle<()>,
     ticker: JoinHandle<()>,
 }
@@ -131,18 +143,54 @@ async fn watch(relay: ActorRef<RelayMessage>, store: SqlStore, woken: Arc<Atomic
 }
 
 impl RelayState {
-    /// Publishes one batch; the number of rows it took.
+    /// Publishes one batch; the number of rows it took. Rounds overlap: while a batch is
+    /// published the next is read, and its marks are written during the next round. Rows are
+    /// read past a cursor, which goes back to the start whenever the relay caught up or a bus
+    /// failed, so a row committed late with a lower id is found on the next pass (it cannot
+    /// belong to an entity whose later rows went out before it: an entity commits one change
+    /// at a time).
     async fn round(&mut self) -> anyhow::Result<usize> {
-        let args = &self.args;
-        let rows = args.store.outbox(args.settings.batch).await?;
-        if rows.is_empty() {
-            return Ok(0);
+        let result = self.publish_next().await;
+        if !matches!(result, Ok(n) if n == self.args.settings.batch) {
+            if let Some(read) = self.prefetch.take() {
+                read.abort();
+            }
+            self.finish_marking().await?;
+            self.cursor = 0;
         }
-        let out: Vec<Outgoing> = rows.iter().map(|r| Outgoing::new(&r.event)).collect();
+        result
+    }
+
+    async fn finish_marking(&mut self) -> anyhow::Result<()> {
+        if let Some(marking) = self.marking.take() {
+            marking.await??;
+        }
+        Ok(())
+    }
+
+    async fn publish_next(&mut self) -> anyhow::Result<usize> {
+        let batch = self.args.settings.batch;
+        let rows = match self.prefetch.take() {
+            Some(read) => read.await??,
+            None => self.args.store.outbox(self.cursor, batch).await?,
+        };
+        let Some(last) = rows.last() else {
+            return Ok(0);
+        };
+        self.cursor = last.id;
+        if rows.len() == batch {
+            let (store, after) = (self.args.store.clone(), self.cursor);
+            self.prefetch = Some(tokio::spawn(
+                async move { store.outbox(after, batch).await },
+            ));
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let out: Vec<Outgoing> = rows.into_iter().map(Outgoing::new).collect();
         let mut per_kind: HashMap<&str, u64> = HashMap::new();
         for m in &out {
             *per_kind.entry(m.kind.as_str()).or_default() += 1;
         }
+        let args = &self.args;
         for bus in &args.buses.publishers() {
             let started = Instant::now();
             let result = bus.publish(&out).await;
@@ -163,14 +211,18 @@ impl RelayState {
                     .inc_by(*n);
             }
         }
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        args.store.mark_published(&ids, Utc::now()).await?;
+        let n = out.len();
+        args.metrics.outbox_pending.sub(n as i64);
         for m in out {
             // Nobody listening in this process is not an error.
             let _ = args.buses.local.send(m.envelope);
         }
-        args.metrics.outbox_pending.sub(rows.len() as i64);
-        Ok(rows.len())
+        self.finish_marking().await?;
+        let store = self.args.store.clone();
+        self.marking = Some(tokio::spawn(async move {
+            store.mark_published(&ids, Utc::now()).await
+        }));
+        Ok(n)
     }
 
     async fn tick(&mut self, myself: &ActorRef<RelayMessage>) {
@@ -191,6 +243,13 @@ impl RelayState {
         if self.holding != was {
             tracing::info!(holder = %settings.holder, holding = self.holding, "relay lease");
         }
+        if was && !self.holding {
+            // Another node relays now; a later pass starts from the outbox as it is then.
+            if let Some(read) = self.prefetch.take() {
+                read.abort();
+            }
+            self.cursor = 0;
+        }
         if let Ok(n) = args.store.outbox_pending().await {
             args.metrics.outbox_pending.set(n);
         }
@@ -206,7 +265,10 @@ impl RelayState {
         if !self.holding {
             return;
         }
-        if self.pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+        let every = PRUNE_EVERY
+            .min(settings.retention)
+            .max(Duration::from_millis(100));
+        if self.pruned.is_none_or(|at| at.elapsed() >= every) {
             let before = Utc::now()
                 - chrono::Duration::from_std(settings.retention).unwrap_or(chrono::Duration::MAX);
             match args.store.prune_outbox(before).await {
@@ -245,6 +307,9 @@ impl Actor for Relay {
             pruned: None,
             ticks: 0,
             woken,
+            cursor: 0,
+            prefetch: None,
+            marking: None,
             waker,
             ticker,
         })
@@ -257,6 +322,12 @@ impl Actor for Relay {
     ) -> Result<(), ActorProcessingErr> {
         state.waker.abort();
         state.ticker.abort();
+        if let Some(read) = state.prefetch.take() {
+            read.abort();
+        }
+        if let Err(e) = state.finish_marking().await {
+            tracing::warn!(error = %e, "the last marks were not written; those rows go out again");
+        }
         if state.holding {
             let settings = &state.args.settings;
             if let Err(e) = state
@@ -279,6 +350,7 @@ impl Actor for Relay {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RelayMessage::Tick => state.tick(&myself).await,
+            RelayMessage::InjectFault => panic!("fault injected into the relay"),
             RelayMessage::Wake => {
                 state.woken.store(false, Ordering::Release);
                 if !state.holding || state.retry_at.is_some_and(|at| Instant::now() < at) {
@@ -301,6 +373,82 @@ impl Actor for Relay {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+/// Keeps a relay running: starts it linked, and starts a new one (which reads the outbox and
+/// takes the lease again) when it fails. Stopping the keeper stops the relay, which gives the
+/// lease up.
+pub struct RelayKeeper;
+
+/// The keeper takes no messages of its own; it acts on its relay's supervision events.
+pub enum KeeperMessage {}
+
+impl ractor::Message for KeeperMessage {}
+
+/// The keeper's state: what a relay starts with, and the one running.
+pub struct KeeperState {
+    args: RelayArgs,
+    relay: ActorRef<RelayMessage>,
+    /// Restarts so far, for the logs.
+    restarts: u64,
+}
+
+impl RelayKeeper {
+    /// The relay running now (a new one after each restart).
+    pub fn relay(keeper: &ActorRef<KeeperMessage>) -> Option<ActorRef<RelayMessage>> {
+        keeper
+            .get_children()
+            .into_iter()
+            .next()
+            .map(ActorRef::<RelayMessage>::from)
+    }
+}
+
+impl Actor for RelayKeeper {
+    type Msg = KeeperMessage;
+    type State = KeeperState;
+    type Arguments = RelayArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<KeeperMessage>,
+        args: RelayArgs,
+    ) -> Result<KeeperState, ActorProcessingErr> {
+        let (relay, _) = Actor::spawn_linked(None, Relay, args.clone(), myself.get_cell()).await?;
+        Ok(KeeperState {
+            args,
+            relay,
+            restarts: 0,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<KeeperMessage>,
+        state: &mut KeeperState,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = state
+            .relay
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<KeeperMessage>,
+        event: ractor::SupervisionEvent,
+        state: &mut KeeperState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let ractor::SupervisionEvent::ActorFailed(_, reason) = event {
+            state.restarts += 1;
+            tracing::error!(%reason, restarts = state.restarts, "the relay failed; starting it again");
+            let (relay, _) =
+                Actor::spawn_linked(None, Relay, state.args.clone(), myself.get_cell()).await?;
+            state.relay = relay;
         }
         Ok(())
     }

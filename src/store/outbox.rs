@@ -6,19 +6,26 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use convene_actors::StoreError;
-use convene_actors::model::DomainEvent;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::types::Json;
 
 use super::{Db, SqlStore, unavailable};
 
-/// An outbox row not yet published.
-#[derive(Debug, Clone)]
+/// An outbox row not yet published, its payload as the JSON text the database holds.
+#[derive(Debug)]
 pub struct Pending {
     /// Its place in the outbox.
     pub id: i64,
-    /// The domain event.
-    pub event: DomainEvent,
+    /// The domain event's id.
+    pub message_id: uuid::Uuid,
+    /// Its type, such as `events.created`.
+    pub topic: String,
+    /// The entity it happened to.
+    pub entity: String,
+    /// What the subscribers need to know.
+    pub payload: Box<RawValue>,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -27,7 +34,7 @@ struct OutboxRow {
     message_id: uuid::Uuid,
     topic: String,
     entity_key: String,
-    payload: Json<Value>,
+    payload: Json<Box<RawValue>>,
     occurred_at: DateTime<Utc>,
 }
 
@@ -43,13 +50,14 @@ impl SqlStore {
         self.written.notified().await;
     }
 
-    /// Domain events not yet published, oldest first.
-    pub async fn outbox(&self, limit: usize) -> Result<Vec<Pending>, StoreError> {
+    /// Domain events not yet published with an id above `after`, oldest first.
+    pub async fn outbox(&self, after: i64, limit: usize) -> Result<Vec<Pending>, StoreError> {
         let rows: Vec<OutboxRow> = on_pool!(self.db, read, pool => {
             sqlx::query_as(
                 "SELECT id, message_id, topic, entity_key, payload, occurred_at FROM outbox \
-                 WHERE published_at IS NULL ORDER BY id LIMIT $1",
+                 WHERE published_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
             )
+            .bind(after)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(pool)
             .await
@@ -59,33 +67,47 @@ impl SqlStore {
             .into_iter()
             .map(|r| Pending {
                 id: r.id,
-                event: DomainEvent {
-                    message_id: r.message_id,
-                    topic: r.topic,
-                    key: r.entity_key,
-                    payload: r.payload.0,
-                    occurred_at: r.occurred_at,
-                },
+                message_id: r.message_id,
+                topic: r.topic,
+                entity: r.entity_key,
+                payload: r.payload.0,
+                occurred_at: r.occurred_at,
             })
             .collect())
     }
 
-    /// Marks these rows published.
+    /// Marks these rows published. On PostgreSQL the commit does not wait for the disk: a mark
+    /// lost in a crash only sends those rows again, and the buses drop repeats by id.
     pub async fn mark_published(&self, ids: &[i64], at: DateTime<Utc>) -> Result<(), StoreError> {
-        for chunk in ids.chunks(super::CHUNK) {
-            on_pool!(self.db, write, pool => {
-                let mut qb = sqlx::QueryBuilder::new("UPDATE outbox SET published_at = ");
-                qb.push_bind(at).push(" WHERE id IN (");
-                let mut list = qb.separated(", ");
-                for id in chunk {
-                    list.push_bind(*id);
+        match &self.db {
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(unavailable)?;
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                sqlx::query("UPDATE outbox SET published_at = $1 WHERE id = ANY($2)")
+                    .bind(at)
+                    .bind(ids)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)
+            }
+            Db::Sqlite { write, .. } => {
+                for chunk in ids.chunks(super::CHUNK) {
+                    let mut qb = sqlx::QueryBuilder::new("UPDATE outbox SET published_at = ");
+                    qb.push_bind(at).push(" WHERE id IN (");
+                    let mut list = qb.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    list.push_unseparated(")");
+                    qb.build().execute(write).await.map_err(unavailable)?;
                 }
-                list.push_unseparated(")");
-                qb.build().execute(pool).await.map(|_| ())
-            })
-            .map_err(unavailable)?;
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// How many rows wait to be published.

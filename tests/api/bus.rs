@@ -358,6 +358,51 @@ async fn the_embedded_default_publishes_in_process_and_marks_the_outbox() {
     assert!(health.body["checks"].get("nats").is_none());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_fails_is_started_again_and_relays_the_rest() {
+    let app = spawn_app_with(Backend::Sqlite, Settings::default())
+        .await
+        .unwrap();
+    let first = app.node.relay().expect("a relay runs");
+    first
+        .cast(convene::bus::relay::RelayMessage::InjectFault)
+        .unwrap();
+    let restarted = eventually(Duration::from_secs(5), || async {
+        app.node
+            .relay()
+            .is_some_and(|r| r.get_id() != first.get_id())
+    })
+    .await;
+    assert!(restarted, "the keeper starts a new relay");
+    lifecycle(&app).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            pending(&app.database).await == 0
+        })
+        .await,
+        "the new relay takes the lease and publishes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_rows_are_pruned_after_their_retention() {
+    let settings = Settings {
+        env: vec![
+            ("CONVENE_OUTBOX_RETENTION_SECS".into(), "1".into()),
+            ("CONVENE_RELAY_LEASE_MS".into(), "200".into()),
+        ],
+        ..Settings::default()
+    };
+    let app = spawn_app_with(Backend::Sqlite, settings).await.unwrap();
+    lifecycle(&app).await;
+    assert!(!outbox(&app.database).await.is_empty());
+    let pruned = eventually(Duration::from_secs(10), || async {
+        outbox(&app.database).await.is_empty()
+    })
+    .await;
+    assert!(pruned, "published rows outlive their retention");
+}
+
 async fn relays_to_both(backend: Backend) {
     let nats_url = service_url("NATS_URL", "nats://127.0.0.1:4222");
     let brokers = service_url("KAFKA_BROKERS", "127.0.0.1:9092");

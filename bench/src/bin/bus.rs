@@ -1,0 +1,417 @@
+//! Domain events through the outbox relay, to NATS JetStream and to Kafka, next to a bare
+//! publish loop with the same payloads in the same run: a bare `async-nats` JetStream publish
+//! loop (message ids set, acknowledgements awaited per batch) and a bare `rdkafka` idempotent
+//! produce loop. Prints events/s of each and their ratio (target: the relay reaches at least
+//! half the bare loop), then the latency from commit to a subscriber, p50 and p99, beside the
+//! bare publish → subscriber latency (target: p50 under 10 ms to NATS).
+//!
+//! Throughput: the outbox of a fresh PostgreSQL database is filled with `--events` rows first
+//! (one `events.created` per event, so many entities), then a node starts with the bus and the
+//! clock runs until every row is marked published. Needs `DATABASE_URL` (PostgreSQL), NATS at
+//! `NATS_URL` and Kafka at `KAFKA_BROKERS` (`scripts/services up` starts both).
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use clap::Parser;
+use convene_bench::{create_event, drop_postgres, fresh_postgres, http_client, sign_up};
+use futures::StreamExt;
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+
+#[derive(Parser)]
+struct Args {
+    /// Domain events per throughput run.
+    #[arg(long, default_value_t = 30_000)]
+    events: usize,
+    /// Rows the relay takes per round; the bare loops send batches of this size too.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Events created one after the other for the latency runs.
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bus {
+    Nats,
+    Kafka,
+}
+
+impl Bus {
+    fn name(self) -> &'static str {
+        match self {
+            Bus::Nats => "nats",
+            Bus::Kafka => "kafka",
+        }
+    }
+}
+
+struct Item {
+    id: uuid::Uuid,
+    entity: i64,
+    body: Value,
+}
+
+fn items(n: usize) -> Vec<Item> {
+    let at = chrono::Utc::now();
+    (0..n)
+        .map(|i| {
+            let id = i as i64 + 1;
+            Item {
+                id: uuid::Uuid::new_v4(),
+                entity: id,
+                body: json!({
+                    "id": id, "title": "Benchmark night", "description": "Talks, then pizza and a long queue",
+                    "date": at, "location": "Loopback, 127.0.0.1", "latitude": 45.76, "longitude": 4.83,
+                    "capacity": 100, "registered_count": 0, "category": "tech", "tags": ["rust", "bench"],
+                    "price_cents": 1050, "created_by": 1, "version": 1, "created_at": at, "updated_at": at,
+                }),
+            }
+        })
+        .collect()
+}
+
+/// The envelope the relay would send for `item`, for the bare loops.
+fn envelope(item: &Item) -> Vec<u8> {
+    json!({"type": "events.created", "version": 1, "id": item.id, "occurred_at": chrono::Utc::now(), "data": item.body})
+        .to_string()
+        .into_bytes()
+}
+
+fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn bus_env(bus: Bus, prefix: &str, stream: &str, batch: usize) -> Vec<(String, String)> {
+    let (key, value) = match bus {
+        Bus::Nats => ("CONVENE_NATS_URL", nats_url()),
+        Bus::Kafka => ("CONVENE_KAFKA_BROKERS", kafka_brokers()),
+    };
+    vec![
+        (key.to_owned(), value),
+        ("CONVENE_BUS_PREFIX".to_owned(), prefix.to_owned()),
+        ("CONVENE_NATS_STREAM".to_owned(), stream.to_owned()),
+        ("CONVENE_OUTBOX_BATCH".to_owned(), batch.to_string()),
+    ]
+}
+
+fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn kafka_brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+async fn start(url: &str, env: &[(String, String)]) -> anyhow::Result<convene::node::Node> {
+    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    convene_bench::start_node_with(Some(url), &extra).await
+}
+
+/// Events/s of the relay draining a full outbox to `bus`.
+async fn relay_throughput(base: &str, bus: Bus, args: &Args) -> anyhow::Result<f64> {
+    let url = fresh_postgres(base, "bus").await?;
+    // Migrations first, then the rows, then the node that relays them.
+    drop(convene::store::SqlStore::postgres(&url, 2).await?);
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await?;
+    let all = items(args.events);
+    for chunk in all.chunks(1000) {
+        let mut qb = sqlx::QueryBuilder::new(
+            "INSERT INTO outbox (message_id, topic, entity_key, payload, occurred_at) ",
+        );
+        qb.push_values(chunk, |mut row, item| {
+            row.push_bind(item.id)
+                .push_bind("events.created")
+                .push_bind(format!("event/{}", item.entity))
+                .push_bind(sqlx::types::Json(&item.body))
+                .push_bind(chrono::Utc::now());
+        });
+        qb.build().execute(&pool).await?;
+    }
+    let env = bus_env(
+        bus,
+        &format!("b{}.", unique()),
+        &format!("B{}", unique()),
+        args.batch,
+    );
+    let started = Instant::now();
+    let node = start(&url, &env).await?;
+    loop {
+        let (pending,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&pool)
+                .await?;
+        if pending == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "the relay did not drain the outbox"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = args.events as f64 / started.elapsed().as_secs_f64();
+    node.shutdown().await;
+    pool.close().await;
+    drop_postgres(base, &url).await;
+    Ok(rate)
+}
+
+/// Events/s of a bare JetStream publish loop, batches pipelined, acknowledgements awaited.
+async fn bare_nats(args: &Args) -> anyhow::Result<f64> {
+    let client = async_nats::connect(nats_url()).await?;
+    let js = jetstream::new(client);
+    let name = format!("BARE{}", unique());
+    let subject = format!("bare{}.events.created", unique());
+    js.create_stream(jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![subject.clone()],
+        duplicate_window: Duration::from_secs(600),
+        ..Default::default()
+    })
+    .await?;
+    let all = items(args.events);
+    let bodies: Vec<Vec<u8>> = all.iter().map(envelope).collect();
+    let started = Instant::now();
+    for (chunk, bodies) in all.chunks(args.batch).zip(bodies.chunks(args.batch)) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for (item, body) in chunk.iter().zip(bodies) {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                item.id.to_string().as_str(),
+            );
+            acks.push(
+                js.publish_with_headers(subject.clone(), headers, body.clone().into())
+                    .await?,
+            );
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+    let rate = args.events as f64 / started.elapsed().as_secs_f64();
+    js.delete_stream(&name).await?;
+    Ok(rate)
+}
+
+fn producer() -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .create()?)
+}
+
+/// Events/s of a bare idempotent produce loop, batches pipelined, deliveries awaited.
+async fn bare_kafka(args: &Args) -> anyhow::Result<f64> {
+    let producer = producer()?;
+    let topic = format!("bare{}.events", unique());
+    let all = items(args.events);
+    let bodies: Vec<Vec<u8>> = all.iter().map(envelope).collect();
+    // The topic's first record creates it; keep that out of the clock.
+    producer
+        .send(
+            FutureRecord::to(&topic).key("0").payload("warm-up"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    let started = Instant::now();
+    for (chunk, bodies) in all.chunks(args.batch).zip(bodies.chunks(args.batch)) {
+        let mut deliveries = Vec::with_capacity(chunk.len());
+        for (item, body) in chunk.iter().zip(bodies) {
+            let key = item.entity.to_string();
+            let record = FutureRecord::to(&topic).key(&key).payload(body);
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        }
+        for d in deliveries {
+            d.await?.map_err(|(e, _)| e)?;
+        }
+    }
+    Ok(args.events as f64 / started.elapsed().as_secs_f64())
+}
+
+fn quantiles(mut times: Vec<Duration>) -> (f64, f64) {
+    times.sort_unstable();
+    let at = |q: f64| {
+        times
+            .get(((times.len().max(1) - 1) as f64 * q).round() as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    (at(0.5), at(0.99))
+}
+
+/// Commit → subscriber: events created one at a time over HTTP, each awaited at a subscriber
+/// before the next; the commit time is the envelope's `occurred_at` (stamped just before it).
+async fn relay_latency(base: &str, bus: Bus, args: &Args) -> anyhow::Result<(f64, f64)> {
+    let url = fresh_postgres(base, "buslat").await?;
+    let prefix = format!("l{}.", unique());
+    let env = bus_env(bus, &prefix, &format!("L{}", unique()), args.batch);
+    let node = start(&url, &env).await?;
+    let client = http_client(4);
+    let (_, token) = sign_up(&client, &node.url(), "latency@example.com").await?;
+    let mut times = Vec::with_capacity(args.samples);
+    match bus {
+        Bus::Nats => {
+            let nats = async_nats::connect(nats_url()).await?;
+            let mut sub = nats.subscribe(format!("{prefix}events.created")).await?;
+            nats.flush().await?;
+            for _ in 0..args.samples {
+                create_event(&client, &node.url(), &token, 10).await?;
+                let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("the subscription ended"))?;
+                times.push(since_occurred(&m.payload)?);
+            }
+        }
+        Bus::Kafka => {
+            let consumer: StreamConsumer = ClientConfig::new()
+                .set("bootstrap.servers", kafka_brokers())
+                .set("group.id", format!("{prefix}latency"))
+                .set("auto.offset.reset", "earliest")
+                .set("fetch.wait.max.ms", "5")
+                .create()?;
+            consumer.subscribe(&[&format!("{prefix}events")])?;
+            let mut records = consumer.stream();
+            // The first one waits for the topic and the group: not counted.
+            create_event(&client, &node.url(), &token, 10).await?;
+            tokio::time::timeout(Duration::from_secs(60), records.next()).await?;
+            for _ in 0..args.samples {
+                create_event(&client, &node.url(), &token, 10).await?;
+                let m = tokio::time::timeout(Duration::from_secs(10), records.next())
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("the consumer ended"))??;
+                times.push(since_occurred(m.payload().unwrap_or_default())?);
+            }
+        }
+    }
+    node.shutdown().await;
+    drop_postgres(base, &url).await;
+    Ok(quantiles(times))
+}
+
+fn since_occurred(envelope: &[u8]) -> anyhow::Result<Duration> {
+    let v: Value = serde_json::from_slice(envelope)?;
+    let at: chrono::DateTime<chrono::Utc> = serde_json::from_value(v["occurred_at"].clone())?;
+    Ok((chrono::Utc::now() - at).to_std().unwrap_or_default())
+}
+
+/// Bare publish → subscriber, one message at a time, same payloads.
+async fn bare_latency(bus: Bus, args: &Args) -> anyhow::Result<(f64, f64)> {
+    let all = items(args.samples);
+    let mut times = Vec::with_capacity(args.samples);
+    match bus {
+        Bus::Nats => {
+            let client = async_nats::connect(nats_url()).await?;
+            let js = jetstream::new(client.clone());
+            let name = format!("BARELAT{}", unique());
+            let subject = format!("barelat{}.events.created", unique());
+            js.create_stream(jetstream::stream::Config {
+                name: name.clone(),
+                subjects: vec![subject.clone()],
+                ..Default::default()
+            })
+            .await?;
+            let mut sub = client.subscribe(subject.clone()).await?;
+            client.flush().await?;
+            for item in &all {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    item.id.to_string().as_str(),
+                );
+                js.publish_with_headers(subject.clone(), headers, envelope(item).into())
+                    .await?
+                    .await?;
+                let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("the subscription ended"))?;
+                times.push(since_occurred(&m.payload)?);
+            }
+            js.delete_stream(&name).await?;
+        }
+        Bus::Kafka => {
+            let producer = producer()?;
+            let topic = format!("barelat{}.events", unique());
+            let consumer: StreamConsumer = ClientConfig::new()
+                .set("bootstrap.servers", kafka_brokers())
+                .set("group.id", format!("{topic}-latency"))
+                .set("auto.offset.reset", "earliest")
+                .set("fetch.wait.max.ms", "5")
+                .create()?;
+            producer
+                .send(
+                    FutureRecord::to(&topic).key("0").payload("warm-up"),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)?;
+            consumer.subscribe(&[&topic])?;
+            let mut records = consumer.stream();
+            tokio::time::timeout(Duration::from_secs(60), records.next()).await?;
+            for item in &all {
+                let key = item.entity.to_string();
+                producer
+                    .send(
+                        FutureRecord::to(&topic).key(&key).payload(&envelope(item)),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)?;
+                let m = tokio::time::timeout(Duration::from_secs(10), records.next())
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("the consumer ended"))??;
+                times.push(since_occurred(m.payload().unwrap_or_default())?);
+            }
+        }
+    }
+    Ok(quantiles(times))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let base = std::env::var("DATABASE_URL").map_err(|_| {
+        anyhow::anyhow!(
+            "set DATABASE_URL to a PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432/test"
+        )
+    })?;
+    println!(
+        "bus: {} domain events per run (events.created, one per entity), batches of {}",
+        args.events, args.batch
+    );
+    for bus in [Bus::Nats, Bus::Kafka] {
+        let bare = match bus {
+            Bus::Nats => bare_nats(&args).await?,
+            Bus::Kafka => bare_kafka(&args).await?,
+        };
+        let relay = relay_throughput(&base, bus, &args).await?;
+        println!(
+            "{} throughput: relay {relay:.0} events/s | bare loop {bare:.0} events/s | ratio {:.2} (target >= 0.5)",
+            bus.name(),
+            relay / bare
+        );
+        let (p50, p99) = relay_latency(&base, bus, &args).await?;
+        let (bare50, bare99) = bare_latency(bus, &args).await?;
+        let target = if bus == Bus::Nats {
+            " (target: p50 < 10 ms)"
+        } else {
+            ""
+        };
+        println!(
+            "{} latency: commit -> subscriber p50 {p50:.2} ms, p99 {p99:.2} ms{target} | bare publish -> subscriber p50 {bare50:.2} ms, p99 {bare99:.2} ms",
+            bus.name()
+        );
+    }
+    Ok(())
+}
