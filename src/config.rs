@@ -286,6 +286,10 @@ mod tests {
         assert!(!c.bridge.to_nats.is_empty());
         let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
         assert!(c.bridge.is_empty());
+        assert!(c.nats_url.is_none() && c.kafka_brokers.is_none());
+        let path = PathBuf::from("config/production.example.toml");
+        let c = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.kafka_brokers.as_deref(), Some("kafka:9092"));
     }
 
     #[test]
