@@ -6,8 +6,6 @@ CREATE TABLE leases (
     expires_at TIMESTAMPTZ NOT NULL
 );
 
-CREATE INDEX outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL;
-
 CREATE FUNCTION outbox_notify() RETURNS trigger AS $$
 BEGIN
     PERFORM pg_notify('convene_outbox', '');

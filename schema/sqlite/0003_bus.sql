@@ -6,4 +6,3 @@ CREATE TABLE leases (
     expires_at TEXT NOT NULL
 );
 
-CREATE INDEX outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL;

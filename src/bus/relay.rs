@@ -4,7 +4,7 @@
 //! every bus, and marks them published only when every bus acknowledged them. A bus that fails
 //! makes it back off with jitter and retry; the rows wait in the outbox.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +30,8 @@ const POLL: Duration = Duration::from_secs(1);
 /// Published rows past their retention are deleted this often (or once per retention, when
 /// shorter).
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Batches whose marks may be written at once.
+const MARKS_IN_FLIGHT: usize = 3;
 /// The buses are probed every this many ticks.
 const PROBE_EVERY: u64 = 5;
 
@@ -88,8 +90,8 @@ pub struct RelayState {
     cursor: i64,
     /// The next batch, being read.
     prefetch: Option<JoinHandle<Result<Vec<Pending>, StoreError>>>,
-    /// The last batch's marks, being written.
-    marking: Option<JoinHandle<Result<(), StoreError>>>,
+    /// The last batches' marks, being written, oldest first.
+    marking: VecDeque<JoinHandle<Result<(), StoreError>>>,
     waker: JoinHandle<()>,
     ticker: JoinHandle<()>,
 }
@@ -161,8 +163,9 @@ impl RelayState {
         result
     }
 
+    /// Waits for every mark in flight.
     async fn finish_marking(&mut self) -> anyhow::Result<()> {
-        if let Some(marking) = self.marking.take() {
+        while let Some(marking) = self.marking.pop_front() {
             marking.await??;
         }
         Ok(())
@@ -217,9 +220,14 @@ impl RelayState {
             // Nobody listening in this process is not an error.
             let _ = args.buses.local.send(m.envelope);
         }
-        self.finish_marking().await?;
+        // Marks go to different rows: a few run at once, on their own connections.
+        while self.marking.len() >= MARKS_IN_FLIGHT {
+            if let Some(oldest) = self.marking.pop_front() {
+                oldest.await??;
+            }
+        }
         let store = self.args.store.clone();
-        self.marking = Some(tokio::spawn(async move {
+        self.marking.push_back(tokio::spawn(async move {
             store.mark_published(&ids, Utc::now()).await
         }));
         Ok(n)
@@ -309,7 +317,7 @@ impl Actor for Relay {
             woken,
             cursor: 0,
             prefetch: None,
-            marking: None,
+            marking: VecDeque::new(),
             waker,
             ticker,
         })

@@ -121,7 +121,8 @@ impl SqlStore {
         Ok(n)
     }
 
-    /// Deletes the rows published before `before`; returns how many.
+    /// Deletes the rows published before `before`; returns how many. No index serves this (each
+    /// one would cost every mark an index write); it runs every few minutes.
     pub async fn prune_outbox(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         on_pool!(self.db, write, pool => {
             sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
