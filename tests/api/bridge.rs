@@ -11,7 +11,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::brokers::OwnNats;
+use crate::brokers::{OwnKafka, OwnNats};
 use crate::bus::{kafka_reachable, names, nats_client};
 use crate::helpers::{Backend, Settings, eventually, service_url, spawn_app_with};
 
@@ -372,4 +372,111 @@ subject = "{p}out"
     })
     .await;
     assert!(resumed, "NATS messages are bridged again after the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_rides_out_a_kafka_restart() {
+    let nats_url = service_url("NATS_URL", "nats://127.0.0.1:4222");
+    let Some(client) = nats_client(&nats_url).await else {
+        return;
+    };
+    let Some(mut kafka) = OwnKafka::new().await else {
+        return;
+    };
+    kafka.start().await;
+    let (p, stream) = names();
+    let file = format!(
+        r#"
+[[bridge.to_kafka]]
+subject = "{p}in.>"
+topic = "{p}from-nats"
+
+[[bridge.to_nats]]
+topic = "{p}to-nats"
+subject = "{p}out"
+"#
+    );
+    let settings = Settings {
+        env: vec![
+            ("CONVENE_NATS_URL".into(), nats_url),
+            ("CONVENE_KAFKA_BROKERS".into(), kafka.brokers()),
+            ("CONVENE_BUS_PREFIX".into(), p.clone()),
+            ("CONVENE_NATS_STREAM".into(), stream),
+        ],
+        file: Some(file),
+        ..Settings::default()
+    };
+    let app = spawn_app_with(Backend::Sqlite, settings).await.unwrap();
+    let forwarded = |route: String| {
+        let app = &app;
+        async move {
+            let text = app.send("GET", "/metrics", None, None).await.body;
+            text.as_str()
+                .unwrap()
+                .lines()
+                .filter(|l| l.contains(&route) && l.contains("outcome=\"forwarded\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        }
+    };
+    let ready = eventually(Duration::from_secs(60), || async {
+        client
+            .publish(format!("{p}in.probe"), "probe".into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        forwarded(format!("nats:{p}in.>")).await > 0
+    })
+    .await;
+    assert!(ready, "the bridge forwards before the restart");
+
+    // NATS to Kafka while the broker is down: the producer keeps the records.
+    kafka.kill().await;
+    for i in 0..20 {
+        client
+            .publish(format!("{p}in.item"), format!("m{i}").into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    kafka.start().await;
+    let items = read_topic(
+        &kafka.brokers(),
+        &format!("{p}r"),
+        &format!("{p}from-nats"),
+        20,
+        "probe",
+    )
+    .await;
+    let mut payloads: Vec<&str> = items.iter().map(|r| r.1.as_str()).collect();
+    payloads.sort_by_key(|m| m[1..].parse::<u32>().unwrap());
+    let expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(
+        payloads, expected,
+        "what NATS sent during the outage reaches Kafka"
+    );
+
+    // Kafka to NATS: the bridge's consumer is back in its group.
+    let mut out = client.subscribe(format!("{p}out")).await.unwrap();
+    client.flush().await.unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&format!("{p}to-nats"))
+                .key("k")
+                .payload("after"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(60), out.next())
+        .await
+        .expect("a record produced after the restart reaches NATS")
+        .unwrap();
+    assert_eq!(m.payload, "after".as_bytes());
 }
