@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::brokers::{OwnKafka, OwnNats};
 use crate::bus::{kafka_reachable, names, nats_client};
-use crate::helpers::{Backend, Settings, eventually, service_url, spawn_app_with};
+use crate::helpers::{Backend, Settings, TestApp, eventually, service_url, spawn_app_with};
 
 fn header(m: &impl Message, name: &str) -> Option<String> {
     m.headers()?
@@ -70,6 +70,46 @@ async fn read_topic(
     got
 }
 
+/// A node on SQLite with both buses and the bridge routes `routes` (TOML, `{p}` standing for a
+/// prefix no other run uses); returns it with that prefix.
+async fn bridge_node(nats_url: &str, brokers: &str, routes: &str) -> (TestApp, String) {
+    let (p, stream) = names();
+    let settings = Settings {
+        env: vec![
+            ("CONVENE_NATS_URL".into(), nats_url.to_owned()),
+            ("CONVENE_KAFKA_BROKERS".into(), brokers.to_owned()),
+            ("CONVENE_BUS_PREFIX".into(), p.clone()),
+            ("CONVENE_NATS_STREAM".into(), stream),
+        ],
+        file: Some(routes.replace("{p}", &p)),
+        ..Settings::default()
+    };
+    (spawn_app_with(Backend::Sqlite, settings).await.unwrap(), p)
+}
+
+/// The one NATS route and the one Kafka route of the restart tests.
+const TWO_ROUTES: &str = r#"
+[[bridge.to_kafka]]
+subject = "{p}in.>"
+topic = "{p}from-nats"
+
+[[bridge.to_nats]]
+topic = "{p}to-nats"
+subject = "{p}out"
+"#;
+
+/// Messages the bridge forwarded on the routes whose label contains `route`.
+async fn forwarded(app: &TestApp, route: &str) -> u64 {
+    let text = app.send("GET", "/metrics", None, None).await.body;
+    text.as_str()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("convene_bridge_messages_total"))
+        .filter(|l| l.contains(route) && l.contains("outcome=\"forwarded\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_carries_both_ways_and_never_loops() {
     let nats_url = service_url("NATS_URL", "nats://127.0.0.1:4222");
@@ -80,8 +120,9 @@ async fn the_bridge_carries_both_ways_and_never_loops() {
     if !kafka_reachable(&brokers).await {
         return;
     }
-    let (p, stream) = names();
-    let file = format!(
+    let (app, p) = bridge_node(
+        &nats_url,
+        &brokers,
         r#"
 [bridge]
 max_in_flight = 8
@@ -101,19 +142,9 @@ subject = "{p}out"
 [[bridge.to_nats]]
 topic = "{p}loop"
 subject = "{p}loop.back"
-"#
-    );
-    let settings = Settings {
-        env: vec![
-            ("CONVENE_NATS_URL".into(), nats_url.clone()),
-            ("CONVENE_KAFKA_BROKERS".into(), brokers.clone()),
-            ("CONVENE_BUS_PREFIX".into(), p.clone()),
-            ("CONVENE_NATS_STREAM".into(), stream),
-        ],
-        file: Some(file),
-        ..Settings::default()
-    };
-    let app = spawn_app_with(Backend::Sqlite, settings).await.unwrap();
+"#,
+    )
+    .await;
     let metrics = || async {
         app.send("GET", "/metrics", None, None)
             .await
@@ -133,7 +164,7 @@ subject = "{p}loop.back"
             .await
             .unwrap();
         client.flush().await.unwrap();
-        metrics().await.contains("outcome=\"forwarded\"")
+        forwarded(&app, "nats:").await > 0
     })
     .await;
     assert!(
@@ -264,29 +295,7 @@ async fn the_bridge_rides_out_a_nats_restart() {
         return;
     };
     nats.start().await;
-    let (p, stream) = names();
-    let file = format!(
-        r#"
-[[bridge.to_kafka]]
-subject = "{p}in.>"
-topic = "{p}from-nats"
-
-[[bridge.to_nats]]
-topic = "{p}to-nats"
-subject = "{p}out"
-"#
-    );
-    let settings = Settings {
-        env: vec![
-            ("CONVENE_NATS_URL".into(), nats.url()),
-            ("CONVENE_KAFKA_BROKERS".into(), brokers.clone()),
-            ("CONVENE_BUS_PREFIX".into(), p.clone()),
-            ("CONVENE_NATS_STREAM".into(), stream),
-        ],
-        file: Some(file),
-        ..Settings::default()
-    };
-    let app = spawn_app_with(Backend::Sqlite, settings).await.unwrap();
+    let (app, p) = bridge_node(&nats.url(), &brokers, TWO_ROUTES).await;
     let client = nats_client(&nats.url()).await.unwrap();
     // What reaches `out` is kept across the restart, so nothing depends on who reconnects first.
     let js = async_nats::jetstream::new(client.clone());
@@ -297,23 +306,13 @@ subject = "{p}out"
     })
     .await
     .unwrap();
-    let forwarded = || async {
-        let text = app.send("GET", "/metrics", None, None).await.body;
-        text.as_str()
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains("nats:") && l.contains("outcome=\"forwarded\""))
-            .filter(|l| l.contains(&format!("nats:{p}in.>")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum::<u64>()
-    };
     let ready = eventually(Duration::from_secs(30), || async {
         client
             .publish(format!("{p}in.probe"), "probe".into())
             .await
             .unwrap();
         client.flush().await.unwrap();
-        forwarded().await > 0
+        forwarded(&app, &format!("nats:{p}in.>")).await > 0
     })
     .await;
     assert!(ready, "the bridge forwards before the restart");
@@ -361,14 +360,14 @@ subject = "{p}out"
     assert_eq!(payloads, expected);
 
     // NATS to Kafka: the subscription is back after the restart.
-    let before = forwarded().await;
+    let before = forwarded(&app, &format!("nats:{p}in.>")).await;
     let resumed = eventually(Duration::from_secs(30), || async {
         client
             .publish(format!("{p}in.after"), "after".into())
             .await
             .is_ok()
             && client.flush().await.is_ok()
-            && forwarded().await > before
+            && forwarded(&app, &format!("nats:{p}in.>")).await > before
     })
     .await;
     assert!(resumed, "NATS messages are bridged again after the restart");
@@ -384,48 +383,14 @@ async fn the_bridge_rides_out_a_kafka_restart() {
         return;
     };
     kafka.start().await;
-    let (p, stream) = names();
-    let file = format!(
-        r#"
-[[bridge.to_kafka]]
-subject = "{p}in.>"
-topic = "{p}from-nats"
-
-[[bridge.to_nats]]
-topic = "{p}to-nats"
-subject = "{p}out"
-"#
-    );
-    let settings = Settings {
-        env: vec![
-            ("CONVENE_NATS_URL".into(), nats_url),
-            ("CONVENE_KAFKA_BROKERS".into(), kafka.brokers()),
-            ("CONVENE_BUS_PREFIX".into(), p.clone()),
-            ("CONVENE_NATS_STREAM".into(), stream),
-        ],
-        file: Some(file),
-        ..Settings::default()
-    };
-    let app = spawn_app_with(Backend::Sqlite, settings).await.unwrap();
-    let forwarded = |route: String| {
-        let app = &app;
-        async move {
-            let text = app.send("GET", "/metrics", None, None).await.body;
-            text.as_str()
-                .unwrap()
-                .lines()
-                .filter(|l| l.contains(&route) && l.contains("outcome=\"forwarded\""))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>()
-        }
-    };
+    let (app, p) = bridge_node(&nats_url, &kafka.brokers(), TWO_ROUTES).await;
     let ready = eventually(Duration::from_secs(60), || async {
         client
             .publish(format!("{p}in.probe"), "probe".into())
             .await
             .unwrap();
         client.flush().await.unwrap();
-        forwarded(format!("nats:{p}in.>")).await > 0
+        forwarded(&app, &format!("nats:{p}in.>")).await > 0
     })
     .await;
     assert!(ready, "the bridge forwards before the restart");
