@@ -69,7 +69,7 @@ mod rooms;
 mod users;
 
 pub use events::EventFilter;
-pub use outbox::Pending;
+pub use outbox::{Pending, Position, Read};
 
 /// The store. Cheap to clone.
 #[derive(Clone, Debug)]

@@ -134,7 +134,10 @@ mod tests {
 
     fn out(entity: &str, n: u8) -> Outgoing {
         Outgoing::new(crate::store::Pending {
-            id: i64::from(n),
+            position: crate::store::Position {
+                xid: 0,
+                id: i64::from(n),
+            },
             message_id: uuid::Uuid::from_bytes([n; 16]),
             topic: "events.updated".into(),
             entity: entity.into(),

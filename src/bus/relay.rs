@@ -1,10 +1,10 @@
 //! The outbox relay, an actor on every node of which one at a time (the holder of the `relay`
 //! lease) publishes: it wakes on each local commit, on PostgreSQL's NOTIFY for commits on other
-//! nodes, and once a second besides; reads the unpublished rows in order, publishes them to
-//! every bus, and marks them published only when every bus acknowledged them. A bus that fails
-//! makes it back off with jitter and retry; the rows wait in the outbox.
+//! nodes, and once a second besides; reads the rows past its cursor in commit order, publishes
+//! them to every bus, and moves the cursor only when every bus acknowledged them. A bus that
+//! fails makes it back off with jitter and retry; the rows wait in the outbox.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,10 +16,10 @@ use tokio::task::JoinHandle;
 
 use super::{Buses, Outgoing};
 use crate::metrics::Metrics;
-use crate::store::{Pending, SqlStore};
+use crate::store::{Position, Read, SqlStore};
 use convene_actors::StoreError;
 
-/// The lease's name in the database.
+/// The lease's name in the database, and the relay's cursor's.
 const LEASE: &str = "relay";
 /// First and longest wait before trying a failed bus again.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -30,8 +30,10 @@ const POLL: Duration = Duration::from_secs(1);
 /// Published rows past their retention are deleted this often (or once per retention, when
 /// shorter).
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
-/// Batches whose marks may be written at once.
-const MARKS_IN_FLIGHT: usize = 3;
+/// First and longest wait for an older transaction to end when it holds rows back (a
+/// commit that writes outbox rows wakes the relay anyway; other writes do not).
+const HELD_MIN: Duration = Duration::from_millis(2);
+const HELD_MAX: Duration = Duration::from_millis(200);
 /// The buses are probed every this many ticks.
 const PROBE_EVERY: u64 = 5;
 
@@ -86,12 +88,15 @@ pub struct RelayState {
     ticks: u64,
     /// Set while a `Wake` is in the mailbox, so a burst of commits queues one.
     woken: Arc<AtomicBool>,
-    /// Rows up to here were read in this pass.
-    cursor: i64,
+    /// Every bus acknowledged the rows up to here; `None` until read from the database after
+    /// the lease was taken.
+    sent: Option<Position>,
+    /// Rows up to here were read (or are being read).
+    read: Position,
     /// The next batch, being read.
-    prefetch: Option<JoinHandle<Result<Vec<Pending>, StoreError>>>,
-    /// The last batches' marks, being written, oldest first.
-    marking: VecDeque<JoinHandle<Result<(), StoreError>>>,
+    prefetch: Option<JoinHandle<Result<Read, StoreError>>>,
+    /// The wait before looking again at rows held back by an open transaction.
+    held: Duration,
     waker: JoinHandle<()>,
     ticker: JoinHandle<()>,
 }
@@ -145,49 +150,50 @@ async fn watch(relay: ActorRef<RelayMessage>, store: SqlStore, woken: Arc<Atomic
 }
 
 impl RelayState {
-    /// Publishes one batch; the number of rows it took. Rounds overlap: while a batch is
-    /// published the next is read, and its marks are written during the next round. Rows are
-    /// read past a cursor, which goes back to the start whenever the relay caught up or a bus
-    /// failed, so a row committed late with a lower id is found on the next pass (it cannot
-    /// belong to an entity whose later rows went out before it: an entity commits one change
-    /// at a time).
-    async fn round(&mut self) -> anyhow::Result<usize> {
-        let result = self.publish_next().await;
-        if !matches!(result, Ok(n) if n == self.args.settings.batch) {
-            if let Some(read) = self.prefetch.take() {
-                read.abort();
+    /// Publishes one batch; the number of rows it took, and whether rows are held back by an
+    /// open transaction. While a batch is published the next is read. The cursor moves only
+    /// after every bus acknowledged a batch; after a failure, reading starts again from it.
+    async fn round(&mut self) -> anyhow::Result<(usize, bool)> {
+        let sent = match self.sent {
+            Some(sent) => sent,
+            None => {
+                let sent = self.args.store.outbox_cursor(LEASE).await?;
+                self.sent = Some(sent);
+                self.read = sent;
+                sent
             }
-            self.finish_marking().await?;
-            self.cursor = 0;
+        };
+        let result = self.publish_next().await;
+        if result.is_err() {
+            self.forget_reads();
+            self.read = sent;
         }
         result
     }
 
-    /// Waits for every mark in flight.
-    async fn finish_marking(&mut self) -> anyhow::Result<()> {
-        while let Some(marking) = self.marking.pop_front() {
-            marking.await??;
+    /// Drops the batch being read ahead.
+    fn forget_reads(&mut self) {
+        if let Some(read) = self.prefetch.take() {
+            read.abort();
         }
-        Ok(())
     }
 
-    async fn publish_next(&mut self) -> anyhow::Result<usize> {
+    async fn publish_next(&mut self) -> anyhow::Result<(usize, bool)> {
         let batch = self.args.settings.batch;
-        let rows = match self.prefetch.take() {
+        let Read { rows, held_back } = match self.prefetch.take() {
             Some(read) => read.await??,
-            None => self.args.store.outbox(self.cursor, batch).await?,
+            None => self.args.store.outbox(self.read, batch).await?,
         };
-        let Some(last) = rows.last() else {
-            return Ok(0);
+        let Some(last) = rows.last().map(|r| r.position) else {
+            return Ok((0, held_back));
         };
-        self.cursor = last.id;
+        self.read = last;
         if rows.len() == batch {
-            let (store, after) = (self.args.store.clone(), self.cursor);
+            let (store, after) = (self.args.store.clone(), self.read);
             self.prefetch = Some(tokio::spawn(
                 async move { store.outbox(after, batch).await },
             ));
         }
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let out: Vec<Outgoing> = rows.into_iter().map(Outgoing::new).collect();
         let mut per_kind: HashMap<&str, u64> = HashMap::new();
         for m in &out {
@@ -214,30 +220,22 @@ impl RelayState {
                     .inc_by(*n);
             }
         }
+        args.store.advance_outbox_cursor(LEASE, last).await?;
+        self.sent = Some(last);
         let n = out.len();
         args.metrics.outbox_pending.sub(n as i64);
         for m in out {
             // Nobody listening in this process is not an error.
             let _ = args.buses.local.send(m.envelope);
         }
-        // Marks go to different rows: a few run at once, on their own connections.
-        while self.marking.len() >= MARKS_IN_FLIGHT {
-            if let Some(oldest) = self.marking.pop_front() {
-                oldest.await??;
-            }
-        }
-        let store = self.args.store.clone();
-        self.marking.push_back(tokio::spawn(async move {
-            store.mark_published(&ids, Utc::now()).await
-        }));
-        Ok(n)
+        Ok((n, held_back))
     }
 
     async fn tick(&mut self, myself: &ActorRef<RelayMessage>) {
-        let args = &self.args;
-        let settings = &args.settings;
+        let settings = self.args.settings.clone();
         let was = self.holding;
-        self.holding = match args
+        self.holding = match self
+            .args
             .store
             .take_lease(LEASE, &settings.holder, settings.lease)
             .await
@@ -252,13 +250,12 @@ impl RelayState {
             tracing::info!(holder = %settings.holder, holding = self.holding, "relay lease");
         }
         if was && !self.holding {
-            // Another node relays now; a later pass starts from the outbox as it is then.
-            if let Some(read) = self.prefetch.take() {
-                read.abort();
-            }
-            self.cursor = 0;
+            // Another node relays now; a later pass starts from the cursor as it is then.
+            self.forget_reads();
+            self.sent = None;
         }
-        if let Ok(n) = args.store.outbox_pending().await {
+        let args = &self.args;
+        if let Ok(n) = args.store.outbox_pending(LEASE).await {
             args.metrics.outbox_pending.set(n);
         }
         let probe = self.ticks % PROBE_EVERY == 0;
@@ -279,7 +276,7 @@ impl RelayState {
         if self.pruned.is_none_or(|at| at.elapsed() >= every) {
             let before = Utc::now()
                 - chrono::Duration::from_std(settings.retention).unwrap_or(chrono::Duration::MAX);
-            match args.store.prune_outbox(before).await {
+            match args.store.prune_outbox(LEASE, before).await {
                 Ok(n) if n > 0 => tracing::info!(rows = n, "published outbox rows pruned"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "pruning the outbox failed"),
@@ -315,9 +312,10 @@ impl Actor for Relay {
             pruned: None,
             ticks: 0,
             woken,
-            cursor: 0,
+            sent: None,
+            read: Position::default(),
             prefetch: None,
-            marking: VecDeque::new(),
+            held: HELD_MIN,
             waker,
             ticker,
         })
@@ -330,12 +328,7 @@ impl Actor for Relay {
     ) -> Result<(), ActorProcessingErr> {
         state.waker.abort();
         state.ticker.abort();
-        if let Some(read) = state.prefetch.take() {
-            read.abort();
-        }
-        if let Err(e) = state.finish_marking().await {
-            tracing::warn!(error = %e, "the last marks were not written; those rows go out again");
-        }
+        state.forget_reads();
         if state.holding {
             let settings = &state.args.settings;
             if let Err(e) = state
@@ -365,11 +358,17 @@ impl Actor for Relay {
                     return Ok(());
                 }
                 match state.round().await {
-                    Ok(n) => {
+                    Ok((n, held_back)) => {
                         state.backoff = BACKOFF_MIN;
                         state.retry_at = None;
                         if n == state.args.settings.batch {
                             wake(&myself, &state.woken);
+                        } else if held_back {
+                            let wait = state.held;
+                            state.held = (state.held * 2).min(HELD_MAX);
+                            myself.send_after(wait, || RelayMessage::Wake);
+                        } else {
+                            state.held = HELD_MIN;
                         }
                     }
                     Err(e) => {

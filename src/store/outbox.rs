@@ -1,6 +1,6 @@
 //! The transactional outbox: domain events written in the same transaction as the change they
-//! describe, read back in commit order for the relay, marked once every bus took them, pruned
-//! after their retention; and the leases that let one node of a cluster relay.
+//! describe, read back in commit order past a reader's position, the readers' positions, pruning
+//! after the retention; and the leases that let one node of a cluster relay.
 
 use std::time::Duration;
 
@@ -11,11 +11,21 @@ use sqlx::types::Json;
 
 use super::{Db, SqlStore, unavailable};
 
-/// An outbox row not yet published, its payload as the JSON text the database holds.
+/// A place in the outbox's commit order: the writing transaction (always 0 on SQLite, where
+/// ids are in commit order), then the id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, sqlx::FromRow)]
+pub struct Position {
+    /// The transaction that wrote the row.
+    pub xid: i64,
+    /// The row's id.
+    pub id: i64,
+}
+
+/// An outbox row, its payload as the JSON text the database holds.
 #[derive(Debug)]
 pub struct Pending {
     /// Its place in the outbox.
-    pub id: i64,
+    pub position: Position,
     /// The domain event's id.
     pub message_id: uuid::Uuid,
     /// Its type, such as `events.created`.
@@ -28,8 +38,19 @@ pub struct Pending {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// What a read of the outbox found.
+#[derive(Debug, Default)]
+pub struct Read {
+    /// The rows past the position, in commit order.
+    pub rows: Vec<Pending>,
+    /// Rows past the last one returned exist but cannot be read yet: an older transaction is
+    /// still open, and a row it writes would come before them.
+    pub held_back: bool,
+}
+
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
+    xid: i64,
     id: i64,
     message_id: uuid::Uuid,
     topic: String,
@@ -50,35 +71,91 @@ impl SqlStore {
         self.written.notified().await;
     }
 
-    /// Domain events not yet published with an id above `after`, oldest first.
-    pub async fn outbox(&self, after: i64, limit: usize) -> Result<Vec<Pending>, StoreError> {
-        let rows: Vec<OutboxRow> = on_pool!(self.db, read, pool => {
-            sqlx::query_as(
-                "SELECT id, message_id, topic, entity_key, payload, occurred_at FROM outbox \
-                 WHERE published_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
-            )
-            .bind(after)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(pool)
-            .await
-        })
+    /// Up to `limit` domain events past `after`, in commit order. A row is returned only once
+    /// no row can commit before it any more, so a reader that carries on from the last row it
+    /// read never skips one.
+    pub async fn outbox(&self, after: Position, limit: usize) -> Result<Read, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<OutboxRow> = match &self.db {
+            Db::Postgres(pool) => {
+                // The horizon is the oldest transaction that may still be running: every row
+                // written by an older one is there to read, and every row written later sorts
+                // after it.
+                sqlx::query_as(
+                    "SELECT xid::text::bigint AS xid, id, message_id, topic, entity_key, payload, \
+                     occurred_at FROM outbox \
+                     WHERE (xid, id) > ($1::bigint::text::xid8, $2) \
+                     AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+                     ORDER BY xid, id LIMIT $3",
+                )
+                .bind(after.xid)
+                .bind(after.id)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+            }
+            Db::Sqlite { read, .. } => {
+                sqlx::query_as(
+                    "SELECT xid, id, message_id, topic, entity_key, payload, occurred_at \
+                     FROM outbox WHERE id > $1 ORDER BY id LIMIT $2",
+                )
+                .bind(after.id)
+                .bind(limit)
+                .fetch_all(read)
+                .await
+            }
+        }
         .map_err(unavailable)?;
-        Ok(rows
+        let full = rows.len() as i64 == limit;
+        let rows: Vec<Pending> = rows
             .into_iter()
             .map(|r| Pending {
-                id: r.id,
+                position: Position {
+                    xid: r.xid,
+                    id: r.id,
+                },
                 message_id: r.message_id,
                 topic: r.topic,
                 entity: r.entity_key,
                 payload: r.payload.0,
                 occurred_at: r.occurred_at,
             })
-            .collect())
+            .collect();
+        let held_back = match &self.db {
+            Db::Postgres(pool) if !full => {
+                let (held,): (bool,) = sqlx::query_as(
+                    "SELECT EXISTS (SELECT 1 FROM outbox \
+                     WHERE xid >= pg_snapshot_xmin(pg_current_snapshot()))",
+                )
+                .fetch_one(pool)
+                .await
+                .map_err(unavailable)?;
+                held
+            }
+            _ => false,
+        };
+        Ok(Read { rows, held_back })
     }
 
-    /// Marks these rows published. On PostgreSQL the commit does not wait for the disk: a mark
-    /// lost in a crash only sends those rows again, and the buses drop repeats by id.
-    pub async fn mark_published(&self, ids: &[i64], at: DateTime<Utc>) -> Result<(), StoreError> {
+    /// Where the reader `name` stands.
+    pub async fn outbox_cursor(&self, name: &str) -> Result<Position, StoreError> {
+        let found: Option<Position> = on_pool!(self.db, read, pool => {
+            sqlx::query_as(
+                "SELECT CAST(CAST(xid AS TEXT) AS BIGINT) AS xid, id FROM outbox_cursors \
+                 WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(unavailable)?;
+        Ok(found.unwrap_or_default())
+    }
+
+    /// Moves the reader `name` forward to `to` (never back). On PostgreSQL the commit does not
+    /// wait for the disk: a move lost in a crash only reads those rows again, and the buses
+    /// drop repeats by id.
+    pub async fn advance_outbox_cursor(&self, name: &str, to: Position) -> Result<(), StoreError> {
         match &self.db {
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(unavailable)?;
@@ -86,50 +163,62 @@ impl SqlStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-                sqlx::query("UPDATE outbox SET published_at = $1 WHERE id = ANY($2)")
-                    .bind(at)
-                    .bind(ids)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
+                sqlx::query(
+                    "INSERT INTO outbox_cursors (name, xid, id) VALUES ($1, $2::bigint::text::xid8, $3) \
+                     ON CONFLICT (name) DO UPDATE SET xid = EXCLUDED.xid, id = EXCLUDED.id \
+                     WHERE (outbox_cursors.xid, outbox_cursors.id) < (EXCLUDED.xid, EXCLUDED.id)",
+                )
+                .bind(name)
+                .bind(to.xid)
+                .bind(to.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
                 tx.commit().await.map_err(unavailable)
             }
-            Db::Sqlite { write, .. } => {
-                for chunk in ids.chunks(super::CHUNK) {
-                    let mut qb = sqlx::QueryBuilder::new("UPDATE outbox SET published_at = ");
-                    qb.push_bind(at).push(" WHERE id IN (");
-                    let mut list = qb.separated(", ");
-                    for id in chunk {
-                        list.push_bind(*id);
-                    }
-                    list.push_unseparated(")");
-                    qb.build().execute(write).await.map_err(unavailable)?;
-                }
-                Ok(())
-            }
+            Db::Sqlite { write, .. } => sqlx::query(
+                "INSERT INTO outbox_cursors (name, xid, id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET xid = excluded.xid, id = excluded.id \
+                 WHERE (outbox_cursors.xid, outbox_cursors.id) < (excluded.xid, excluded.id)",
+            )
+            .bind(name)
+            .bind(to.xid)
+            .bind(to.id)
+            .execute(write)
+            .await
+            .map(|_| ())
+            .map_err(unavailable),
         }
     }
 
-    /// How many rows wait to be published.
-    pub async fn outbox_pending(&self) -> Result<i64, StoreError> {
+    /// How many rows the reader `name` has still to take.
+    pub async fn outbox_pending(&self, name: &str) -> Result<i64, StoreError> {
         let (n,): (i64,) = on_pool!(self.db, read, pool => {
-            sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
-                .fetch_one(pool)
-                .await
+            sqlx::query_as(
+                "SELECT COUNT(*) FROM outbox o JOIN outbox_cursors c ON c.name = $1 \
+                 WHERE (o.xid, o.id) > (c.xid, c.id)",
+            )
+            .bind(name)
+            .fetch_one(pool)
+            .await
         })
         .map_err(unavailable)?;
         Ok(n)
     }
 
-    /// Deletes the rows published before `before`; returns how many. No index serves this (each
-    /// one would cost every mark an index write); it runs every few minutes.
-    pub async fn prune_outbox(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    /// Deletes the rows that happened before `before` and that the reader `name` has taken;
+    /// returns how many.
+    pub async fn prune_outbox(&self, name: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
         on_pool!(self.db, write, pool => {
-            sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
-                .bind(before)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
+            sqlx::query(
+                "DELETE FROM outbox WHERE occurred_at < $2 AND (xid, id) <= \
+                 (SELECT xid, id FROM outbox_cursors WHERE name = $1)",
+            )
+            .bind(name)
+            .bind(before)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
         })
         .map_err(unavailable)
     }

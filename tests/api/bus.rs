@@ -85,7 +85,7 @@ pub(crate) async fn kafka_reachable(brokers: &str) -> bool {
 
 /// The outbox as the database holds it: (message id, entity key, type), in commit order.
 pub(crate) async fn outbox(database: &str) -> Vec<(uuid::Uuid, String, String)> {
-    let q = "SELECT message_id, entity_key, topic FROM outbox ORDER BY id";
+    let q = "SELECT message_id, entity_key, topic FROM outbox ORDER BY xid, id";
     if database.starts_with("postgres") {
         let mut c = sqlx::PgConnection::connect(database).await.unwrap();
         sqlx::query_as(q).fetch_all(&mut c).await.unwrap()
@@ -96,7 +96,8 @@ pub(crate) async fn outbox(database: &str) -> Vec<(uuid::Uuid, String, String)> 
 }
 
 async fn pending(database: &str) -> i64 {
-    let q = "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL";
+    let q = "SELECT COUNT(*) FROM outbox o JOIN outbox_cursors c ON c.name = 'relay' \
+             WHERE (o.xid, o.id) > (c.xid, c.id)";
     let (n,): (i64,) = if database.starts_with("postgres") {
         let mut c = sqlx::PgConnection::connect(database).await.unwrap();
         sqlx::query_as(q).fetch_one(&mut c).await.unwrap()
@@ -401,6 +402,77 @@ async fn published_rows_are_pruned_after_their_retention() {
     })
     .await;
     assert!(pruned, "published rows outlive their retention");
+}
+
+/// On PostgreSQL ids come from a sequence, so a row can commit after rows with higher ids. A
+/// transaction holds an outbox row open while writers commit many more; when it commits, its
+/// row is relayed before theirs and nothing is skipped or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_committed_late_with_a_lower_id_is_relayed_in_commit_order() {
+    let Some(app) = spawn_app_with(Backend::Postgres, Settings::default()).await else {
+        return;
+    };
+    let owner = app.sign_up("owner@example.com").await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            pending(&app.database).await == 0
+        })
+        .await
+    );
+    let before = outbox(&app.database).await.len();
+    let app = std::sync::Arc::new(app);
+    let mut feed = app.node.app.buses.subscribe();
+    let mut db = sqlx::PgConnection::connect(&app.database).await.unwrap();
+    let mut open = db.begin().await.unwrap();
+    let late = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO outbox (message_id, topic, entity_key, payload, occurred_at) \
+         VALUES ($1, 'events.updated', 'event/0', '{}', NOW())",
+    )
+    .bind(late)
+    .execute(&mut *open)
+    .await
+    .unwrap();
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (app, owner) = (app.clone(), owner.clone());
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    app.create_event(&owner, 5).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let early = tokio::time::timeout(Duration::from_millis(500), feed.recv()).await;
+    assert!(
+        early.is_err(),
+        "rows written after an open transaction wait for it: {early:?}"
+    );
+    open.commit().await.unwrap();
+    let rows = outbox(&app.database).await.split_off(before);
+    assert_eq!(rows.len(), 41);
+    let mut got = Vec::new();
+    while got.len() < rows.len() {
+        let envelope = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {} rows relayed", got.len(), rows.len()))
+            .unwrap();
+        got.push(envelope.id);
+    }
+    assert_eq!(got[0], late, "the open transaction's row goes first");
+    assert_eq!(got, rows.iter().map(|r| r.0).collect::<Vec<_>>());
+    let more = tokio::time::timeout(Duration::from_millis(300), feed.recv()).await;
+    assert!(more.is_err(), "nothing is relayed twice: {more:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            pending(&app.database).await == 0
+        })
+        .await,
+        "the cursor moves past every row"
+    );
 }
 
 async fn relays_to_both(backend: Backend) {

@@ -1205,11 +1205,13 @@ async fn killing_the_relay_node_hands_the_outbox_to_another_and_loses_nothing() 
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (pending,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
-                .fetch_one(&mut db)
-                .await
-                .unwrap();
+        let (pending,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM outbox o JOIN outbox_cursors c ON c.name = 'relay' \
+             WHERE (o.xid, o.id) > (c.xid, c.id)",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
         if pending == 0 {
             break;
         }

@@ -156,10 +156,12 @@ async fn relay_throughput(base: &str, bus: Bus, args: &Args) -> anyhow::Result<f
     // A light probe, not too often: the clock must not measure this loop's load on the
     // database (a COUNT over the outbox every few milliseconds halves the relay's rate).
     loop {
-        let (left,): (bool,) =
-            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)")
-                .fetch_one(&pool)
-                .await?;
+        let (left,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM outbox o JOIN outbox_cursors c ON c.name = 'relay' \
+                 WHERE (o.xid, o.id) > (c.xid, c.id))",
+        )
+        .fetch_one(&pool)
+        .await?;
         if !left {
             break;
         }
