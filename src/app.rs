@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
 use crate::revocations::Revocations;
+use crate::search::SearchIndex;
 use crate::store::SqlStore;
 
 /// Cheap to clone; everything inside is shared.
@@ -43,6 +44,8 @@ pub struct Inner {
     pub fanout: ActorRef<FanOutMessage>,
     /// NATS and Kafka, those configured, and the in-process feed of domain events.
     pub buses: Buses,
+    /// This node's search index.
+    pub search: Arc<SearchIndex>,
     /// The members of the cluster and the owner of each key.
     pub cluster: Cluster,
     /// Set when the node is leaving: health answers 503 so load balancers stop sending work.

@@ -11,6 +11,7 @@ pub mod events;
 pub mod ops;
 pub mod registrations;
 pub mod rooms;
+pub mod search;
 pub mod users;
 
 use std::convert::Infallible;
@@ -32,6 +33,8 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
     // The busiest routes first: an `or` tries its filters in order.
     let api = events::routes(app.clone())
         .or(registrations::routes(app.clone()))
+        .unify()
+        .or(search::routes(app.clone()))
         .unify()
         .or(auth::routes(app.clone()))
         .unify()
@@ -94,6 +97,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/api/v1/events/{id}", "GET, PATCH, DELETE"),
     ("/api/v1/events/{id}/registrations", "GET, POST"),
     ("/api/v1/events/{id}/registrations/me", "DELETE"),
+    ("/api/v1/search/events", "GET"),
     ("/api/v1/rooms/{room}/presence", "GET"),
     ("/api/v1/rooms/{room}/messages", "GET"),
     ("/api/v1/cluster", "GET"),

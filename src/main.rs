@@ -50,6 +50,8 @@ enum Command {
     },
     /// Applies the database migrations and exits.
     Migrate,
+    /// Builds this node's search index again from the database (stop the node first).
+    Reindex,
     /// Manages accounts.
     Users {
         #[command(subcommand)]
@@ -163,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied ({})", store.backend());
             Ok(())
         }
+        Command::Reindex => reindex(config).await,
         Command::Users {
             command: UsersCommand::GrantRole { email, role },
         } => {
@@ -180,6 +183,32 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn reindex(config: Config) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    let dir = config.data_dir.join("index");
+    let index = std::sync::Arc::new(convene::search::SearchIndex::open(&dir).context(
+        "opening the search index; a node using this data directory must be stopped first",
+    )?);
+    let total = store.live_events().await?;
+    let bar = indicatif::ProgressBar::new(u64::try_from(total).unwrap_or(0));
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} events  {per_sec}  eta {eta}",
+    )?);
+    let started = std::time::Instant::now();
+    let progress = bar.clone();
+    let (n, _) =
+        convene::search::indexer::rebuild(&store, &index, move |n| progress.set_position(n))
+            .await?;
+    bar.finish();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{n} events indexed in {secs:.1} s ({:.0} events/s) into {}",
+        n as f64 / secs.max(1e-9),
+        dir.display()
+    );
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

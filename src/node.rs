@@ -19,11 +19,14 @@ use tokio::sync::oneshot;
 
 use crate::app::{App, Inner};
 use crate::auth::{Auth, load_or_create_secret};
-use crate::bus::relay::{KeeperMessage, RelayArgs, RelayKeeper, RelayMessage, RelaySettings};
+use crate::bus::relay::{Relay, RelayArgs, RelayMessage, RelaySettings};
 use crate::bus::{Buses, bridge, commands, consumer};
 use crate::config::Config;
+use crate::keeper::{Keeper, KeeperMessage};
 use crate::metrics::Metrics;
 use crate::revocations::Revocations;
+use crate::search::SearchIndex;
+use crate::search::indexer::{Indexer, IndexerArgs, IndexerMessage};
 use crate::store::{SqlStore, is_postgres};
 
 /// A node serving HTTP; dropping it does not stop it, [`Node::shutdown`] does.
@@ -36,6 +39,8 @@ pub struct Node {
     served: tokio::task::JoinHandle<()>,
     shards: Vec<ractor::ActorCell>,
     relay: ractor::ActorRef<KeeperMessage>,
+    /// Keeps the search index following the outbox.
+    indexer: ractor::ActorRef<KeeperMessage>,
     /// The NATS responder, the Kafka consumer of commands and the bridge, and what stops them.
     inbound: Vec<tokio::task::JoinHandle<()>>,
     stop_inbound: tokio::sync::watch::Sender<bool>,
@@ -267,7 +272,7 @@ impl Node {
             .context("configuring the buses")?;
         let (relay, _) = Actor::spawn(
             None,
-            RelayKeeper,
+            Keeper::<Relay>::default(),
             RelayArgs {
                 store: store.clone(),
                 buses: buses.clone(),
@@ -278,6 +283,18 @@ impl Node {
                     retention: Duration::from_secs(config.outbox_retention_secs),
                     holder: format!("{}/{}", config.node_name, uuid::Uuid::new_v4().simple()),
                 },
+            },
+        )
+        .await?;
+        let index_dir = config.data_dir.join("index");
+        let search =
+            Arc::new(tokio::task::spawn_blocking(move || SearchIndex::open(&index_dir)).await??);
+        let (indexer, _) = Actor::spawn(
+            None,
+            Keeper::<Indexer>::default(),
+            IndexerArgs {
+                store: store.clone(),
+                index: search.clone(),
             },
         )
         .await?;
@@ -300,6 +317,7 @@ impl Node {
             rooms,
             fanout: fanout.clone(),
             buses,
+            search,
             cluster,
             draining: AtomicBool::new(false),
             metrics,
@@ -350,6 +368,7 @@ impl Node {
             served,
             shards,
             relay,
+            indexer,
             inbound,
             stop_inbound,
             network,
@@ -358,7 +377,12 @@ impl Node {
 
     /// The outbox relay running on this node (it publishes only while it holds the lease).
     pub fn relay(&self) -> Option<ractor::ActorRef<RelayMessage>> {
-        RelayKeeper::relay(&self.relay)
+        crate::keeper::child(&self.relay)
+    }
+
+    /// The search indexer running on this node.
+    pub fn indexer(&self) -> Option<ractor::ActorRef<IndexerMessage>> {
+        crate::keeper::child(&self.indexer)
     }
 
     /// The base URL of the HTTP edge.
@@ -411,6 +435,16 @@ impl Node {
         }
         for shard in &self.shards {
             let _ = shard.drain_and_wait(Some(Duration::from_secs(5))).await;
+        }
+        let _ = self
+            .indexer
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+        let search = self.app.search.clone();
+        match tokio::task::spawn_blocking(move || search.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "closing the search index failed"),
+            Err(e) => tracing::warn!(error = %e, "closing the search index failed"),
         }
     }
 

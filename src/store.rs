@@ -10,7 +10,6 @@ use convene_actors::StoreError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
-use tokio::sync::Notify;
 
 /// The database behind the store.
 #[derive(Clone, Debug)]
@@ -69,14 +68,15 @@ mod rooms;
 mod users;
 
 pub use events::EventFilter;
-pub use outbox::{Pending, Position, Read};
+pub use outbox::{OutboxWatch, PRUNED, Pending, Position, Read};
 
 /// The store. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SqlStore {
     db: Db,
-    /// Woken after every commit that wrote to the outbox, so the relay on this node need not poll.
-    written: Arc<Notify>,
+    /// Bumped after every commit that wrote to the outbox, so the outbox's readers on this node
+    /// need not poll.
+    written: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Which database a URL names.
@@ -96,7 +96,7 @@ impl SqlStore {
         sqlx::migrate!("./schema/postgres").run(&pool).await?;
         Ok(Self {
             db: Db::Postgres(pool),
-            written: Arc::default(),
+            written: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -120,7 +120,7 @@ impl SqlStore {
             .await?;
         Ok(Self {
             db: Db::Sqlite { write, read },
-            written: Arc::default(),
+            written: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 

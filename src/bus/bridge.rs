@@ -364,6 +364,7 @@ async fn kafka_to_nats(
         }
     }
     flush_and_commit(&nats, &consumer).await;
+    super::kafka::close_consumer(consumer, false).await;
 }
 
 /// Commits the offsets of the records handed to NATS once NATS has them (a flush is a round

@@ -237,9 +237,6 @@ pub fn serve_kafka(
                 tracing::debug!(error = %e, "offsets not committed yet");
             }
         }
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::warn!(error = %e, "the last offsets were not committed");
-        }
-        consumer.unsubscribe();
+        super::kafka::close_consumer(consumer, true).await;
     })
 }

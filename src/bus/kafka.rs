@@ -9,6 +9,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -208,5 +209,27 @@ impl Publisher for Kafka {
             self.up.store(reached, Ordering::Relaxed);
         }
         self.up.load(Ordering::Relaxed)
+    }
+}
+
+/// How long a stopping consumer may take to commit and leave its group before its node carries
+/// on without waiting.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Commits (if `commit`) and closes a consumer on a thread of its own: librdkafka's commit and
+/// close block until the group coordinator answers, for ever while it is unreachable or just
+/// restarted, and must not hold an async worker meanwhile. Waits up to [`CLOSE_WAIT`].
+pub async fn close_consumer(consumer: StreamConsumer, commit: bool) {
+    let (done, closed) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        if commit && let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::warn!(error = %e, "the last offsets were not committed");
+        }
+        consumer.unsubscribe();
+        drop(consumer);
+        let _ = done.send(());
+    });
+    if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+        tracing::warn!("a Kafka consumer is still leaving its group; carrying on");
     }
 }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::{Buses, Outgoing};
 use crate::metrics::Metrics;
-use crate::store::{Position, Read, SqlStore};
+use crate::store::{OutboxWatch, Position, Read, SqlStore};
 use convene_actors::StoreError;
 
 /// The lease's name in the database, and the relay's cursor's.
@@ -51,6 +51,7 @@ pub struct RelaySettings {
 }
 
 /// The relay actor.
+#[derive(Default)]
 pub struct Relay;
 
 /// Its messages (local only).
@@ -110,39 +111,9 @@ fn wake(relay: &ActorRef<RelayMessage>, woken: &AtomicBool) -> bool {
 
 /// Wakes the relay on local commits, on NOTIFY from PostgreSQL, and every [`POLL`].
 async fn watch(relay: ActorRef<RelayMessage>, store: SqlStore, woken: Arc<AtomicBool>) {
-    let mut listener = match store.postgres_pool() {
-        Some(pool) => match sqlx::postgres::PgListener::connect_with(pool).await {
-            Ok(mut l) => match l.listen("convene_outbox").await {
-                Ok(()) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN failed; the relay polls");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "no LISTEN connection; the relay polls");
-                None
-            }
-        },
-        None => None,
-    };
+    let mut outbox = OutboxWatch::new(&store, POLL).await;
     loop {
-        let notified = async {
-            match &mut listener {
-                // On a lost connection `recv` reconnects and listens again.
-                Some(l) => {
-                    if l.recv().await.is_err() {
-                        tokio::time::sleep(POLL).await;
-                    }
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = store.outbox_wait() => {}
-            () = notified => {}
-            () = tokio::time::sleep(POLL) => {}
-        }
+        outbox.next().await;
         if !wake(&relay, &woken) {
             break;
         }
@@ -380,82 +351,6 @@ impl Actor for Relay {
                     }
                 }
             }
-        }
-        Ok(())
-    }
-}
-
-/// Keeps a relay running: starts it linked, and starts a new one (which reads the outbox and
-/// takes the lease again) when it fails. Stopping the keeper stops the relay, which gives the
-/// lease up.
-pub struct RelayKeeper;
-
-/// The keeper takes no messages of its own; it acts on its relay's supervision events.
-pub enum KeeperMessage {}
-
-impl ractor::Message for KeeperMessage {}
-
-/// The keeper's state: what a relay starts with, and the one running.
-pub struct KeeperState {
-    args: RelayArgs,
-    relay: ActorRef<RelayMessage>,
-    /// Restarts so far, for the logs.
-    restarts: u64,
-}
-
-impl RelayKeeper {
-    /// The relay running now (a new one after each restart).
-    pub fn relay(keeper: &ActorRef<KeeperMessage>) -> Option<ActorRef<RelayMessage>> {
-        keeper
-            .get_children()
-            .into_iter()
-            .next()
-            .map(ActorRef::<RelayMessage>::from)
-    }
-}
-
-impl Actor for RelayKeeper {
-    type Msg = KeeperMessage;
-    type State = KeeperState;
-    type Arguments = RelayArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<KeeperMessage>,
-        args: RelayArgs,
-    ) -> Result<KeeperState, ActorProcessingErr> {
-        let (relay, _) = Actor::spawn_linked(None, Relay, args.clone(), myself.get_cell()).await?;
-        Ok(KeeperState {
-            args,
-            relay,
-            restarts: 0,
-        })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<KeeperMessage>,
-        state: &mut KeeperState,
-    ) -> Result<(), ActorProcessingErr> {
-        let _ = state
-            .relay
-            .stop_and_wait(None, Some(Duration::from_secs(5)))
-            .await;
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<KeeperMessage>,
-        event: ractor::SupervisionEvent,
-        state: &mut KeeperState,
-    ) -> Result<(), ActorProcessingErr> {
-        if let ractor::SupervisionEvent::ActorFailed(_, reason) = event {
-            state.restarts += 1;
-            tracing::error!(%reason, restarts = state.restarts, "the relay failed; starting it again");
-            let (relay, _) =
-                Actor::spawn_linked(None, Relay, state.args.clone(), myself.get_cell()).await?;
-            state.relay = relay;
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{auth, cluster, events, json, registrations, rooms, users, with_app};
+use super::{auth, cluster, events, json, registrations, rooms, search, users, with_app};
 use crate::app::App;
 
 /// The routes of this module.
@@ -189,6 +189,7 @@ impl Modify for BearerAuth {
         auth::register, auth::login, auth::logout,
         users::get_me, users::update_me, users::my_registrations,
         events::listing::list, events::create, events::get, events::update, events::delete,
+        search::search,
         registrations::register, registrations::cancel, registrations::registrations,
         rooms::presence, rooms::messages,
         health, metrics, cluster::status,

@@ -133,6 +133,44 @@ impl SqlStore {
         rows.into_iter().map(EventRow::into_event).collect()
     }
 
+    /// One event as the database holds it, deleted or not; `None` when there is none.
+    pub async fn event(&self, id: i64) -> Result<Option<Event>, StoreError> {
+        let row: Option<EventRow> = on_pool!(self.db, read, pool => {
+            sqlx::query_as(EVENT_BY_ID).bind(id).fetch_optional(pool).await
+        })
+        .map_err(unavailable)?;
+        row.map(EventRow::into_event).transpose()
+    }
+
+    /// How many live events there are, past and future.
+    pub async fn live_events(&self) -> Result<i64, StoreError> {
+        let (n,): (i64,) = on_pool!(self.db, read, pool => {
+            sqlx::query_as("SELECT COUNT(*) FROM events WHERE deleted_at IS NULL")
+                .fetch_one(pool)
+                .await
+        })
+        .map_err(unavailable)?;
+        Ok(n)
+    }
+
+    /// Live events past and future with an id above `after`, by id: a walk over all of them.
+    pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<Event>, StoreError> {
+        let rows: Vec<EventRow> = on_pool!(self.db, read, pool => {
+            sqlx::query_as(
+                "SELECT id, title, description, date, location, latitude, longitude, capacity, \
+                 registered_count, category, tags, price_cents, created_by, version, created_at, \
+                 updated_at, deleted_at FROM events WHERE deleted_at IS NULL AND id > $1 \
+                 ORDER BY id LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(unavailable)?;
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
     /// A user's registrations that are not cancelled, newest first.
     pub async fn user_registrations(&self, user_id: i64) -> Result<Vec<Registration>, StoreError> {
         let rows: Vec<RegistrationRow> = on_pool!(self.db, read, pool => {

@@ -59,16 +59,74 @@ struct OutboxRow {
     occurred_at: DateTime<Utc>,
 }
 
+/// Wakes a reader of the outbox: after each commit on this node that wrote rows, on
+/// PostgreSQL's NOTIFY for commits on other nodes, and at least every `poll` (rows written by
+/// another process on SQLite, or a notification missed).
+pub struct OutboxWatch {
+    commits: tokio::sync::watch::Receiver<u64>,
+    listener: Option<sqlx::postgres::PgListener>,
+    poll: Duration,
+}
+
+impl OutboxWatch {
+    /// Starts watching; without a LISTEN connection it falls back to polling.
+    pub async fn new(store: &SqlStore, poll: Duration) -> Self {
+        let listener = match &store.db {
+            Db::Postgres(pool) => match sqlx::postgres::PgListener::connect_with(pool).await {
+                Ok(mut l) => match l.listen("convene_outbox").await {
+                    Ok(()) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN failed; the outbox is polled");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "no LISTEN connection; the outbox is polled");
+                    None
+                }
+            },
+            Db::Sqlite { .. } => None,
+        };
+        Self {
+            commits: store.written.subscribe(),
+            listener,
+            poll,
+        }
+    }
+
+    /// Resolves when rows may have been written since the last call.
+    pub async fn next(&mut self) {
+        let poll = self.poll;
+        let notified = async {
+            match &mut self.listener {
+                // On a lost connection `recv` reconnects and listens again.
+                Some(l) => {
+                    if l.recv().await.is_err() {
+                        tokio::time::sleep(poll).await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = self.commits.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(poll).await;
+                }
+            }
+            () = notified => {}
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+/// The cursor that records the last row pruned.
+pub const PRUNED: &str = "pruned";
+
 impl SqlStore {
     /// Called after a commit that wrote outbox rows.
     pub(super) fn outbox_written(&self) {
-        self.written.notify_one();
-    }
-
-    /// Resolves after the next commit on this node that wrote outbox rows (or at once if one
-    /// happened since the last call).
-    pub async fn outbox_wait(&self) {
-        self.written.notified().await;
+        self.written.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Up to `limit` domain events past `after`, in commit order. A row is returned only once
@@ -206,21 +264,93 @@ impl SqlStore {
         Ok(n)
     }
 
+    /// The position a reader that reads the tables from now on carries on from: every row at
+    /// or before it is reflected in what such a read sees, and every later row is past it.
+    pub async fn outbox_head(&self) -> Result<Position, StoreError> {
+        match &self.db {
+            Db::Postgres(pool) => {
+                let (horizon,): (i64,) =
+                    sqlx::query_as("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                        .fetch_one(pool)
+                        .await
+                        .map_err(unavailable)?;
+                Ok(Position {
+                    xid: horizon - 1,
+                    id: i64::MAX,
+                })
+            }
+            Db::Sqlite { read, .. } => {
+                let (id,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM outbox")
+                    .fetch_one(read)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(Position { xid: 0, id })
+            }
+        }
+    }
+
     /// Deletes the rows that happened before `before` and that the reader `name` has taken;
-    /// returns how many.
+    /// returns how many. The last position deleted is kept as the cursor [`PRUNED`]: a reader
+    /// behind it has missed rows.
     pub async fn prune_outbox(&self, name: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        on_pool!(self.db, write, pool => {
-            sqlx::query(
-                "DELETE FROM outbox WHERE occurred_at < $2 AND (xid, id) <= \
-                 (SELECT xid, id FROM outbox_cursors WHERE name = $1)",
-            )
-            .bind(name)
-            .bind(before)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-        })
-        .map_err(unavailable)
+        match &self.db {
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(unavailable)?;
+                let gone: Vec<Position> = sqlx::query_as(
+                    "DELETE FROM outbox WHERE occurred_at < $2 AND (xid, id) <= \
+                     (SELECT xid, id FROM outbox_cursors WHERE name = $1) \
+                     RETURNING xid::text::bigint AS xid, id",
+                )
+                .bind(name)
+                .bind(before)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                if let Some(last) = gone.iter().max() {
+                    sqlx::query(
+                        "INSERT INTO outbox_cursors (name, xid, id) \
+                         VALUES ($1, $2::bigint::text::xid8, $3) \
+                         ON CONFLICT (name) DO UPDATE SET xid = EXCLUDED.xid, id = EXCLUDED.id \
+                         WHERE (outbox_cursors.xid, outbox_cursors.id) < (EXCLUDED.xid, EXCLUDED.id)",
+                    )
+                    .bind(PRUNED)
+                    .bind(last.xid)
+                    .bind(last.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                }
+                tx.commit().await.map_err(unavailable)?;
+                Ok(gone.len() as u64)
+            }
+            Db::Sqlite { write, .. } => {
+                let mut tx = write.begin().await.map_err(unavailable)?;
+                let gone: Vec<Position> = sqlx::query_as(
+                    "DELETE FROM outbox WHERE occurred_at < $2 AND (xid, id) <= \
+                     (SELECT xid, id FROM outbox_cursors WHERE name = $1) RETURNING xid, id",
+                )
+                .bind(name)
+                .bind(before)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                if let Some(last) = gone.iter().max() {
+                    sqlx::query(
+                        "INSERT INTO outbox_cursors (name, xid, id) VALUES ($1, $2, $3) \
+                         ON CONFLICT (name) DO UPDATE SET xid = excluded.xid, id = excluded.id \
+                         WHERE (outbox_cursors.xid, outbox_cursors.id) < (excluded.xid, excluded.id)",
+                    )
+                    .bind(PRUNED)
+                    .bind(last.xid)
+                    .bind(last.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                }
+                tx.commit().await.map_err(unavailable)?;
+                Ok(gone.len() as u64)
+            }
+        }
     }
 
     /// Takes or renews the lease `name` for `holder` until `ttl` from now; `false` when another
@@ -279,13 +409,5 @@ impl SqlStore {
                 .map(|_| ())
         })
         .map_err(unavailable)
-    }
-
-    /// The PostgreSQL pool, for LISTEN; `None` on SQLite.
-    pub fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
-        match &self.db {
-            Db::Postgres(pool) => Some(pool),
-            Db::Sqlite { .. } => None,
-        }
     }
 }

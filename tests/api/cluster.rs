@@ -15,7 +15,7 @@ use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{TempDir, event_body, fresh_postgres};
+use crate::helpers::{TempDir, event_body, eventually, fresh_postgres};
 use crate::rooms::{Client, reply_to};
 
 const SECRET: &str = "a cluster test secret of at least thirty-two bytes";
@@ -1227,4 +1227,56 @@ async fn killing_the_relay_node_hands_the_outbox_to_another_and_loses_nothing() 
     let rows = crate::bus::outbox(&cluster.database).await;
     let seen = crate::bus::read_stream(&client, &stream).await;
     crate::bus::check_exactly_once_in_order(&rows, &seen);
+}
+
+/// Every node keeps its own search index: an event created through one node is found through
+/// the others, and a deletion reaches them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_searchable_on_every_node_soon_after_its_commit() {
+    let Some(cluster) = TestCluster::start(3).await else {
+        return;
+    };
+    let found_on = |node: usize, id: i64| {
+        let url = format!(
+            "{}/api/v1/search/events?q=lyon&limit=100",
+            cluster.nodes[node].http
+        );
+        let client = cluster.client.clone();
+        async move {
+            let r = client.get(&url).send().await.unwrap();
+            let body: Value = r.json().await.unwrap();
+            body["hits"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|h| h["event"]["id"] == id))
+        }
+    };
+    let id = cluster.create_event(5).await;
+    let created = Instant::now();
+    for node in 1..3 {
+        let ok = eventually(Duration::from_secs(5), || found_on(node, id)).await;
+        assert!(
+            ok,
+            "node {node} does not find event {id}:\n{}",
+            cluster.log(node)
+        );
+    }
+    println!(
+        "found on every node {} ms after the commit",
+        created.elapsed().as_millis()
+    );
+    let r = cluster
+        .client
+        .delete(format!("{}/api/v1/events/{id}", cluster.nodes[2].http))
+        .bearer_auth(&cluster.admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    for node in 0..3 {
+        let gone = eventually(Duration::from_secs(5), || async {
+            !found_on(node, id).await
+        })
+        .await;
+        assert!(gone, "node {node} still finds deleted event {id}");
+    }
 }

@@ -13,5 +13,6 @@ mod events;
 mod operations;
 mod registrations;
 mod rooms;
+mod search;
 mod services;
 mod supervision;
