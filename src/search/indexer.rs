@@ -79,27 +79,27 @@ struct EventId {
 }
 
 /// The changes a batch of outbox rows makes to the index; events whose seats changed are read
-/// again from the tables, last, so their newest state wins.
+/// again from the tables, last, so their newest state wins. A row whose payload is not what its
+/// type promises is logged and skipped: it cannot block the rows after it.
 async fn changes(store: &SqlStore, rows: &Read) -> anyhow::Result<Vec<Change>> {
     let mut out = Vec::new();
     let mut seats = BTreeSet::new();
     for row in &rows.rows {
         let payload = row.payload.get();
-        match row.topic.as_str() {
-            topics::EVENT_CREATED | topics::EVENT_UPDATED => {
-                out.push(Change::Upsert(Box::new(serde_json::from_str::<Event>(
-                    payload,
-                )?)));
-            }
-            topics::EVENT_DELETED => {
-                out.push(Change::Remove(
-                    serde_json::from_str::<EventId>(payload)?.event_id,
-                ));
-            }
+        let parsed = match row.topic.as_str() {
+            topics::EVENT_CREATED | topics::EVENT_UPDATED => serde_json::from_str::<Event>(payload)
+                .map(|e| out.push(Change::Upsert(Box::new(e)))),
+            topics::EVENT_DELETED => serde_json::from_str::<EventId>(payload)
+                .map(|e| out.push(Change::Remove(e.event_id))),
             t if t.starts_with("registrations.") => {
-                seats.insert(serde_json::from_str::<EventId>(payload)?.event_id);
+                serde_json::from_str::<EventId>(payload).map(|e| {
+                    seats.insert(e.event_id);
+                })
             }
-            _ => {}
+            _ => Ok(()),
+        };
+        if let Err(e) = parsed {
+            tracing::warn!(error = %e, message_id = %row.message_id, topic = %row.topic, "an outbox row the index cannot use; skipped");
         }
     }
     for id in seats {

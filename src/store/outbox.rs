@@ -140,11 +140,13 @@ impl SqlStore {
                 // written by an older one is there to read, and every row written later sorts
                 // after it.
                 sqlx::query_as(
-                    "SELECT xid::text::bigint AS xid, id, message_id, topic, entity_key, payload, \
-                     occurred_at FROM outbox \
-                     WHERE (xid, id) > ($1::bigint::text::xid8, $2) \
-                     AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
-                     ORDER BY xid, id LIMIT $3",
+                    // Qualified names: a bare `xid` in ORDER BY would be the output column, a
+                    // bigint no index serves.
+                    "SELECT o.xid::text::bigint AS xid, o.id, o.message_id, o.topic, o.entity_key, \
+                     o.payload, o.occurred_at FROM outbox o \
+                     WHERE (o.xid, o.id) > ($1::bigint::text::xid8, $2) \
+                     AND o.xid < pg_snapshot_xmin(pg_current_snapshot()) \
+                     ORDER BY o.xid, o.id LIMIT $3",
                 )
                 .bind(after.xid)
                 .bind(after.id)

@@ -258,10 +258,10 @@ async fn main() -> anyhow::Result<()> {
         .connect(&url)
         .await?;
     sqlx::query(
-        "CREATE TABLE ev (id BIGINT PRIMARY KEY, title TEXT, description TEXT, tags TEXT[], \
+        "CREATE TABLE ev (id BIGINT PRIMARY KEY, title TEXT, description TEXT, tags TEXT, \
          category TEXT, price_cents BIGINT, date TIMESTAMPTZ, lat FLOAT8, lon FLOAT8, \
          tsv TSVECTOR GENERATED ALWAYS AS (setweight(to_tsvector('english', title), 'A') || \
-         setweight(to_tsvector('english', description || ' ' || array_to_string(tags, ' ')), 'B')) STORED)",
+         setweight(to_tsvector('english', description || ' ' || tags), 'B')) STORED)",
     )
     .execute(&pool)
     .await?;
@@ -269,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
     for chunk in events.chunks(5000) {
         sqlx::query(
             "INSERT INTO ev (id, title, description, tags, category, price_cents, date, lat, lon) \
-             SELECT i, t, d, string_to_array(g, ' '), c, p, dt, la, lo FROM UNNEST($1::bigint[], \
+             SELECT i, t, d, g, c, p, dt, la, lo FROM UNNEST($1::bigint[], \
              $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::timestamptz[], \
              $8::float8[], $9::float8[]) AS u(i, t, d, g, c, p, dt, la, lo)",
         )
