@@ -23,6 +23,7 @@ use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
@@ -228,6 +229,7 @@ async fn bare_nats(args: &Args) -> anyhow::Result<f64> {
                 async_nats::header::NATS_MESSAGE_ID,
                 item.id.to_string().as_str(),
             );
+            headers.insert("Convene-Entity", format!("event/{}", item.entity).as_str());
             acks.push(
                 js.publish_with_headers(subject.clone(), headers, body.clone().into())
                     .await?,
@@ -251,7 +253,8 @@ fn producer() -> anyhow::Result<FutureProducer> {
         .create()?)
 }
 
-/// Events/s of a bare idempotent produce loop, batches pipelined, deliveries awaited.
+/// Events/s of a bare idempotent produce loop (the relay's records: key, payload and headers),
+/// deliveries awaited per batch.
 async fn bare_kafka(args: &Args) -> anyhow::Result<f64> {
     let producer = producer()?;
     let topic = format!("bare{}.events", unique());
@@ -283,7 +286,21 @@ async fn bare_kafka(args: &Args) -> anyhow::Result<f64> {
         let mut deliveries = Vec::with_capacity(chunk.len());
         for (item, body) in chunk.iter().zip(bodies) {
             let key = item.entity.to_string();
-            let record = FutureRecord::to(&topic).key(&key).payload(body);
+            // The headers the relay sends: the same records, not lighter ones.
+            let id = item.id.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "message_id",
+                    value: Some(id.as_str()),
+                })
+                .insert(Header {
+                    key: "type",
+                    value: Some("events.created"),
+                });
+            let record = FutureRecord::to(&topic)
+                .key(&key)
+                .payload(body)
+                .headers(headers);
             deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
         }
         for d in deliveries {
