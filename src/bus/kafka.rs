@@ -157,19 +157,29 @@ impl Publisher for Kafka {
         let result = async {
             self.ensure_topics().await?;
             let mut deliveries = Vec::with_capacity(batch.len());
+            // A batch holds a handful of families: each topic name is made once.
+            let mut topics: Vec<(&str, String)> = Vec::new();
+            let mut id = uuid::Uuid::encode_buffer();
             for m in batch {
-                let topic = self.topic(m.family());
-                let id = m.id.to_string();
+                let family = m.family();
+                let topic = match topics.iter().position(|(f, _)| *f == family) {
+                    Some(i) => &topics[i].1,
+                    None => {
+                        topics.push((family, self.topic(family)));
+                        &topics[topics.len() - 1].1
+                    }
+                };
+                let id = m.id.hyphenated().encode_lower(&mut id);
                 let headers = OwnedHeaders::new()
                     .insert(Header {
                         key: "message_id",
-                        value: Some(id.as_str()),
+                        value: Some(&*id),
                     })
                     .insert(Header {
                         key: "type",
                         value: Some(m.kind.as_str()),
                     });
-                let record = FutureRecord::to(&topic)
+                let record = FutureRecord::to(topic)
                     .key(m.entity_id())
                     .payload(m.body.as_ref())
                     .headers(headers);
