@@ -107,12 +107,47 @@ pub struct Config {
     pub relay_lease_ms: u64,
     /// Published outbox rows are kept this long.
     pub outbox_retention_secs: u64,
+    /// Factors of the recommendations' matrix factorisation.
+    pub recommend_rank: usize,
+    /// Its multiplicative updates per training.
+    pub recommend_rounds: usize,
+    /// Neighbours kept per event by the collaborative engine.
+    pub recommend_neighbours: usize,
+    /// The hybrid's weight of collaborative filtering.
+    pub recommend_weight_collaborative: f32,
+    /// The hybrid's weight of the content-based engine.
+    pub recommend_weight_content: f32,
+    /// The hybrid's weight of matrix factorisation.
+    pub recommend_weight_factorisation: f32,
+    /// Workers serving recommendations on each node.
+    pub recommend_workers: usize,
+    /// The trainer retrains at least this often.
+    pub recommend_retrain_secs: u64,
+    /// ...and as soon as this many interactions arrived since the last model.
+    pub recommend_retrain_after: u64,
+    /// Models kept in the database (older ones are deleted).
+    pub recommend_models_kept: i64,
     /// The NATS↔Kafka bridge's routes (none by default).
     #[serde(default)]
     pub bridge: crate::bus::bridge::BridgeConfig,
 }
 
 impl Config {
+    /// How models are trained.
+    pub fn recommend_settings(&self) -> convene_actors::recommend::Settings {
+        convene_actors::recommend::Settings {
+            rank: self.recommend_rank.max(1),
+            rounds: self.recommend_rounds,
+            neighbours: self.recommend_neighbours.max(1),
+            weights: convene_actors::recommend::Weights {
+                collaborative: self.recommend_weight_collaborative.max(0.0),
+                content: self.recommend_weight_content.max(0.0),
+                factorisation: self.recommend_weight_factorisation.max(0.0),
+            },
+            seed: 42,
+        }
+    }
+
     /// Whether this node is to be a member of a cluster.
     pub fn clustered(&self) -> bool {
         self.cluster_listen.is_some() || !self.seeds.is_empty()

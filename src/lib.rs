@@ -12,6 +12,7 @@ pub mod http;
 pub mod keeper;
 pub mod metrics;
 pub mod node;
+pub mod recommend;
 pub mod revocations;
 pub mod search;
 pub mod store;

@@ -1,6 +1,7 @@
 //! The `convene` command: `serve` runs a node; `migrate` applies the schema; `users grant-role`
 //! gives an account a role; `tokens issue` mints a service token for the bus commands;
-//! `cluster status` prints a running cluster's members.
+//! `cluster status` prints a running cluster's members; `recommend eval` scores the
+//! recommendation engines offline and `recommend synth` writes a synthetic data set.
 
 use std::path::PathBuf;
 
@@ -61,6 +62,53 @@ enum Command {
     Tokens {
         #[command(subcommand)]
         command: TokensCommand,
+    },
+    /// Evaluates the recommendation engines offline.
+    Recommend {
+        #[command(subcommand)]
+        command: RecommendCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecommendCommand {
+    /// Holds out each user's last 20% of interactions, trains on the rest, and prints
+    /// precision@10, recall@10, NDCG@10 and coverage for each engine, the hybrid and a
+    /// popularity baseline.
+    Eval {
+        /// A CSV file `user_id,event_id,kind,ts`.
+        #[arg(long, required_unless_present = "synthetic", conflicts_with = "synthetic")]
+        interactions: Option<PathBuf>,
+        /// A CSV file `event_id,title,description,category,tags,lat,lon,date,price`.
+        #[arg(long, requires = "interactions")]
+        events: Option<PathBuf>,
+        /// Evaluates on the synthetic data set of this seed instead of files.
+        #[arg(long)]
+        synthetic: Option<u64>,
+        /// The synthetic set's size: users,events,interactions.
+        #[arg(long, default_value = "10000,5000,500000")]
+        size: String,
+        /// Prints JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Writes the synthetic data set of a seed as `events.csv` and `interactions.csv`.
+    Synth {
+        /// The seed.
+        #[arg(long)]
+        seed: u64,
+        /// The directory to write to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Users.
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        /// Events.
+        #[arg(long, default_value_t = 5_000)]
+        events: usize,
+        /// Interactions.
+        #[arg(long, default_value_t = 500_000)]
+        interactions: usize,
     },
 }
 
@@ -166,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reindex => reindex(config).await,
+        Command::Recommend { command } => recommend(&config, command),
         Command::Users {
             command: UsersCommand::GrantRole { email, role },
         } => {
@@ -180,6 +229,108 @@ async fn main() -> anyhow::Result<()> {
                 "{email} is now {}; new tokens carry its permissions",
                 role.as_str()
             );
+            Ok(())
+        }
+    }
+}
+
+fn recommend(config: &Config, command: RecommendCommand) -> anyhow::Result<()> {
+    use convene::recommend::files;
+    use convene_actors::recommend::synthetic::{Shape, generate};
+    match command {
+        RecommendCommand::Synth {
+            seed,
+            out,
+            users,
+            events,
+            interactions,
+        } => {
+            let data = generate(
+                seed,
+                Shape {
+                    users,
+                    events,
+                    interactions,
+                },
+            );
+            files::write(&out, &data.items, &data.interactions)?;
+            eprintln!(
+                "{} events and {} interactions written to {}",
+                data.items.len(),
+                data.interactions.len(),
+                out.display()
+            );
+            Ok(())
+        }
+        RecommendCommand::Eval {
+            interactions,
+            events,
+            synthetic,
+            size,
+            json,
+        } => {
+            let (items, rows) = match (synthetic, interactions) {
+                (Some(seed), _) => {
+                    let n: Vec<usize> = size
+                        .split(',')
+                        .map(|x| x.trim().parse())
+                        .collect::<Result<_, _>>()
+                        .ok()
+                        .filter(|n: &Vec<usize>| n.len() == 3)
+                        .with_context(|| {
+                            format!("--size `{size}` must be users,events,interactions")
+                        })?;
+                    let data = generate(
+                        seed,
+                        Shape {
+                            users: n[0],
+                            events: n[1],
+                            interactions: n[2],
+                        },
+                    );
+                    (data.items, data.interactions)
+                }
+                (None, Some(path)) => {
+                    let items = match &events {
+                        Some(e) => files::read_events(e)?,
+                        None => Vec::new(),
+                    };
+                    (items, files::read_interactions(&path)?)
+                }
+                (None, None) => anyhow::bail!("give --interactions FILE or --synthetic SEED"),
+            };
+            anyhow::ensure!(!rows.is_empty(), "there are no interactions to evaluate");
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(indicatif::ProgressStyle::with_template(
+                "{msg:<20} {bar:40} {pos}/{len} users",
+            )?);
+            if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let started = std::time::Instant::now();
+            let progress = bar.clone();
+            let eval = convene_actors::recommend::eval::evaluate(
+                &items,
+                &rows,
+                config.recommend_settings(),
+                |stage| {
+                    progress.set_message(stage.to_owned());
+                    progress.tick();
+                },
+                |n| bar.inc(n),
+            );
+            bar.finish_and_clear();
+            if json {
+                println!("{}", convene::recommend::json(&eval));
+            } else {
+                eprintln!(
+                    "{} interactions, {} events, evaluated in {:.1} s",
+                    rows.len(),
+                    eval.model.items.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                print!("{}", convene::recommend::table(&eval));
+            }
             Ok(())
         }
     }

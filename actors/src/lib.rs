@@ -6,9 +6,11 @@
 pub mod error;
 pub mod event;
 pub mod fanout;
+pub mod geo;
 mod idle;
 pub mod model;
 pub mod protocol;
+pub mod recommend;
 pub mod room;
 pub mod rules;
 pub mod store;

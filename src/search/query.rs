@@ -8,6 +8,7 @@ use std::ops::Bound;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use convene_actors::geo::{EARTH_RADIUS_KM, haversine_km};
 use convene_actors::model::Category;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -25,8 +26,6 @@ use utoipa::ToSchema;
 
 use super::{Fields, SearchIndex};
 
-/// The mean radius of the Earth, in kilometres.
-pub const EARTH_RADIUS_KM: f64 = 6371.0088;
 /// Words at least this long forgive one typo.
 const FUZZY_FROM: usize = 5;
 /// A typo-tolerant match counts for this much: less than any exact match.
@@ -222,15 +221,6 @@ pub struct SearchResults {
     /// Pass as `cursor` for the next page; absent on the last one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
-}
-
-/// The great-circle distance between two points, in kilometres.
-pub fn haversine_km(a: (f64, f64), b: (f64, f64)) -> f64 {
-    let (lat1, lon1) = (a.0.to_radians(), a.1.to_radians());
-    let (lat2, lon2) = (b.0.to_radians(), b.1.to_radians());
-    let h = ((lat2 - lat1) / 2.0).sin().powi(2)
-        + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
 }
 
 impl SearchIndex {
@@ -730,13 +720,5 @@ mod tests {
         assert_eq!(price_bucket(2000), 2);
         assert_eq!(price_bucket(9999), 3);
         assert_eq!(price_bucket(10000), 4);
-    }
-
-    #[test]
-    fn haversine_matches_known_distances() {
-        let paris = (48.8566, 2.3522);
-        let london = (51.5074, -0.1278);
-        assert!((haversine_km(paris, london) - 343.5).abs() < 1.0);
-        assert!(haversine_km(paris, paris).abs() < 1e-9);
     }
 }
