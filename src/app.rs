@@ -12,12 +12,14 @@ use convene_actors::rules::Principal;
 use convene_actors::user::UserMessage;
 use convene_cluster::{Cluster, Router};
 use ractor::ActorRef;
+use ractor::factory::FactoryRef;
 
 use crate::auth::{Auth, Claims, TokenError};
 use crate::bus::Buses;
 use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
+use crate::recommend::serving::{Models, Request};
 use crate::revocations::Revocations;
 use crate::search::SearchIndex;
 use crate::store::SqlStore;
@@ -46,6 +48,10 @@ pub struct Inner {
     pub buses: Buses,
     /// This node's search index.
     pub search: Arc<SearchIndex>,
+    /// The recommendation model this node serves.
+    pub models: Arc<Models>,
+    /// The workers that answer recommendation requests on this node.
+    pub recommender: FactoryRef<(), Request>,
     /// The members of the cluster and the owner of each key.
     pub cluster: Cluster,
     /// Set when the node is leaving: health answers 503 so load balancers stop sending work.

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod ops;
+pub mod recommendations;
 pub mod registrations;
 pub mod rooms;
 pub mod search;
@@ -35,6 +36,8 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .or(registrations::routes(app.clone()))
         .unify()
         .or(search::routes(app.clone()))
+        .unify()
+        .or(recommendations::routes(app.clone()))
         .unify()
         .or(auth::routes(app.clone()))
         .unify()
@@ -93,6 +96,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("/api/v1/auth/logout", "POST"),
     ("/api/v1/users/me", "GET, PATCH"),
     ("/api/v1/users/me/registrations", "GET"),
+    ("/api/v1/users/me/recommendations", "GET"),
+    ("/api/v1/events/{id}/similar", "GET"),
+    ("/api/v1/interactions", "POST"),
+    ("/api/v1/admin/recommendations", "GET"),
+    ("/api/v1/admin/recommendations/train", "POST"),
     ("/api/v1/events", "GET, POST"),
     ("/api/v1/events/{id}", "GET, PATCH, DELETE"),
     ("/api/v1/events/{id}/registrations", "GET, POST"),

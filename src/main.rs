@@ -77,7 +77,11 @@ enum RecommendCommand {
     /// popularity baseline.
     Eval {
         /// A CSV file `user_id,event_id,kind,ts`.
-        #[arg(long, required_unless_present = "synthetic", conflicts_with = "synthetic")]
+        #[arg(
+            long,
+            required_unless_present = "synthetic",
+            conflicts_with = "synthetic"
+        )]
         interactions: Option<PathBuf>,
         /// A CSV file `event_id,title,description,category,tags,lat,lon,date,price`.
         #[arg(long, requires = "interactions")]
@@ -313,6 +317,7 @@ fn recommend(config: &Config, command: RecommendCommand) -> anyhow::Result<()> {
                 &items,
                 &rows,
                 config.recommend_settings(),
+                usize::MAX,
                 |stage| {
                     progress.set_message(stage.to_owned());
                     progress.tick();

@@ -4,11 +4,12 @@
 //! `event_registrations_total` by status, `convene_actors_active` by kind, and the relay's
 //! `convene_outbox_pending`, `convene_bus_published_total`, `convene_bus_publish_seconds`,
 //! `convene_bus_up` and `convene_bus_commands_total`, and the bridge's
-//! `convene_bridge_messages_total`.
+//! `convene_bridge_messages_total`; the recommendations' `ml_predictions_total`,
+//! `recommendation_latency_seconds`, `ml_model_accuracy` and `convene_recommend_model_version`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The metric families of one node, in their own registry (so in-process test nodes do not
@@ -36,6 +37,14 @@ pub struct Metrics {
     pub bus_commands: IntCounterVec,
     /// Messages the bridge saw, by route and outcome (forwarded, looped, failed).
     pub bridge_messages: IntCounterVec,
+    /// Recommendation answers, by model (strategy) and status.
+    pub ml_predictions: IntCounterVec,
+    /// Time to make recommendations, by algorithm.
+    pub recommendation_latency: HistogramVec,
+    /// NDCG@10 of each engine in the loaded model's offline evaluation.
+    pub ml_model_accuracy: GaugeVec,
+    /// The version of the model this node serves (0: none yet).
+    pub model_version: IntGauge,
 }
 
 impl Metrics {
@@ -113,8 +122,41 @@ impl Metrics {
             &["route", "outcome"],
         )
         .expect("valid metric");
+        let ml_predictions = IntCounterVec::new(
+            Opts::new("ml_predictions_total", "Total ML predictions made"),
+            &["model", "status"],
+        )
+        .expect("valid metric");
+        let recommendation_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "recommendation_latency_seconds",
+                "Time to generate recommendations",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+            &["algorithm"],
+        )
+        .expect("valid metric");
+        let ml_model_accuracy = GaugeVec::new(
+            Opts::new(
+                "ml_model_accuracy",
+                "Current model accuracy (NDCG@10, offline)",
+            ),
+            &["model"],
+        )
+        .expect("valid metric");
+        let model_version = IntGauge::new(
+            "convene_recommend_model_version",
+            "The recommendation model this node serves",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(bus_commands.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ml_predictions.clone()),
+            Box::new(recommendation_latency.clone()),
+            Box::new(ml_model_accuracy.clone()),
+            Box::new(model_version.clone()),
             Box::new(bridge_messages.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
@@ -139,6 +181,10 @@ impl Metrics {
             bus_up,
             bus_commands,
             bridge_messages,
+            ml_predictions,
+            recommendation_latency,
+            ml_model_accuracy,
+            model_version,
         }
     }
 

@@ -24,6 +24,8 @@ use crate::bus::{Buses, bridge, commands, consumer};
 use crate::config::Config;
 use crate::keeper::{Keeper, KeeperMessage};
 use crate::metrics::Metrics;
+use crate::recommend::serving::{self as recommend, Models, Recommender};
+use crate::recommend::trainer::{Trainer, TrainerArgs, TrainerMessage, TrainerSettings};
 use crate::revocations::Revocations;
 use crate::search::SearchIndex;
 use crate::search::indexer::{Indexer, IndexerArgs, IndexerMessage};
@@ -41,6 +43,8 @@ pub struct Node {
     relay: ractor::ActorRef<KeeperMessage>,
     /// Keeps the search index following the outbox.
     indexer: ractor::ActorRef<KeeperMessage>,
+    /// Loads new recommendation models, and trains them while holding the lease.
+    trainer: ractor::ActorRef<KeeperMessage>,
     /// The NATS responder, the Kafka consumer of commands and the bridge, and what stops them.
     inbound: Vec<tokio::task::JoinHandle<()>>,
     stop_inbound: tokio::sync::watch::Sender<bool>,
@@ -298,6 +302,34 @@ impl Node {
             },
         )
         .await?;
+        let models = Arc::new(Models::default());
+        let (trainer, _) = Actor::spawn(
+            None,
+            Keeper::<Trainer>::default(),
+            TrainerArgs {
+                store: store.clone(),
+                models: models.clone(),
+                metrics: metrics.clone(),
+                settings: TrainerSettings {
+                    train: config.recommend_settings(),
+                    every: Duration::from_secs(config.recommend_retrain_secs.max(1)),
+                    after: config.recommend_retrain_after.max(1),
+                    keep: config.recommend_models_kept.max(1),
+                    lease: Duration::from_millis(config.relay_lease_ms.max(100)),
+                    holder: format!("{}/{}", config.node_name, uuid::Uuid::new_v4().simple()),
+                },
+            },
+        )
+        .await?;
+        let recommender = recommend::start(
+            Recommender {
+                store: store.clone(),
+                models: models.clone(),
+                metrics: metrics.clone(),
+            },
+            config.recommend_workers,
+        )
+        .await?;
         let network = match network {
             Some(settings) => Some(Network::start(cluster.clone(), settings).await?),
             None => None,
@@ -318,6 +350,8 @@ impl Node {
             fanout: fanout.clone(),
             buses,
             search,
+            models,
+            recommender,
             cluster,
             draining: AtomicBool::new(false),
             metrics,
@@ -369,6 +403,7 @@ impl Node {
             shards,
             relay,
             indexer,
+            trainer,
             inbound,
             stop_inbound,
             network,
@@ -383,6 +418,11 @@ impl Node {
     /// The search indexer running on this node.
     pub fn indexer(&self) -> Option<ractor::ActorRef<IndexerMessage>> {
         crate::keeper::child(&self.indexer)
+    }
+
+    /// The recommendation trainer running on this node.
+    pub fn trainer(&self) -> Option<ractor::ActorRef<TrainerMessage>> {
+        crate::keeper::child(&self.trainer)
     }
 
     /// The base URL of the HTTP edge.
@@ -408,9 +448,13 @@ impl Node {
                 task.abort();
             }
         }
-        // The relay gives its lease up, so another node relays at once.
+        // The relay and the trainer give their leases up, so another node takes over at once.
         let _ = self
             .relay
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+        let _ = self
+            .trainer
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await;
         if let Some(network) = self.network.take() {
@@ -436,6 +480,11 @@ impl Node {
         for shard in &self.shards {
             let _ = shard.drain_and_wait(Some(Duration::from_secs(5))).await;
         }
+        let _ = self
+            .app
+            .recommender
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
         let _ = self
             .indexer
             .stop_and_wait(None, Some(Duration::from_secs(5)))

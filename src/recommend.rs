@@ -3,11 +3,13 @@
 //! workers that serves them on every node, and the store of interactions they learn from.
 
 pub mod files;
+pub mod serving;
+pub mod trainer;
 
 use std::fmt::Write;
 
-use convene_actors::recommend::eval::{Evaluation, Metrics};
 use convene_actors::recommend::Engine;
+use convene_actors::recommend::eval::{Evaluation, Metrics};
 
 /// The evaluation as a table, the hybrid's gain over popularity last.
 pub fn table(eval: &Evaluation) -> String {

@@ -42,7 +42,8 @@ macro_rules! on_pool {
 /// Rows per multi-row insert, well under either database's limit on bound parameters.
 const CHUNK: usize = 500;
 
-/// Writes `events` to the outbox inside the transaction `$tx`, many rows per statement.
+/// Writes `events` to the outbox inside the transaction `$tx`, many rows per statement, and
+/// the interactions among them (registrations and their changes) to `interactions`.
 macro_rules! write_outbox {
     ($tx:expr, $events:expr) => {
         let events: Vec<&DomainEvent> = $events.into_iter().collect();
@@ -59,15 +60,33 @@ macro_rules! write_outbox {
             });
             qb.build().execute(&mut *$tx).await.map_err(unavailable)?;
         }
+        let interactions: Vec<_> = events
+            .iter()
+            .filter_map(|e| $crate::store::interactions::interaction_of(e))
+            .collect();
+        for chunk in interactions.chunks(CHUNK) {
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO interactions (user_id, event_id, kind, occurred_at) ",
+            );
+            qb.push_values(chunk, |mut row, (user, event, kind, at)| {
+                row.push_bind(*user)
+                    .push_bind(*event)
+                    .push_bind(kind.as_str())
+                    .push_bind(*at);
+            });
+            qb.build().execute(&mut *$tx).await.map_err(unavailable)?;
+        }
     };
 }
 
 mod events;
+mod interactions;
 mod outbox;
 mod rooms;
 mod users;
 
 pub use events::EventFilter;
+pub use interactions::ModelInfo;
 pub use outbox::{OutboxWatch, PRUNED, Pending, Position, Read};
 
 /// The store. Cheap to clone.

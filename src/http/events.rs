@@ -6,6 +6,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use convene_actors::event::{self, EventMessage};
 pub use convene_actors::model::EventView;
 use convene_actors::model::{Category, EventPatch, NewEvent};
+use convene_actors::recommend::Kind;
 use convene_actors::rules::permissions;
 use convene_cluster::EntityKey;
 use serde::Deserialize;
@@ -38,7 +39,12 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
         .then(create)
         .map(respond);
     let one = || warp::path!("api" / "v1" / "events" / String);
-    let get = one().and(warp::get()).and(a()).then(get).map(respond);
+    let get = one()
+        .and(warp::get())
+        .and(a())
+        .and(bearer())
+        .then(get)
+        .map(respond);
     let patch = one()
         .and(warp::patch())
         .and(a())
@@ -270,18 +276,30 @@ pub async fn create(
     Ok(res)
 }
 
-/// One event; no token needed.
+/// One event; no token needed. With a valid token, the view is recorded for the reader's
+/// recommendations (an invalid one is ignored here: the event is public).
 #[utoipa::path(get, path = "/api/v1/events/{id}", tag = "events",
     params(("id" = i64, Path, description = "Event id")),
     responses(
         (status = 200, description = "The event", body = EventView),
         (status = 404, description = "No such event", body = ErrorBody),
     ))]
-pub async fn get(id: String, app: App) -> Result<Response, ApiError> {
+pub async fn get(id: String, app: App, auth: Option<String>) -> Result<Response, ApiError> {
+    let event_id = parse_id(&id)?;
     let event = app
         .events
-        .ask(event_key(&id)?, |reply| EventMessage::Get { reply })
+        .ask(event::key(event_id), |reply| EventMessage::Get { reply })
         .await??;
+    if auth.is_some() {
+        if let Ok(caller) = app.authenticate(auth.as_deref()).await {
+            let (store, user) = (app.store.clone(), caller.principal.user_id);
+            tokio::spawn(async move {
+                if let Err(e) = store.record_interaction(user, event_id, Kind::View).await {
+                    tracing::warn!(error = %e, "a view was not recorded");
+                }
+            });
+        }
+    }
     let mut res = Response::new(event.body.into());
     let headers = res.headers_mut();
     headers.insert(

@@ -12,7 +12,9 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{auth, cluster, events, json, registrations, rooms, search, users, with_app};
+use super::{
+    auth, cluster, events, json, recommendations, registrations, rooms, search, users, with_app,
+};
 use crate::app::App;
 
 /// The routes of this module.
@@ -190,6 +192,8 @@ impl Modify for BearerAuth {
         users::get_me, users::update_me, users::my_registrations,
         events::listing::list, events::create, events::get, events::update, events::delete,
         search::search,
+        recommendations::for_me, recommendations::similar, recommendations::record,
+        recommendations::model_status, recommendations::train,
         registrations::register, registrations::cancel, registrations::registrations,
         rooms::presence, rooms::messages,
         health, metrics, cluster::status,
@@ -201,6 +205,7 @@ impl Modify for BearerAuth {
         (name = "events", description = "Events"),
         (name = "registrations", description = "Seats and waitlists"),
         (name = "rooms", description = "Live rooms (WebSocket at /ws)"),
+        (name = "recommendations", description = "Recommendations, similar events, interactions"),
         (name = "operations", description = "Health, metrics and the cluster console"),
     )
 )]

@@ -52,7 +52,8 @@ pub struct UpdateMeRequest {
     )]
     #[validate(length(min = 1, max = 255), custom(function = "no_control_chars"))]
     pub name: Option<String>,
-    /// New profile (a JSON object; replaces the old one).
+    /// New profile (a JSON object; replaces the old one). Its `home`, `{"lat", "lon"}`, places
+    /// the user for recommendations.
     #[schema(value_type = Option<Object>)]
     pub profile: Option<Value>,
 }
@@ -101,6 +102,14 @@ pub async fn update_me(
     if let Some(profile) = &req.profile {
         if !profile.is_object() {
             return Err(ApiError::invalid("profile", "must be a JSON object"));
+        }
+        if let Some(home) = profile.get("home").filter(|h| !h.is_null()) {
+            if super::recommendations::home(profile).is_none() || !home.is_object() {
+                return Err(ApiError::invalid(
+                    "profile.home",
+                    "must be {\"lat\": -90..90, \"lon\": -180..180} or null",
+                ));
+            }
         }
         if json_has_nul(profile) {
             return Err(ApiError::invalid(

@@ -52,7 +52,10 @@ fn reader(path: &Path, what: &str) -> anyhow::Result<csv::Reader<impl std::io::R
 /// Reads an interactions file; a bad row is an error naming its line.
 pub fn read_interactions(path: &Path) -> anyhow::Result<Vec<Interaction>> {
     let mut out = Vec::new();
-    for (n, row) in reader(path, "interactions")?.deserialize::<InteractionRow>().enumerate() {
+    for (n, row) in reader(path, "interactions")?
+        .deserialize::<InteractionRow>()
+        .enumerate()
+    {
         let line = n + 2;
         let row = row.with_context(|| format!("{}: line {line}", path.display()))?;
         let kind = Kind::parse(&row.kind).with_context(|| {
@@ -76,7 +79,10 @@ pub fn read_interactions(path: &Path) -> anyhow::Result<Vec<Interaction>> {
 /// Reads an events file; a bad row is an error naming its line.
 pub fn read_events(path: &Path) -> anyhow::Result<Vec<Item>> {
     let mut out = Vec::new();
-    for (n, row) in reader(path, "events")?.deserialize::<EventRow>().enumerate() {
+    for (n, row) in reader(path, "events")?
+        .deserialize::<EventRow>()
+        .enumerate()
+    {
         let row = row.with_context(|| format!("{}: line {}", path.display(), n + 2))?;
         out.push(Item {
             event_id: row.event_id,
@@ -171,7 +177,10 @@ mod tests {
         assert_eq!(interactions, data.interactions);
         assert_eq!(items.len(), data.items.len());
         for (a, b) in items.iter().zip(&data.items) {
-            assert_eq!((a.event_id, &a.title, &a.tags, a.date), (b.event_id, &b.title, &b.tags, b.date));
+            assert_eq!(
+                (a.event_id, &a.title, &a.tags, a.date),
+                (b.event_id, &b.title, &b.tags, b.date)
+            );
             assert_eq!(a.price_cents, b.price_cents);
         }
     }

@@ -171,6 +171,56 @@ impl SqlStore {
         rows.into_iter().map(EventRow::into_event).collect()
     }
 
+    /// The live events among `ids`, in no particular order.
+    pub async fn events_by_ids(&self, ids: &[i64]) -> Result<Vec<Event>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let rows: Vec<EventRow> = on_pool!(self.db, read, pool => {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "SELECT id, title, description, date, location, latitude, longitude, capacity, \
+                     registered_count, category, tags, price_cents, created_by, version, created_at, \
+                     updated_at, deleted_at FROM events WHERE deleted_at IS NULL AND id IN (",
+                );
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                qb.push(")");
+                qb.build_query_as().fetch_all(pool).await
+            })
+            .map_err(unavailable)?;
+            for row in rows {
+                out.push(row.into_event()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Upcoming events with seats left, the most registered first (of `category` when given):
+    /// what is offered when nothing better is known.
+    pub async fn popular_upcoming(
+        &self,
+        category: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows: Vec<EventRow> = on_pool!(self.db, read, pool => {
+            sqlx::query_as(
+                "SELECT id, title, description, date, location, latitude, longitude, capacity, \
+                 registered_count, category, tags, price_cents, created_by, version, created_at, \
+                 updated_at, deleted_at FROM events WHERE deleted_at IS NULL AND date > $1 \
+                 AND registered_count < capacity AND ($2 IS NULL OR category = $2) \
+                 ORDER BY registered_count DESC, date, id LIMIT $3",
+            )
+            .bind(Utc::now())
+            .bind(category)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(unavailable)?;
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
     /// A user's registrations that are not cancelled, newest first.
     pub async fn user_registrations(&self, user_id: i64) -> Result<Vec<Registration>, StoreError> {
         let rows: Vec<RegistrationRow> = on_pool!(self.db, read, pool => {

@@ -320,6 +320,33 @@ impl TestApp {
         }
     }
 
+    /// Signs up an account, makes it an admin, and logs it in again for a token with the
+    /// admin's permissions.
+    pub async fn admin(&self, email: &str) -> TestUser {
+        let user = self.sign_up(email).await;
+        assert!(
+            self.node
+                .app
+                .store
+                .grant_role(email, convene_actors::model::Role::Admin)
+                .await
+                .unwrap()
+        );
+        let a = self
+            .send(
+                "POST",
+                "/api/v1/auth/login",
+                None,
+                Some(json!({"email": email, "password": "correct horse battery"})),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        TestUser {
+            token: a.body["access_token"].as_str().unwrap().to_owned(),
+            ..user
+        }
+    }
+
     /// Signs up `n` users concurrently.
     pub async fn sign_up_many(&self, prefix: &str, n: usize) -> Vec<TestUser> {
         let futures =

@@ -11,6 +11,7 @@ mod cluster;
 mod commands;
 mod events;
 mod operations;
+mod recommendations;
 mod registrations;
 mod rooms;
 mod search;

@@ -52,7 +52,10 @@ impl ItemNeighbours {
             }
             let scores = touched.drain(..).filter(|j| *j as usize != i).map(|j| {
                 let dot = std::mem::take(&mut acc[j as usize]);
-                (j, dot / (norms[i] * norms[j as usize]).max(f32::MIN_POSITIVE))
+                (
+                    j,
+                    dot / (norms[i] * norms[j as usize]).max(f32::MIN_POSITIVE),
+                )
             });
             neighbours.push(top_k(scores, k));
             acc[i] = 0.0;
@@ -93,7 +96,10 @@ pub fn user_based(m: &Matrix, history: &[(u32, f32)], me: Option<usize>) -> Vec<
         .into_iter()
         .filter(|u| Some(*u as usize) != me)
         .map(|u| {
-            let row = m.by_user.outer_view(u as usize).expect("a row of the matrix");
+            let row = m
+                .by_user
+                .outer_view(u as usize)
+                .expect("a row of the matrix");
             let n = row.data().iter().map(|x| x * x).sum::<f32>().sqrt();
             (u, dots[u as usize] / (n * norm).max(f32::MIN_POSITIVE))
         });

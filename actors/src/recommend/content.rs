@@ -60,9 +60,7 @@ fn price_band(cents: Option<i64>) -> &'static str {
 
 fn week_bin(date: i64) -> u8 {
     match DateTime::from_timestamp(date, 0) {
-        Some(t) if date > 0 => {
-            (t.weekday().num_days_from_monday() * 4 + t.hour() / 6) as u8
-        }
+        Some(t) if date > 0 => (t.weekday().num_days_from_monday() * 4 + t.hour() / 6) as u8,
         _ => WEEK_BINS as u8,
     }
 }
@@ -126,10 +124,7 @@ impl Content {
         let mut content = Self {
             vocabulary,
             rows,
-            places: items
-                .iter()
-                .map(|i| i.lat.zip(i.lon))
-                .collect(),
+            places: items.iter().map(|i| i.lat.zip(i.lon)).collect(),
             weeks: items.iter().map(|i| week_bin(i.date)).collect(),
             postings: Vec::new(),
         };
@@ -231,15 +226,37 @@ impl Content {
             .collect()
     }
 
-    /// The cosine similarity of every item's text, category and tags to `item`'s.
+    /// How like `item` every item is: the cosine of their text, category, tags and price,
+    /// how near their venues are and whether they share a time of week, weighted as a
+    /// user's taste is.
     pub fn similar(&self, item: u32) -> Vec<f32> {
-        let mut out = vec![0f32; self.rows.len()];
-        for (f, x) in &self.rows[item as usize] {
+        let me = item as usize;
+        let mut text = vec![0f32; self.rows.len()];
+        for (f, x) in &self.rows[me] {
             for (other, y) in &self.postings[*f as usize] {
-                out[*other as usize] += x * y;
+                text[*other as usize] += x * y;
             }
         }
-        out
+        let known_week = (self.weeks[me] as usize) < WEEK_BINS;
+        let total =
+            TEXT + if self.places[me].is_some() {
+                PLACE
+            } else {
+                0.0
+            } + if known_week { WEEK } else { 0.0 };
+        text.iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut s = TEXT * t.max(0.0);
+                if let (Some(a), Some(b)) = (self.places[me], self.places[i]) {
+                    s += PLACE * (-haversine_km(a, b) / PLACE_SCALE_KM).exp() as f32;
+                }
+                if known_week && self.weeks[i] == self.weeks[me] {
+                    s += WEEK;
+                }
+                s / total
+            })
+            .collect()
     }
 
     /// Where an item takes place.
@@ -285,6 +302,19 @@ mod tests {
     }
 
     #[test]
+    fn the_same_subject_nearby_is_most_similar() {
+        let items = vec![
+            item(1, "Rust compilers meetup", "tech", BERLIN),
+            item(2, "Rust compilers workshop", "tech", MADRID),
+            item(3, "Rust compilers workshop", "tech", BERLIN),
+            item(4, "Jazz night", "arts", BERLIN),
+        ];
+        let c = Content::train(&items, &Analyzer::default());
+        let s = c.similar(0);
+        assert!(s[2] > s[1] && s[1] > s[3], "{s:?}");
+    }
+
+    #[test]
     fn an_item_is_most_similar_to_itself() {
         let items = vec![
             item(1, "Jazz night", "arts", BERLIN),
@@ -292,6 +322,6 @@ mod tests {
         ];
         let c = Content::train(&items, &Analyzer::default());
         let s = c.similar(0);
-        assert!((s[0] - 1.0).abs() < 1e-5 && s[1] < s[0]);
+        assert!((s[0] - 1.0).abs() < 1e-5 && s[1] < s[0], "{s:?}");
     }
 }

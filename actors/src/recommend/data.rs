@@ -166,3 +166,20 @@ impl Matrix {
         self.users.binary_search(&user).ok()
     }
 }
+
+impl From<&crate::model::Event> for Item {
+    fn from(e: &crate::model::Event) -> Self {
+        Self {
+            event_id: e.id,
+            title: e.title.clone(),
+            description: e.description.clone(),
+            category: e.category.as_str().to_owned(),
+            tags: e.tags.clone(),
+            lat: e.latitude,
+            lon: e.longitude,
+            date: e.date.timestamp(),
+            price_cents: e.price_cents,
+            created_by: e.created_by,
+        }
+    }
+}

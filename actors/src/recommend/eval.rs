@@ -46,7 +46,10 @@ pub fn split(interactions: &[Interaction]) -> Split {
     let trained = aggregate(&out.train);
     for h in held {
         if !trained.contains_key(&(h.user_id, h.event_id)) {
-            out.relevant.entry(h.user_id).or_default().insert(h.event_id);
+            out.relevant
+                .entry(h.user_id)
+                .or_default()
+                .insert(h.event_id);
         }
     }
     out
@@ -95,11 +98,13 @@ pub struct Evaluation {
     pub users: usize,
 }
 
-/// Splits, trains and scores every engine; `step` hears each stage, `done` each user scored.
+/// Splits, trains and scores every engine on at most `max_users` users (those of the lowest
+/// ids); `step` hears each stage, `done` each user scored.
 pub fn evaluate(
     items: &[Item],
     interactions: &[Interaction],
     settings: Settings,
+    max_users: usize,
     mut step: impl FnMut(&str),
     done: impl Fn(u64) + Sync,
 ) -> Evaluation {
@@ -110,6 +115,7 @@ pub fn evaluate(
     step("scoring");
     let mut users: Vec<(&i64, &HashSet<i64>)> = split.relevant.iter().collect();
     users.sort_unstable_by_key(|(u, _)| **u);
+    users.truncate(max_users);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = users.len().div_ceil(threads).max(1);
     type Sums = HashMap<Engine, ((f64, f64, f64), HashSet<i64>)>;

@@ -181,20 +181,17 @@ impl Model {
         mut step: impl FnMut(&str),
     ) -> Self {
         step("matrix");
-        let mut catalogue: Vec<Item> = items.to_vec();
+        let mut catalogue: Vec<Item> = Vec::with_capacity(items.len());
         let mut index: HashMap<i64, u32> = HashMap::new();
-        for item in &catalogue {
-            let next = index.len() as u32;
-            index.entry(item.event_id).or_insert(next);
-        }
-        catalogue.truncate(index.len());
-        for i in interactions {
-            if !index.contains_key(&i.event_id) {
-                index.insert(i.event_id, catalogue.len() as u32);
-                catalogue.push(Item {
-                    event_id: i.event_id,
-                    ..Item::default()
-                });
+        let known = items.iter().cloned();
+        let seen = interactions.iter().map(|i| Item {
+            event_id: i.event_id,
+            ..Item::default()
+        });
+        for item in known.chain(seen) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = index.entry(item.event_id) {
+                slot.insert(catalogue.len() as u32);
+                catalogue.push(item);
             }
         }
         let matrix = Matrix::new(&aggregate(interactions), &index);
@@ -318,13 +315,7 @@ impl Model {
                 }
                 let me = profile.user_id.and_then(|u| self.matrix.row_of(u));
                 let users = scaled(user_based(&self.matrix, history, me));
-                scaled(
-                    items
-                        .iter()
-                        .zip(users)
-                        .map(|(a, b)| a + 0.5 * b)
-                        .collect(),
-                )
+                scaled(items.iter().zip(users).map(|(a, b)| a + 0.5 * b).collect())
             }
             Engine::Content => self.content_scores(history, profile.home),
             Engine::Factorisation => scaled(self.nmf.score(history)),
@@ -395,12 +386,16 @@ impl Model {
                 event_id: self.items[item as usize].event_id,
                 score,
                 engines: match &parts {
-                    Some(parts) => [Engine::Collaborative, Engine::Content, Engine::Factorisation]
-                        .into_iter()
-                        .zip(parts)
-                        .filter(|(_, p)| p[item as usize] >= REASON_SHARE * score)
-                        .map(|(e, _)| e)
-                        .collect(),
+                    Some(parts) => [
+                        Engine::Collaborative,
+                        Engine::Content,
+                        Engine::Factorisation,
+                    ]
+                    .into_iter()
+                    .zip(parts)
+                    .filter(|(_, p)| p[item as usize] >= REASON_SHARE * score)
+                    .map(|(e, _)| e)
+                    .collect(),
                     None => vec![engine],
                 },
             })
@@ -468,7 +463,8 @@ impl Model {
 }
 
 /// Keeps at most `per_category` of one category among the first `window` of `ranked`; the
-/// items held back come after the window, in their order.
+/// items held back come after the window, in their order, when the window fills (otherwise
+/// they could only break the rule, and are left out).
 pub fn diversify<T>(
     ranked: Vec<T>,
     category: impl Fn(&T) -> &str,
@@ -491,7 +487,9 @@ pub fn diversify<T>(
             held.push(item);
         }
     }
-    head.extend(held);
+    if head.len() >= window {
+        head.extend(held);
+    }
     head
 }
 
@@ -504,5 +502,8 @@ mod tests {
         let ranked = vec!["a", "a", "a", "a", "b", "a", "c"];
         let out = diversify(ranked, |s| s, 3, 5);
         assert_eq!(out, vec!["a", "a", "a", "b", "c", "a", "a"]);
+        // Too little variety to fill the window: the rule holds, the list is shorter.
+        let out = diversify(vec!["a", "a", "a", "a", "b"], |s| s, 3, 5);
+        assert_eq!(out, vec!["a", "a", "a", "b"]);
     }
 }

@@ -105,12 +105,7 @@ impl Nmf {
             return Vec::new();
         }
         let w = self.fold_in(history);
-        self.h
-            .t()
-            .dot(&w)
-            .iter()
-            .map(|x| *x as f32)
-            .collect()
+        self.h.t().dot(&w).iter().map(|x| *x as f32).collect()
     }
 
     /// The items nearest `item` in factor space (cosine).

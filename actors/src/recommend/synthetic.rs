@@ -42,31 +42,208 @@ const CITIES: [(&str, f64, f64); 8] = [
 
 /// Topics: a category and words of their own.
 const TOPICS: [(&str, [&str; 6]); 20] = [
-    ("tech", ["rust", "compiler", "systems", "memory", "ownership", "cargo"]),
-    ("tech", ["machine", "learning", "neural", "model", "training", "inference"]),
-    ("tech", ["cloud", "kubernetes", "container", "cluster", "deploy", "observability"]),
-    ("tech", ["security", "encryption", "vulnerability", "threat", "pentest", "privacy"]),
-    ("tech", ["frontend", "javascript", "browser", "css", "react", "accessibility"]),
-    ("business", ["startup", "founder", "pitch", "venture", "funding", "investor"]),
-    ("business", ["marketing", "brand", "campaign", "audience", "growth", "funnel"]),
-    ("business", ["leadership", "management", "team", "coaching", "culture", "hiring"]),
-    ("business", ["finance", "accounting", "tax", "budget", "audit", "reporting"]),
-    ("business", ["sales", "negotiation", "customer", "pipeline", "deal", "prospect"]),
-    ("arts", ["jazz", "saxophone", "improvisation", "quartet", "swing", "blues"]),
-    ("arts", ["painting", "watercolour", "canvas", "gallery", "portrait", "brush"]),
-    ("arts", ["theatre", "stage", "actor", "drama", "playwright", "rehearsal"]),
-    ("arts", ["photography", "camera", "lens", "exposure", "darkroom", "print"]),
-    ("arts", ["poetry", "verse", "reading", "slam", "rhyme", "anthology"]),
-    ("sports", ["running", "marathon", "trail", "pace", "endurance", "stride"]),
-    ("sports", ["climbing", "boulder", "rope", "crag", "belay", "grip"]),
-    ("sports", ["football", "league", "match", "goal", "referee", "tactics"]),
-    ("sports", ["cycling", "bike", "peloton", "gravel", "saddle", "sprint"]),
-    ("sports", ["yoga", "breathing", "stretch", "balance", "posture", "mindfulness"]),
+    (
+        "tech",
+        [
+            "rust",
+            "compiler",
+            "systems",
+            "memory",
+            "ownership",
+            "cargo",
+        ],
+    ),
+    (
+        "tech",
+        [
+            "machine",
+            "learning",
+            "neural",
+            "model",
+            "training",
+            "inference",
+        ],
+    ),
+    (
+        "tech",
+        [
+            "cloud",
+            "kubernetes",
+            "container",
+            "cluster",
+            "deploy",
+            "observability",
+        ],
+    ),
+    (
+        "tech",
+        [
+            "security",
+            "encryption",
+            "vulnerability",
+            "threat",
+            "pentest",
+            "privacy",
+        ],
+    ),
+    (
+        "tech",
+        [
+            "frontend",
+            "javascript",
+            "browser",
+            "css",
+            "react",
+            "accessibility",
+        ],
+    ),
+    (
+        "business",
+        [
+            "startup", "founder", "pitch", "venture", "funding", "investor",
+        ],
+    ),
+    (
+        "business",
+        [
+            "marketing",
+            "brand",
+            "campaign",
+            "audience",
+            "growth",
+            "funnel",
+        ],
+    ),
+    (
+        "business",
+        [
+            "leadership",
+            "management",
+            "team",
+            "coaching",
+            "culture",
+            "hiring",
+        ],
+    ),
+    (
+        "business",
+        [
+            "finance",
+            "accounting",
+            "tax",
+            "budget",
+            "audit",
+            "reporting",
+        ],
+    ),
+    (
+        "business",
+        [
+            "sales",
+            "negotiation",
+            "customer",
+            "pipeline",
+            "deal",
+            "prospect",
+        ],
+    ),
+    (
+        "arts",
+        [
+            "jazz",
+            "saxophone",
+            "improvisation",
+            "quartet",
+            "swing",
+            "blues",
+        ],
+    ),
+    (
+        "arts",
+        [
+            "painting",
+            "watercolour",
+            "canvas",
+            "gallery",
+            "portrait",
+            "brush",
+        ],
+    ),
+    (
+        "arts",
+        [
+            "theatre",
+            "stage",
+            "actor",
+            "drama",
+            "playwright",
+            "rehearsal",
+        ],
+    ),
+    (
+        "arts",
+        [
+            "photography",
+            "camera",
+            "lens",
+            "exposure",
+            "darkroom",
+            "print",
+        ],
+    ),
+    (
+        "arts",
+        ["poetry", "verse", "reading", "slam", "rhyme", "anthology"],
+    ),
+    (
+        "sports",
+        [
+            "running",
+            "marathon",
+            "trail",
+            "pace",
+            "endurance",
+            "stride",
+        ],
+    ),
+    (
+        "sports",
+        ["climbing", "boulder", "rope", "crag", "belay", "grip"],
+    ),
+    (
+        "sports",
+        ["football", "league", "match", "goal", "referee", "tactics"],
+    ),
+    (
+        "sports",
+        ["cycling", "bike", "peloton", "gravel", "saddle", "sprint"],
+    ),
+    (
+        "sports",
+        [
+            "yoga",
+            "breathing",
+            "stretch",
+            "balance",
+            "posture",
+            "mindfulness",
+        ],
+    ),
 ];
 
 const FILLER: [&str; 12] = [
-    "evening", "session", "community", "talk", "speakers", "networking", "friends", "meet",
-    "open", "local", "weekly", "introduction",
+    "evening",
+    "session",
+    "community",
+    "talk",
+    "speakers",
+    "networking",
+    "friends",
+    "meet",
+    "open",
+    "local",
+    "weekly",
+    "introduction",
 ];
 
 /// 2026-01-01T00:00:00Z, the first day of the synthetic calendar.
@@ -97,7 +274,9 @@ pub struct Synthetic {
 fn pick(cumulative: &[f64], rng: &mut StdRng) -> usize {
     let total = cumulative.last().copied().unwrap_or(0.0);
     let x = rng.random_range(0.0..total.max(f64::MIN_POSITIVE));
-    cumulative.partition_point(|c| *c <= x).min(cumulative.len() - 1)
+    cumulative
+        .partition_point(|c| *c <= x)
+        .min(cumulative.len() - 1)
 }
 
 fn cumulative(weights: impl Iterator<Item = f64>) -> Vec<f64> {

@@ -6,10 +6,10 @@ use rust_stemmers::{Algorithm, Stemmer};
 /// Words too common to tell events apart.
 const STOP_WORDS: &[&str] = &[
     "a", "about", "after", "all", "also", "an", "and", "any", "are", "as", "at", "be", "been",
-    "but", "by", "can", "do", "for", "from", "has", "have", "how", "in", "into", "is", "it",
-    "its", "join", "more", "my", "new", "not", "of", "on", "or", "our", "out", "so", "than",
-    "that", "the", "their", "them", "then", "there", "these", "this", "to", "up", "us", "was",
-    "we", "what", "when", "where", "which", "who", "will", "with", "you", "your",
+    "but", "by", "can", "do", "for", "from", "has", "have", "how", "in", "into", "is", "it", "its",
+    "join", "more", "my", "new", "not", "of", "on", "or", "our", "out", "so", "than", "that",
+    "the", "their", "them", "then", "there", "these", "this", "to", "up", "us", "was", "we",
+    "what", "when", "where", "which", "who", "will", "with", "you", "your",
 ];
 
 /// Turns text into stemmed terms.

@@ -1,0 +1,517 @@
+//! Serving recommendations: the model this node holds (swapped whole when a newer one is
+//! loaded, so a request sees one model from start to end), and the pool of workers (a
+//! supervised `ractor` factory) that answers for a user or for an event: the hybrid's
+//! candidates, then the rules (future, not full, not registered, not the user's own, at most
+//! three of a category in the first ten); popular-near-you for a user without history.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use convene_actors::StoreError;
+use convene_actors::geo::haversine_km;
+use convene_actors::model::Event;
+use convene_actors::recommend::data::aggregate;
+use convene_actors::recommend::model::diversify;
+use convene_actors::recommend::{Engine, Model, Profile};
+use ractor::factory::queues::DefaultQueue;
+use ractor::factory::routing::QueuerRouting;
+use ractor::factory::{
+    DiscardMode, DiscardSettings, Factory, FactoryArguments, FactoryMessage, FactoryRef, Job,
+    Worker, WorkerId, worker_builder,
+};
+use ractor::{Actor, ActorProcessingErr, RpcReplyPort};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::metrics::Metrics;
+use crate::store::SqlStore;
+
+/// Interactions of a user read to make their profile.
+const HISTORY: i64 = 500;
+/// Of one category, at most this many in the first [`WINDOW`].
+const PER_CATEGORY: usize = 3;
+const WINDOW: usize = 10;
+/// The window in which interactions make an event trending.
+const TRENDING: chrono::TimeDelta = chrono::TimeDelta::minutes(30);
+/// Requests queued for the workers beyond which new ones are refused.
+const QUEUE_LIMIT: usize = 10_000;
+
+/// A model with its stored version.
+pub struct Loaded {
+    /// Its version.
+    pub version: i64,
+    /// When it was trained.
+    pub trained_at: DateTime<Utc>,
+    /// The last interaction it learnt from.
+    pub last_interaction: i64,
+    /// The model.
+    pub model: Model,
+}
+
+/// The model this node serves.
+#[derive(Default)]
+pub struct Models(RwLock<Option<Arc<Loaded>>>);
+
+impl Models {
+    /// The model now (`None` before the first one).
+    pub fn current(&self) -> Option<Arc<Loaded>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Serves `loaded` from now on; requests that took the old one finish with it.
+    pub fn swap(&self, loaded: Arc<Loaded>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(loaded);
+    }
+
+    /// The version served (0 before the first model).
+    pub fn version(&self) -> i64 {
+        self.current().map_or(0, |l| l.version)
+    }
+}
+
+/// How a list was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The hybrid engine, from the user's history.
+    Hybrid,
+    /// Cold start: what is trending (or popular), nearest first when the user's home is known.
+    PopularNearYou,
+    /// Events like another one.
+    Similar,
+}
+
+impl Strategy {
+    fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Hybrid => "hybrid",
+            Strategy::PopularNearYou => "popular_near_you",
+            Strategy::Similar => "similar",
+        }
+    }
+}
+
+/// One recommended event.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Recommended {
+    /// The event.
+    pub event: Event,
+    /// Its score, higher is better.
+    pub score: f32,
+    /// Why: the engines that contributed (`collaborative`, `content`, `factorisation`), or
+    /// `trending`, `popular`, `nearby`.
+    pub reasons: Vec<&'static str>,
+}
+
+/// A list of recommendations.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Recommendations {
+    /// How it was made.
+    pub strategy: Strategy,
+    /// True when the user has no history yet and gets what is popular near them.
+    pub cold_start: bool,
+    /// The model version used (absent when none was needed or none exists yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<i64>,
+    /// The events, best first.
+    pub items: Vec<Recommended>,
+}
+
+/// A request to the pool.
+pub enum Request {
+    /// Recommendations for a user.
+    ForUser {
+        /// Who.
+        user_id: i64,
+        /// Their home, when they set one.
+        home: Option<(f64, f64)>,
+        /// How many.
+        limit: usize,
+        /// The answer.
+        reply: RpcReplyPort<Result<Recommendations, StoreError>>,
+    },
+    /// Events like an event; `None` when there is no such event.
+    Similar {
+        /// The event.
+        event_id: i64,
+        /// How many.
+        limit: usize,
+        /// The answer.
+        reply: RpcReplyPort<Result<Option<Recommendations>, StoreError>>,
+    },
+}
+
+impl ractor::Message for Request {}
+
+/// What every worker shares.
+#[derive(Clone)]
+pub struct Recommender {
+    /// Interactions, registrations and events.
+    pub store: SqlStore,
+    /// The model served.
+    pub models: Arc<Models>,
+    /// Predictions and latency.
+    pub metrics: Metrics,
+}
+
+fn live(e: &Event, now: DateTime<Utc>) -> bool {
+    e.deleted_at.is_none() && e.date > now && e.registered_count < e.capacity
+}
+
+impl Recommender {
+    /// Recommendations for `user_id`.
+    pub async fn for_user(
+        &self,
+        user_id: i64,
+        home: Option<(f64, f64)>,
+        limit: usize,
+    ) -> Result<Recommendations, StoreError> {
+        let started = Instant::now();
+        let history = self.store.user_interactions(user_id, HISTORY).await?;
+        let registered: HashSet<i64> = self
+            .store
+            .user_registrations(user_id)
+            .await?
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect();
+        let weights: Vec<(i64, f32)> = aggregate(&history)
+            .into_iter()
+            .map(|((_, event), w)| (event, w))
+            .collect();
+        let now = Utc::now();
+        let eligible =
+            |e: &Event| live(e, now) && e.created_by != user_id && !registered.contains(&e.id);
+        let loaded = self.models.current();
+        let known = loaded
+            .as_ref()
+            .is_some_and(|l| weights.iter().any(|(e, _)| l.model.item(*e).is_some()));
+        let mut out = match (&loaded, known) {
+            (Some(l), true) => {
+                let profile = Profile {
+                    user_id: Some(user_id),
+                    history: weights,
+                    home,
+                };
+                let horizon = now.timestamp();
+                let scored = l
+                    .model
+                    .rank(Engine::Hybrid, &profile, limit * 5 + 50, |_, m| {
+                        m.date > horizon
+                            && m.created_by != user_id
+                            && !registered.contains(&m.event_id)
+                    });
+                let events = self.events(scored.iter().map(|s| s.event_id)).await?;
+                let items: Vec<Recommended> = scored
+                    .into_iter()
+                    .filter_map(|s| {
+                        let event = events.get(&s.event_id).filter(|e| eligible(e))?.clone();
+                        Some(Recommended {
+                            event,
+                            score: s.score,
+                            reasons: s.engines.iter().map(|e| e.as_str()).collect(),
+                        })
+                    })
+                    .collect();
+                Recommendations {
+                    strategy: Strategy::Hybrid,
+                    cold_start: false,
+                    model_version: Some(l.version),
+                    items,
+                }
+            }
+            _ => Recommendations {
+                strategy: Strategy::PopularNearYou,
+                cold_start: true,
+                model_version: loaded.as_ref().map(|l| l.version),
+                items: Vec::new(),
+            },
+        };
+        if out.items.len() < limit {
+            // Too little from the history (or none): what is popular near the user fills in.
+            let seen: HashSet<i64> = out.items.iter().map(|r| r.event.id).collect();
+            let popular = self.popular_near(home, loaded.as_deref(), limit * 3, |e| {
+                eligible(e) && !seen.contains(&e.id)
+            });
+            out.items.extend(popular.await?);
+        }
+        out.items = diversify(
+            out.items,
+            |r| r.event.category.as_str(),
+            PER_CATEGORY,
+            WINDOW,
+        );
+        out.items.truncate(limit);
+        self.observe(out.strategy, started);
+        Ok(out)
+    }
+
+    /// Events like `event_id`; `None` when it does not exist.
+    pub async fn similar(
+        &self,
+        event_id: i64,
+        limit: usize,
+    ) -> Result<Option<Recommendations>, StoreError> {
+        let started = Instant::now();
+        let Some(me) = self
+            .store
+            .event(event_id)
+            .await?
+            .filter(|e| e.deleted_at.is_none())
+        else {
+            return Ok(None);
+        };
+        let now = Utc::now();
+        let horizon = now.timestamp();
+        let loaded = self.models.current();
+        let scored = loaded
+            .as_ref()
+            .and_then(|l| {
+                l.model
+                    .similar(event_id, limit * 3 + 20, |_, m| m.date > horizon)
+            })
+            .unwrap_or_default();
+        let events = self.events(scored.iter().map(|s| s.event_id)).await?;
+        let mut items: Vec<Recommended> = scored
+            .into_iter()
+            .filter_map(|s| {
+                let event = events.get(&s.event_id).filter(|e| live(e, now))?.clone();
+                Some(Recommended {
+                    event,
+                    score: s.score,
+                    reasons: s.engines.iter().map(|e| e.as_str()).collect(),
+                })
+            })
+            .collect();
+        if items.len() < limit {
+            // An event the model does not know yet: the popular upcoming ones of its category.
+            let seen: HashSet<i64> = items.iter().map(|r| r.event.id).collect();
+            let more = self
+                .store
+                .popular_upcoming(Some(me.category.as_str()), (limit * 2) as i64)
+                .await?;
+            items.extend(
+                more.into_iter()
+                    .filter(|e| e.id != event_id && !seen.contains(&e.id))
+                    .map(|event| Recommended {
+                        event,
+                        score: 0.0,
+                        reasons: vec!["popular"],
+                    }),
+            );
+        }
+        items.truncate(limit);
+        self.observe(Strategy::Similar, started);
+        Ok(Some(Recommendations {
+            strategy: Strategy::Similar,
+            cold_start: false,
+            model_version: loaded.map(|l| l.version),
+            items,
+        }))
+    }
+
+    async fn events(
+        &self,
+        ids: impl Iterator<Item = i64>,
+    ) -> Result<HashMap<i64, Event>, StoreError> {
+        let ids: Vec<i64> = ids.collect();
+        Ok(self
+            .store
+            .events_by_ids(&ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e))
+            .collect())
+    }
+
+    /// What is trending in the last half hour, else what the model found popular, else the
+    /// upcoming events with most registrations; nearest first when `home` is known.
+    async fn popular_near(
+        &self,
+        home: Option<(f64, f64)>,
+        loaded: Option<&Loaded>,
+        want: usize,
+        keep: impl Fn(&Event) -> bool,
+    ) -> Result<Vec<Recommended>, StoreError> {
+        let mut ranked: Vec<(i64, f32, &'static str)> = self
+            .store
+            .trending(Utc::now() - TRENDING, (want * 4) as i64)
+            .await?
+            .into_iter()
+            .map(|(e, s)| (e, s as f32, "trending"))
+            .collect();
+        if ranked.len() < want {
+            if let Some(l) = loaded {
+                let now = Utc::now().timestamp();
+                let popular =
+                    l.model
+                        .rank(Engine::Popularity, &Profile::default(), want * 4, |_, m| {
+                            m.date > now
+                        });
+                ranked.extend(
+                    popular
+                        .into_iter()
+                        .map(|s| (s.event_id, s.score, "popular")),
+                );
+            }
+        }
+        let events = self.events(ranked.iter().map(|r| r.0)).await?;
+        let mut seen = HashSet::new();
+        let mut items: Vec<Recommended> = ranked
+            .into_iter()
+            .filter(|(e, _, _)| seen.insert(*e))
+            .filter_map(|(e, score, why)| {
+                let event = events.get(&e).filter(|e| keep(e))?.clone();
+                Some(Recommended {
+                    event,
+                    score,
+                    reasons: vec![why],
+                })
+            })
+            .collect();
+        if items.len() < want {
+            let ids: HashSet<i64> = items.iter().map(|r| r.event.id).collect();
+            let upcoming = self.store.popular_upcoming(None, (want * 4) as i64).await?;
+            items.extend(
+                upcoming
+                    .into_iter()
+                    .filter(|e| keep(e) && !ids.contains(&e.id))
+                    .map(|event| Recommended {
+                        score: event.registered_count as f32,
+                        event,
+                        reasons: vec!["popular"],
+                    }),
+            );
+        }
+        items.truncate(want);
+        if let Some(home) = home {
+            let distance = |r: &Recommended| match (r.event.latitude, r.event.longitude) {
+                (Some(lat), Some(lon)) => haversine_km(home, (lat, lon)),
+                _ => f64::INFINITY,
+            };
+            items.sort_by(|a, b| distance(a).total_cmp(&distance(b)));
+            for r in &mut items {
+                if distance(r).is_finite() {
+                    r.reasons.push("nearby");
+                }
+            }
+        }
+        Ok(items)
+    }
+
+    fn observe(&self, strategy: Strategy, started: Instant) {
+        self.metrics
+            .recommendation_latency
+            .with_label_values(&[strategy.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn count(&self, strategy: &str, ok: bool) {
+        self.metrics
+            .ml_predictions
+            .with_label_values(&[strategy, if ok { "success" } else { "error" }])
+            .inc();
+    }
+}
+
+/// One worker of the pool.
+pub struct RecommendWorker(Recommender);
+
+impl Worker for RecommendWorker {
+    type Key = ();
+    type Message = Request;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _wid: WorkerId,
+        _factory: &FactoryRef<(), Request>,
+        _args: (),
+    ) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _wid: WorkerId,
+        _factory: &FactoryRef<(), Request>,
+        job: Job<(), Request>,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        match job.msg {
+            Request::ForUser {
+                user_id,
+                home,
+                limit,
+                reply,
+            } => {
+                let answer = self.0.for_user(user_id, home, limit).await;
+                let strategy = answer.as_ref().map_or("hybrid", |r| r.strategy.as_str());
+                self.0.count(strategy, answer.is_ok());
+                let _ = reply.send(answer);
+            }
+            Request::Similar {
+                event_id,
+                limit,
+                reply,
+            } => {
+                let answer = self.0.similar(event_id, limit).await;
+                self.0.count(Strategy::Similar.as_str(), answer.is_ok());
+                let _ = reply.send(answer);
+            }
+        }
+        // The job's key, `()`, tells the factory this worker is free again.
+        Ok(())
+    }
+}
+
+type Pool = Factory<
+    (),
+    Request,
+    (),
+    RecommendWorker,
+    QueuerRouting<(), Request>,
+    DefaultQueue<(), Request>,
+>;
+
+/// Starts the pool of `workers` on this node; a worker that fails is replaced by the factory.
+pub async fn start(
+    recommender: Recommender,
+    workers: usize,
+) -> Result<FactoryRef<(), Request>, ractor::SpawnErr> {
+    let args = FactoryArguments::builder()
+        .worker_builder(Box::new(worker_builder(move |_wid: WorkerId| {
+            (RecommendWorker(recommender.clone()), ())
+        })))
+        .queue(DefaultQueue::default())
+        .router(QueuerRouting::default())
+        .num_initial_workers(workers.max(1))
+        .discard_settings(DiscardSettings::Static {
+            limit: QUEUE_LIMIT,
+            mode: DiscardMode::Newest,
+        })
+        .build();
+    let (pool, _) = Actor::spawn(None, Pool::default(), args).await?;
+    Ok(pool)
+}
+
+/// Asks the pool; `None` when it did not answer within `timeout` (overloaded or stopping).
+pub async fn ask<T: Send + 'static>(
+    pool: &FactoryRef<(), Request>,
+    request: impl FnOnce(RpcReplyPort<T>) -> Request,
+    timeout: Duration,
+) -> Option<T> {
+    match pool
+        .call(
+            |reply| FactoryMessage::Dispatch(Job::new((), request(reply))),
+            Some(timeout),
+        )
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(answer)) => Some(answer),
+        _ => None,
+    }
+}

@@ -1,0 +1,317 @@
+//! The trainer: an actor on every node that loads each new model the moment it is stored (so a
+//! node serves the newest one, and a restarted node serves the latest without training), and,
+//! on the one node holding the trainer's lease, trains in the background on a schedule, after
+//! enough new interactions, or when an admin asks; then stores the model with its offline
+//! evaluation and keeps the newest few.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use convene_actors::recommend::eval::evaluate;
+use convene_actors::recommend::{Interaction, Item, Model, Settings};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use super::serving::{Loaded, Models};
+use crate::metrics::Metrics;
+use crate::store::SqlStore;
+
+/// The lease's name in the database.
+const LEASE: &str = "recommend-trainer";
+/// Users scored by the evaluation run with each training.
+const EVALUATED_USERS: usize = 2000;
+/// After a failed training, the next waits this long.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Rows read per query while gathering the training data.
+const PAGE: i64 = 50_000;
+
+/// How the trainer works.
+#[derive(Clone)]
+pub struct TrainerSettings {
+    /// How models are trained.
+    pub train: Settings,
+    /// Train at least this often.
+    pub every: Duration,
+    /// ...or once this many interactions arrived since the last model.
+    pub after: u64,
+    /// Models kept in the database.
+    pub keep: i64,
+    /// The lease's lifetime; the trainer looks for new models and renews it three times per
+    /// lifetime.
+    pub lease: Duration,
+    /// Who holds the lease when this node does: unique per process.
+    pub holder: String,
+}
+
+/// What it starts with.
+#[derive(Clone)]
+pub struct TrainerArgs {
+    /// Interactions, events and models.
+    pub store: SqlStore,
+    /// The model this node serves.
+    pub models: Arc<Models>,
+    /// The model gauges.
+    pub metrics: Metrics,
+    /// See [`TrainerSettings`].
+    pub settings: TrainerSettings,
+}
+
+/// The trainer actor.
+#[derive(Default)]
+pub struct Trainer;
+
+/// Its messages (local only).
+pub enum TrainerMessage {
+    /// Look for a new model; renew the lease; train when due.
+    Tick,
+    /// A training ended: the version stored, or why not.
+    Trained(Result<i64, String>),
+    /// Panics inside the handler, for supervision tests and fault drills.
+    InjectFault,
+}
+
+impl ractor::Message for TrainerMessage {}
+
+/// Its state.
+pub struct TrainerState {
+    args: TrainerArgs,
+    holding: bool,
+    training: Option<JoinHandle<()>>,
+    last_trained: Option<Instant>,
+    /// No training before this, after one failed.
+    retry_at: Option<Instant>,
+    ticker: JoinHandle<()>,
+}
+
+/// Everything the engines learn from, read from the store.
+async fn gather(store: &SqlStore) -> anyhow::Result<(Vec<Item>, Vec<Interaction>, i64)> {
+    let mut items = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.events_after(after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        items.extend(page.iter().map(Item::from));
+    }
+    let mut interactions = Vec::new();
+    let mut last = 0;
+    loop {
+        let page = store.interactions_after(last, PAGE).await?;
+        let Some((id, _)) = page.last() else { break };
+        last = *id;
+        interactions.extend(page.into_iter().map(|(_, i)| i));
+    }
+    Ok((items, interactions, last))
+}
+
+/// Trains, evaluates and stores a model; its version.
+async fn train(store: SqlStore, settings: TrainerSettings) -> anyhow::Result<i64> {
+    let started = Instant::now();
+    let (items, interactions, last) = gather(&store).await?;
+    let read = started.elapsed();
+    let n = interactions.len();
+    let (bytes, metrics) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let eval = evaluate(
+            &items,
+            &interactions,
+            settings.train,
+            EVALUATED_USERS,
+            |_| {},
+            |_| {},
+        );
+        let metrics: serde_json::Map<String, serde_json::Value> = eval
+            .metrics
+            .iter()
+            .map(|(e, m)| (e.as_str().to_owned(), serde_json::json!(m.ndcg_at_10)))
+            .collect();
+        drop(eval);
+        let now = chrono::Utc::now().timestamp();
+        let model = Model::train(&items, &interactions, settings.train, now, |_| {});
+        Ok((model.to_bytes()?, serde_json::Value::Object(metrics)))
+    })
+    .await??;
+    let version = store.save_model(&bytes, last, &metrics).await?;
+    let pruned = store.prune_models(settings.keep).await?;
+    tracing::info!(
+        version,
+        interactions = n,
+        bytes = bytes.len(),
+        read_ms = read.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        pruned,
+        %metrics,
+        "recommendation model trained"
+    );
+    Ok(version)
+}
+
+impl TrainerState {
+    /// Loads the newest stored model when it is newer than the one served.
+    async fn load_newest(&self) -> anyhow::Result<()> {
+        let Some(info) = self.args.store.latest_model().await? else {
+            return Ok(());
+        };
+        if info.version <= self.args.models.version() {
+            return Ok(());
+        }
+        let Some(bytes) = self.args.store.model_bytes(info.version).await? else {
+            return Ok(());
+        };
+        let model = tokio::task::spawn_blocking(move || Model::from_bytes(&bytes)).await??;
+        let metrics = &self.args.metrics;
+        if let Some(m) = info.metrics.as_object() {
+            for (engine, ndcg) in m {
+                if let Some(x) = ndcg.as_f64() {
+                    metrics
+                        .ml_model_accuracy
+                        .with_label_values(&[engine])
+                        .set(x);
+                }
+            }
+        }
+        metrics.model_version.set(info.version);
+        tracing::info!(
+            version = info.version,
+            items = model.items.len(),
+            users = model.users(),
+            "recommendation model loaded"
+        );
+        self.args.models.swap(Arc::new(Loaded {
+            version: info.version,
+            trained_at: info.trained_at,
+            last_interaction: info.last_interaction,
+            model,
+        }));
+        Ok(())
+    }
+
+    /// Whether the holder should train now.
+    async fn due(&self) -> anyhow::Result<bool> {
+        let store = &self.args.store;
+        if store.take_training_request().await? {
+            return Ok(true);
+        }
+        let newest = store.last_interaction().await?;
+        let Some(info) = store.latest_model().await? else {
+            return Ok(newest > 0);
+        };
+        let since = newest.saturating_sub(info.last_interaction);
+        let stale = match self.last_trained {
+            Some(at) => at.elapsed() >= self.args.settings.every,
+            None => {
+                (chrono::Utc::now() - info.trained_at)
+                    .to_std()
+                    .unwrap_or_default()
+                    >= self.args.settings.every
+            }
+        };
+        Ok(since > 0 && (stale || since as u64 >= self.args.settings.after))
+    }
+
+    async fn tick(&mut self, myself: &ActorRef<TrainerMessage>) -> anyhow::Result<()> {
+        self.load_newest().await?;
+        let s = &self.args.settings;
+        let holding = self
+            .args
+            .store
+            .take_lease(LEASE, &s.holder, s.lease)
+            .await?;
+        if holding != self.holding {
+            tracing::info!(holder = %s.holder, holding, "recommendation trainer lease");
+            self.holding = holding;
+        }
+        let waiting = self.retry_at.is_some_and(|at| Instant::now() < at);
+        if !holding || waiting || self.training.is_some() || !self.due().await? {
+            return Ok(());
+        }
+        let (store, settings, me) = (self.args.store.clone(), s.clone(), myself.clone());
+        self.training = Some(tokio::spawn(async move {
+            let result = train(store, settings).await.map_err(|e| format!("{e:#}"));
+            let _ = me.cast(TrainerMessage::Trained(result));
+        }));
+        Ok(())
+    }
+}
+
+impl Actor for Trainer {
+    type Msg = TrainerMessage;
+    type State = TrainerState;
+    type Arguments = TrainerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TrainerMessage>,
+        args: TrainerArgs,
+    ) -> Result<TrainerState, ActorProcessingErr> {
+        let period = (args.settings.lease / 3).max(Duration::from_millis(20));
+        let me = myself.clone();
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(period);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                if me.cast(TrainerMessage::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(TrainerState {
+            args,
+            holding: false,
+            training: None,
+            last_trained: None,
+            retry_at: None,
+            ticker,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<TrainerMessage>,
+        state: &mut TrainerState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ticker.abort();
+        if let Some(training) = state.training.take() {
+            training.abort();
+        }
+        if state.holding {
+            let s = &state.args.settings;
+            if let Err(e) = state.args.store.release_lease(LEASE, &s.holder).await {
+                tracing::warn!(error = %e, "the trainer lease was not released");
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TrainerMessage>,
+        message: TrainerMessage,
+        state: &mut TrainerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            TrainerMessage::InjectFault => panic!("fault injected into the trainer"),
+            TrainerMessage::Tick => {
+                if let Err(e) = state.tick(&myself).await {
+                    tracing::warn!(error = %e, "recommendation trainer round failed");
+                }
+            }
+            TrainerMessage::Trained(result) => {
+                state.training = None;
+                state.last_trained = Some(Instant::now());
+                state.retry_at = result.is_err().then(|| Instant::now() + RETRY_AFTER);
+                match result {
+                    Ok(_) => {
+                        if let Err(e) = state.load_newest().await {
+                            tracing::warn!(error = %e, "loading the new model failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "training the recommendation model failed")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

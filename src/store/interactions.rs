@@ -1,0 +1,271 @@
+//! Interactions of users with events (recorded by the edges, and by every registration commit
+//! from its domain events), the recent ones counted per event, and the recommendation models
+//! the trainer stores and every node loads.
+
+use chrono::{DateTime, Utc};
+use convene_actors::StoreError;
+use convene_actors::model::{DomainEvent, topics};
+use convene_actors::recommend::{Interaction, Kind};
+
+use super::{Db, SqlStore, unavailable};
+
+/// The interaction a domain event is, if it is one: registrations, waitlistings, promotions
+/// and cancellations.
+pub(super) fn interaction_of(e: &DomainEvent) -> Option<(i64, i64, Kind, DateTime<Utc>)> {
+    let kind = match e.topic.as_str() {
+        topics::REGISTRATION_CREATED | topics::REGISTRATION_PROMOTED => Kind::Register,
+        topics::REGISTRATION_WAITLISTED => Kind::Waitlist,
+        topics::REGISTRATION_CANCELLED => Kind::Cancel,
+        _ => return None,
+    };
+    let user = e.payload.get("user_id")?.as_i64()?;
+    let event = e.payload.get("event_id")?.as_i64()?;
+    Some((user, event, kind, e.occurred_at))
+}
+
+/// A stored model's description.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    /// Its version, increasing.
+    pub version: i64,
+    /// When it was trained.
+    pub trained_at: DateTime<Utc>,
+    /// The last interaction it learnt from.
+    pub last_interaction: i64,
+    /// Its offline evaluation.
+    pub metrics: serde_json::Value,
+}
+
+type ModelRow = (
+    i64,
+    DateTime<Utc>,
+    i64,
+    sqlx::types::Json<serde_json::Value>,
+);
+
+fn model_info((version, trained_at, last_interaction, metrics): ModelRow) -> ModelInfo {
+    ModelInfo {
+        version,
+        trained_at,
+        last_interaction,
+        metrics: metrics.0,
+    }
+}
+
+fn kind_of(s: &str) -> Result<Kind, StoreError> {
+    Kind::parse(s).ok_or_else(|| super::corrupt("interactions.kind", s))
+}
+
+impl SqlStore {
+    /// Records that `user_id` did `kind` with `event_id` now.
+    pub async fn record_interaction(
+        &self,
+        user_id: i64,
+        event_id: i64,
+        kind: Kind,
+    ) -> Result<(), StoreError> {
+        on_pool!(self.db, write, pool => {
+            sqlx::query(
+                "INSERT INTO interactions (user_id, event_id, kind, occurred_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(user_id)
+            .bind(event_id)
+            .bind(kind.as_str())
+            .bind(Utc::now())
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+        .map_err(unavailable)
+    }
+
+    /// A user's latest `limit` interactions, newest first.
+    pub async fn user_interactions(
+        &self,
+        user_id: i64,
+        limit: i64,
+    ) -> Result<Vec<Interaction>, StoreError> {
+        let rows: Vec<(i64, String, DateTime<Utc>)> = on_pool!(self.db, read, pool => {
+            sqlx::query_as(
+                "SELECT event_id, kind, occurred_at FROM interactions WHERE user_id = $1 \
+                 ORDER BY occurred_at DESC, id DESC LIMIT $2",
+            )
+            .bind(user_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|(event_id, kind, at)| {
+                Ok(Interaction {
+                    user_id,
+                    event_id,
+                    kind: kind_of(&kind)?,
+                    ts: at.timestamp(),
+                })
+            })
+            .collect()
+    }
+
+    /// Interactions with an id above `after`, by id, at most `limit`, with their ids.
+    pub async fn interactions_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Interaction)>, StoreError> {
+        let rows: Vec<(i64, i64, i64, String, DateTime<Utc>)> = on_pool!(self.db, read, pool => {
+            sqlx::query_as(
+                "SELECT id, user_id, event_id, kind, occurred_at FROM interactions \
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|(id, user_id, event_id, kind, at)| {
+                Ok((
+                    id,
+                    Interaction {
+                        user_id,
+                        event_id,
+                        kind: kind_of(&kind)?,
+                        ts: at.timestamp(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// The id of the latest interaction (0 when there is none).
+    pub async fn last_interaction(&self) -> Result<i64, StoreError> {
+        let (n,): (Option<i64>,) = on_pool!(self.db, read, pool => {
+            sqlx::query_as("SELECT MAX(id) FROM interactions").fetch_one(pool).await
+        })
+        .map_err(unavailable)?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Events by interactions since `since`, the most first (weighted by kind), at most
+    /// `limit`.
+    pub async fn trending(
+        &self,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(i64, f64)>, StoreError> {
+        on_pool!(self.db, read, pool => {
+            sqlx::query_as(
+                "SELECT event_id, CAST(SUM(CASE kind WHEN 'register' THEN 5 WHEN 'waitlist' THEN 4 \
+                 WHEN 'like' THEN 3 WHEN 'share' THEN 3 WHEN 'click' THEN 2 WHEN 'view' THEN 1 \
+                 ELSE 0 END) AS DOUBLE PRECISION) AS score FROM interactions \
+                 WHERE occurred_at > $1 GROUP BY event_id ORDER BY score DESC, event_id LIMIT $2",
+            )
+            .bind(since)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(unavailable)
+    }
+
+    /// Stores a trained model; its version.
+    pub async fn save_model(
+        &self,
+        bytes: &[u8],
+        last_interaction: i64,
+        metrics: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        let (version,): (i64,) = on_pool!(self.db, write, pool => {
+            sqlx::query_as(
+                "INSERT INTO recommendation_models (trained_at, last_interaction, metrics, model) \
+                 VALUES ($1, $2, $3, $4) RETURNING version",
+            )
+            .bind(Utc::now())
+            .bind(last_interaction)
+            .bind(sqlx::types::Json(metrics))
+            .bind(bytes)
+            .fetch_one(pool)
+            .await
+        })
+        .map_err(unavailable)?;
+        Ok(version)
+    }
+
+    /// The newest model's description, if any.
+    pub async fn latest_model(&self) -> Result<Option<ModelInfo>, StoreError> {
+        let row: Option<ModelRow> = on_pool!(self.db, read, pool => {
+            sqlx::query_as(
+                "SELECT version, trained_at, last_interaction, metrics FROM recommendation_models \
+                 ORDER BY version DESC LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(unavailable)?;
+        Ok(row.map(model_info))
+    }
+
+    /// A model's bytes; `None` when it was deleted meanwhile.
+    pub async fn model_bytes(&self, version: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let row: Option<(Vec<u8>,)> = on_pool!(self.db, read, pool => {
+            sqlx::query_as("SELECT model FROM recommendation_models WHERE version = $1")
+                .bind(version)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(unavailable)?;
+        Ok(row.map(|(b,)| b))
+    }
+
+    /// Deletes all but the newest `keep` models.
+    pub async fn prune_models(&self, keep: i64) -> Result<u64, StoreError> {
+        on_pool!(self.db, write, pool => {
+            sqlx::query(
+                "DELETE FROM recommendation_models WHERE version <= \
+                 (SELECT MAX(version) FROM recommendation_models) - $1",
+            )
+            .bind(keep.max(1))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .map_err(unavailable)
+    }
+}
+
+/// The row that asks the trainer to train now, whichever node holds its lease.
+const TRAIN_REQUEST: &str = "recommend-train-request";
+
+impl SqlStore {
+    /// Asks the cluster's trainer to train at its next look.
+    pub async fn request_training(&self) -> Result<(), StoreError> {
+        on_pool!(self.db, write, pool => {
+            sqlx::query(
+                "INSERT INTO leases (name, holder, expires_at) VALUES ($1, 'requested', $2) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(TRAIN_REQUEST)
+            .bind(Utc::now() + chrono::TimeDelta::days(1))
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+        .map_err(unavailable)
+    }
+
+    /// Takes the request to train, if there is one.
+    pub async fn take_training_request(&self) -> Result<bool, StoreError> {
+        let taken: Option<(String,)> = on_pool!(self.db, write, pool => {
+            sqlx::query_as("DELETE FROM leases WHERE name = $1 RETURNING name")
+                .bind(TRAIN_REQUEST)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(unavailable)?;
+        Ok(taken.is_some())
+    }
+}
