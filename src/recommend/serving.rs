@@ -198,7 +198,7 @@ impl Recommender {
                 let horizon = now.timestamp();
                 let scored = l
                     .model
-                    .rank(Engine::Hybrid, &profile, limit * 5 + 50, |_, m| {
+                    .rank(Engine::Hybrid, &profile, limit * 3 + 20, |_, m| {
                         m.date > horizon
                             && m.created_by != user_id
                             && !registered.contains(&m.event_id)

@@ -84,19 +84,26 @@ impl Nmf {
         Self { h, hht }
     }
 
-    /// The factors of a user with `history` (item, weight), H held fixed.
+    /// The factors of a user with `history` (item, weight), H held fixed: the same
+    /// multiplicative update as training, on one row, in place.
     pub fn fold_in(&self, history: &[(u32, f32)]) -> Array1<f64> {
         let rank = self.h.nrows();
-        let mut rht = Array1::<f64>::zeros(rank);
+        let mut rht = vec![0f64; rank];
         for (i, x) in history {
-            rht.scaled_add(f64::from(*x), &self.h.column(*i as usize));
+            for (r, h) in rht.iter_mut().zip(self.h.column(*i as usize)) {
+                *r += f64::from(*x) * h;
+            }
         }
-        let mut w = Array1::<f64>::from_elem(rank, 0.1);
+        let mut w = vec![0.1f64; rank];
+        let mut next = vec![0f64; rank];
         for _ in 0..FOLD_IN_ROUNDS {
-            let denominator = self.hht.dot(&w) + EPSILON;
-            w = w * &rht / denominator;
+            for (f, n) in next.iter_mut().enumerate() {
+                let denominator: f64 = self.hht.row(f).iter().zip(&w).map(|(a, b)| a * b).sum();
+                *n = w[f] * rht[f] / (denominator + EPSILON);
+            }
+            std::mem::swap(&mut w, &mut next);
         }
-        w
+        Array1::from(w)
     }
 
     /// Every item's score for a user with `history`.
