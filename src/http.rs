@@ -6,6 +6,7 @@
 pub mod asyncapi;
 pub mod auth;
 pub mod cluster;
+pub mod curation;
 pub mod error;
 pub mod events;
 pub mod ops;
@@ -38,6 +39,8 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .or(search::routes(app.clone()))
         .unify()
         .or(recommendations::routes(app.clone()))
+        .unify()
+        .or(curation::routes(app.clone()))
         .unify()
         .or(auth::routes(app.clone()))
         .unify()
@@ -101,6 +104,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/api/v1/interactions", "POST"),
     ("/api/v1/admin/recommendations", "GET"),
     ("/api/v1/admin/recommendations/train", "POST"),
+    ("/api/v1/admin/curation", "GET"),
     ("/api/v1/events", "GET, POST"),
     ("/api/v1/events/{id}", "GET, PATCH, DELETE"),
     ("/api/v1/events/{id}/registrations", "GET, POST"),

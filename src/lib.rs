@@ -8,6 +8,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod console;
+pub mod curator;
 pub mod http;
 pub mod keeper;
 pub mod metrics;

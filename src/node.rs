@@ -22,6 +22,7 @@ use crate::auth::{Auth, load_or_create_secret};
 use crate::bus::relay::{Relay, RelayArgs, RelayMessage, RelaySettings};
 use crate::bus::{Buses, bridge, commands, consumer};
 use crate::config::Config;
+use crate::curator::{CuratorActor, CuratorArgs, CuratorMessage};
 use crate::keeper::{Keeper, KeeperMessage};
 use crate::metrics::Metrics;
 use crate::recommend::serving::{self as recommend, Models, Recommender};
@@ -45,6 +46,8 @@ pub struct Node {
     indexer: ractor::ActorRef<KeeperMessage>,
     /// Loads new recommendation models, and trains them while holding the lease.
     trainer: ractor::ActorRef<KeeperMessage>,
+    /// Curates new and changed events while holding the lease.
+    curator: ractor::ActorRef<KeeperMessage>,
     /// The NATS responder, the Kafka consumer of commands and the bridge, and what stops them.
     inbound: Vec<tokio::task::JoinHandle<()>>,
     stop_inbound: tokio::sync::watch::Sender<bool>,
@@ -321,6 +324,17 @@ impl Node {
             },
         )
         .await?;
+        let (curator, _) = Actor::spawn(
+            None,
+            Keeper::<CuratorActor>::default(),
+            CuratorArgs {
+                store: store.clone(),
+                events: events.clone(),
+                lease: Duration::from_millis(config.relay_lease_ms.max(100)),
+                holder: format!("{}/{}", config.node_name, uuid::Uuid::new_v4().simple()),
+            },
+        )
+        .await?;
         let recommender = recommend::start(
             Recommender {
                 store: store.clone(),
@@ -404,6 +418,7 @@ impl Node {
             relay,
             indexer,
             trainer,
+            curator,
             inbound,
             stop_inbound,
             network,
@@ -423,6 +438,11 @@ impl Node {
     /// The recommendation trainer running on this node.
     pub fn trainer(&self) -> Option<ractor::ActorRef<TrainerMessage>> {
         crate::keeper::child(&self.trainer)
+    }
+
+    /// The curator running on this node.
+    pub fn curator(&self) -> Option<ractor::ActorRef<CuratorMessage>> {
+        crate::keeper::child(&self.curator)
     }
 
     /// The base URL of the HTTP edge.
@@ -453,10 +473,11 @@ impl Node {
             .relay
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await;
-        let _ = self
-            .trainer
-            .stop_and_wait(None, Some(Duration::from_secs(5)))
-            .await;
+        for singleton in [&self.trainer, &self.curator] {
+            let _ = singleton
+                .stop_and_wait(None, Some(Duration::from_secs(5)))
+                .await;
+        }
         if let Some(network) = self.network.take() {
             let cluster = self.app.cluster.clone();
             let heartbeat = cluster.settings().heartbeat;

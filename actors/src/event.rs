@@ -69,6 +69,11 @@ convene_cluster::entity_messages! {
             } -> Result<RoomAccess, EntityError>,
         }
         tell {
+            /// Curation of the event's current text is done: shown from now on.
+            Curated {
+                /// What curation says.
+                curation: crate::curation::Curation,
+            },
             /// Panics inside the handler, for supervision tests and fault drills.
             InjectFault,
         }
@@ -145,8 +150,10 @@ pub struct EventState {
     idle: Idle,
     /// `None` when no such event exists.
     event: Option<Event>,
-    /// The JSON of `event`, kept until its version changes.
+    /// The JSON of `event`, kept until its version or its curation changes.
     json: Option<EventJson>,
+    /// What curation said last.
+    curation: Option<crate::curation::Curation>,
     registrations: HashMap<i64, Registration>,
     waitlist: VecDeque<i64>,
     idempotency: HashMap<(i64, String), RegistrationOutcome>,
@@ -172,6 +179,7 @@ impl Actor for EventActor {
             idle: Idle::new(args.idle_after),
             event: None,
             json: None,
+            curation: None,
             registrations: HashMap::new(),
             waitlist: VecDeque::new(),
             idempotency: HashMap::new(),
@@ -271,6 +279,10 @@ impl Actor for EventActor {
                 if state.pending.is_empty() {
                     state.idle.check(&state.shard, &state.key);
                 }
+            }
+            EventMessage::Curated { curation } => {
+                state.curation = Some(curation);
+                state.json = None;
             }
             EventMessage::InjectFault => panic!("fault injected into {}", state.key),
         }

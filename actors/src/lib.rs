@@ -3,6 +3,7 @@
 //! the rules they apply (permissions, registration with capacity and waitlist).
 //! Nothing here speaks HTTP or holds an SQL string: persistence goes through [`store::Store`].
 
+pub mod curation;
 pub mod error;
 pub mod event;
 pub mod fanout;

@@ -195,6 +195,10 @@ pub struct EventView {
     pub seats_left: i64,
     /// Price in currency units, absent when free.
     pub price: Option<f64>,
+    /// The suggested category and quality of the event, once curated (shown when the event
+    /// is read on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curation: Option<crate::curation::Curation>,
 }
 
 impl From<Event> for EventView {
@@ -202,6 +206,7 @@ impl From<Event> for EventView {
         Self {
             seats_left: event.seats_left(),
             price: event.price(),
+            curation: None,
             event,
         }
     }
@@ -218,14 +223,16 @@ pub struct EventJson {
 }
 
 impl EventJson {
-    /// The JSON of `event`'s view.
-    pub fn of(event: &Event) -> Self {
+    /// The JSON of `event`'s view, with its curation when it has one.
+    pub fn of(event: &Event, curation: Option<&crate::curation::Curation>) -> Self {
+        let view = EventView {
+            curation: curation.cloned(),
+            ..EventView::from(event.clone())
+        };
         Self {
             version: event.version,
             // Serialising an event cannot fail: every map key is a string.
-            body: serde_json::to_vec(&EventView::from(event.clone()))
-                .unwrap_or_default()
-                .into(),
+            body: serde_json::to_vec(&view).unwrap_or_default().into(),
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct EventSnapshot {
     pub registrations: Vec<Registration>,
     /// Recorded answers to requests that carried an idempotency key.
     pub idempotency: Vec<IdempotencyRecord>,
+    /// What curation says of it, once curated.
+    pub curation: Option<crate::curation::Curation>,
 }
 
 /// The recorded answer to a request that carried an `Idempotency-Key`.

@@ -13,7 +13,8 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::{
-    auth, cluster, events, json, recommendations, registrations, rooms, search, users, with_app,
+    auth, cluster, curation, events, json, recommendations, registrations, rooms, search, users,
+    with_app,
 };
 use crate::app::App;
 
@@ -193,7 +194,7 @@ impl Modify for BearerAuth {
         events::listing::list, events::create, events::get, events::update, events::delete,
         search::search,
         recommendations::for_me, recommendations::similar, recommendations::record,
-        recommendations::model_status, recommendations::train,
+        recommendations::model_status, recommendations::train, curation::flagged,
         registrations::register, registrations::cancel, registrations::registrations,
         rooms::presence, rooms::messages,
         health, metrics, cluster::status,

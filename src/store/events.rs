@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use convene_actors::StoreError;
+use convene_actors::curation::Curation;
 use convene_actors::model::{
     Category, DomainEvent, Event, NewEvent, Registration, RegistrationStatus, topics,
 };
@@ -88,6 +89,34 @@ impl EventRow {
             deleted_at: self.deleted_at,
         })
     }
+}
+
+const CURATION_BY_EVENT: &str = "SELECT suggested_category, confidence, quality_score, flags FROM event_curation WHERE event_id = $1";
+
+#[derive(sqlx::FromRow)]
+struct CurationRow {
+    suggested_category: Option<String>,
+    confidence: f64,
+    quality_score: f64,
+    flags: Json<Vec<String>>,
+}
+
+impl CurationRow {
+    fn into_curation(self) -> Curation {
+        Curation {
+            suggested_category: self.suggested_category,
+            confidence: self.confidence,
+            quality_score: self.quality_score,
+            flags: self.flags.0,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct FlaggedRow {
+    event_id: i64,
+    #[sqlx(flatten)]
+    curation: CurationRow,
 }
 
 #[derive(sqlx::FromRow)]
@@ -221,6 +250,67 @@ impl SqlStore {
         rows.into_iter().map(EventRow::into_event).collect()
     }
 
+    /// Records what curation says of an event.
+    pub async fn save_curation(&self, event_id: i64, c: &Curation) -> Result<(), StoreError> {
+        on_pool!(self.db, write, pool => {
+            sqlx::query(
+                "INSERT INTO event_curation (event_id, suggested_category, confidence, \
+                 quality_score, flags, flagged, curated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (event_id) DO UPDATE SET suggested_category = EXCLUDED.suggested_category, \
+                 confidence = EXCLUDED.confidence, quality_score = EXCLUDED.quality_score, \
+                 flags = EXCLUDED.flags, flagged = EXCLUDED.flagged, curated_at = EXCLUDED.curated_at",
+            )
+            .bind(event_id)
+            .bind(c.suggested_category.as_deref())
+            .bind(c.confidence)
+            .bind(c.quality_score)
+            .bind(Json(&c.flags))
+            .bind(!c.flags.is_empty())
+            .bind(Utc::now())
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+        .map_err(unavailable)
+    }
+
+    /// Live events with curation flags, the lowest quality first, at most `limit`, from the
+    /// `offset`th.
+    pub async fn flagged_events(
+        &self,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<(Event, Curation)>, StoreError> {
+        let rows: Vec<FlaggedRow> = on_pool!(self.db, read, pool => {
+            sqlx::query_as(
+                "SELECT c.event_id, c.suggested_category, c.confidence, c.quality_score, c.flags \
+                 FROM event_curation c JOIN events e ON e.id = c.event_id \
+                 WHERE c.flagged AND e.deleted_at IS NULL \
+                 ORDER BY c.quality_score, c.event_id LIMIT $1 OFFSET $2",
+            )
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(unavailable)?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.event_id).collect();
+        let mut events: std::collections::HashMap<i64, Event> = self
+            .events_by_ids(&ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e))
+            .collect();
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                events
+                    .remove(&r.event_id)
+                    .map(|e| (e, r.curation.into_curation()))
+            })
+            .collect())
+    }
+
     /// A user's registrations that are not cancelled, newest first.
     pub async fn user_registrations(&self, user_id: i64) -> Result<Vec<Registration>, StoreError> {
         let rows: Vec<RegistrationRow> = on_pool!(self.db, read, pool => {
@@ -277,10 +367,11 @@ impl EventStore for SqlStore {
 
     async fn load_event(&self, id: i64) -> Result<Option<EventSnapshot>, StoreError> {
         let scope = format!("event/{id}");
-        let (row, regs, keys): (
+        let (row, regs, keys, curation): (
             Option<EventRow>,
             Vec<RegistrationRow>,
             Vec<(i64, String, Json<Value>)>,
+            Option<CurationRow>,
         ) = on_pool!(self.db, read, pool => {
             let row = sqlx::query_as(EVENT_BY_ID).bind(id).fetch_optional(pool).await.map_err(unavailable)?;
             let regs = sqlx::query_as(EVENT_REGISTRATIONS).bind(id).fetch_all(pool).await.map_err(unavailable)?;
@@ -289,7 +380,12 @@ impl EventStore for SqlStore {
                 .fetch_all(pool)
                 .await
                 .map_err(unavailable)?;
-            (row, regs, keys)
+            let curation: Option<CurationRow> = sqlx::query_as(CURATION_BY_EVENT)
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .map_err(unavailable)?;
+            (row, regs, keys, curation)
         });
         let Some(row) = row else { return Ok(None) };
         Ok(Some(EventSnapshot {
@@ -307,6 +403,7 @@ impl EventStore for SqlStore {
                     write: None,
                 })
                 .collect(),
+            curation: curation.map(CurationRow::into_curation),
         }))
     }
 

@@ -9,6 +9,7 @@ mod brokers;
 mod bus;
 mod cluster;
 mod commands;
+mod curation;
 mod events;
 mod operations;
 mod recommendations;

@@ -36,6 +36,8 @@ impl EventState {
             }
         }
         self.event = Some(snapshot.event);
+        self.curation = snapshot.curation;
+        self.json = None;
         Ok(())
     }
 
@@ -57,7 +59,7 @@ impl EventState {
         match &self.json {
             Some(j) if j.version == event.version => Ok(j.clone()),
             _ => {
-                let json = EventJson::of(event);
+                let json = EventJson::of(event, self.curation.as_ref());
                 self.json = Some(json.clone());
                 Ok(json)
             }

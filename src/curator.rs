@@ -1,0 +1,224 @@
+//! The curator: one per cluster (a lease), an actor that follows the outbox past its own
+//! cursor and, for each event created or changed, suggests a category from its text and
+//! scores its quality (see [`convene_actors::curation`]); it stores the result and tells the
+//! event's actor, which shows it from then on. Its classifier is trained on the events when it
+//! takes the lease and again after every few hundred events.
+
+use std::time::Duration;
+
+use convene_actors::curation::Curator;
+use convene_actors::event::{self, EventMessage};
+use convene_actors::model::{Event, topics};
+use convene_cluster::Router;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+
+use crate::store::{PRUNED, Position, SqlStore};
+
+/// The lease's name, and the cursor's.
+const NAME: &str = "curator";
+/// Outbox rows per round.
+const BATCH: usize = 500;
+/// The classifier is trained again after a fifth more events than it learnt from were
+/// curated, and at least after this many.
+const RETRAIN_AFTER: usize = 500;
+
+/// What it starts with.
+#[derive(Clone)]
+pub struct CuratorArgs {
+    /// The outbox, the events and the curation table.
+    pub store: SqlStore,
+    /// Reaches event actors, to show their curation.
+    pub events: Router<EventMessage>,
+    /// The lease's lifetime; the curator looks at the outbox three times per lifetime, and
+    /// at once after a full batch.
+    pub lease: Duration,
+    /// Who holds the lease when this node does: unique per process.
+    pub holder: String,
+}
+
+/// The curator actor.
+#[derive(Default)]
+pub struct CuratorActor;
+
+/// Its messages (local only).
+pub enum CuratorMessage {
+    /// Renew the lease and curate what is new.
+    Tick,
+    /// Panics inside the handler, for supervision tests and fault drills.
+    InjectFault,
+}
+
+impl ractor::Message for CuratorMessage {}
+
+/// Its state.
+pub struct CuratorState {
+    args: CuratorArgs,
+    holding: bool,
+    /// Trained while holding the lease.
+    curator: Option<Curator>,
+    position: Position,
+    since_training: usize,
+    trained_on: usize,
+    ticker: JoinHandle<()>,
+}
+
+#[derive(Deserialize)]
+struct EventId {
+    event_id: i64,
+}
+
+impl CuratorState {
+    async fn train(&mut self) -> anyhow::Result<()> {
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.args.store.events_after(after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            events.extend(page);
+        }
+        let curator = tokio::task::spawn_blocking(move || Curator::train(&events)).await?;
+        tracing::info!(events = curator.len(), "curation classifier trained");
+        self.trained_on = curator.len();
+        self.curator = Some(curator);
+        self.since_training = 0;
+        Ok(())
+    }
+
+    /// One round; whether the batch was full.
+    async fn round(&mut self) -> anyhow::Result<bool> {
+        let store = self.args.store.clone();
+        let holding = store
+            .take_lease(NAME, &self.args.holder, self.args.lease)
+            .await?;
+        if holding != self.holding {
+            tracing::info!(holder = %self.args.holder, holding, "curator lease");
+            self.holding = holding;
+            if holding {
+                self.position = store.outbox_cursor(NAME).await?;
+            }
+        }
+        if !holding {
+            self.curator = None;
+            return Ok(false);
+        }
+        let pruned = store.outbox_cursor(PRUNED).await?;
+        if self.position < pruned {
+            tracing::warn!("outbox rows were pruned before curation read them; they are skipped");
+            self.position = pruned;
+        }
+        let read = store.outbox(self.position, BATCH).await?;
+        let Some(last) = read.rows.last().map(|r| r.position) else {
+            return Ok(false);
+        };
+        // Trained lazily, on the events as they are now (those of this batch included).
+        let coming = read
+            .rows
+            .iter()
+            .filter(|r| r.topic == topics::EVENT_CREATED || r.topic == topics::EVENT_UPDATED)
+            .count();
+        let due = RETRAIN_AFTER.min((self.trained_on / 5).max(1));
+        if self.curator.is_none() || (coming > 0 && self.since_training + coming >= due) {
+            self.train().await?;
+        }
+        for row in &read.rows {
+            let curator = self.curator.as_mut().expect("trained above");
+            match row.topic.as_str() {
+                topics::EVENT_CREATED | topics::EVENT_UPDATED => {
+                    let Ok(e) = serde_json::from_str::<Event>(row.payload.get()) else {
+                        tracing::warn!(message_id = %row.message_id, "an event the curator cannot read; skipped");
+                        continue;
+                    };
+                    let curation = curator.curate(&e);
+                    self.since_training += 1;
+                    store.save_curation(e.id, &curation).await?;
+                    let _ = self
+                        .args
+                        .events
+                        .tell(event::key(e.id), EventMessage::Curated { curation });
+                }
+                topics::EVENT_DELETED => {
+                    if let Ok(e) = serde_json::from_str::<EventId>(row.payload.get()) {
+                        curator.forget(e.event_id);
+                    }
+                }
+                _ => {}
+            }
+        }
+        store.advance_outbox_cursor(NAME, last).await?;
+        self.position = last;
+        Ok(read.rows.len() == BATCH)
+    }
+}
+
+impl Actor for CuratorActor {
+    type Msg = CuratorMessage;
+    type State = CuratorState;
+    type Arguments = CuratorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CuratorMessage>,
+        args: CuratorArgs,
+    ) -> Result<CuratorState, ActorProcessingErr> {
+        let period = (args.lease / 3).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let me = myself.clone();
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(period);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                if me.cast(CuratorMessage::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(CuratorState {
+            args,
+            holding: false,
+            curator: None,
+            position: Position::default(),
+            since_training: 0,
+            trained_on: 0,
+            ticker,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<CuratorMessage>,
+        state: &mut CuratorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ticker.abort();
+        if state.holding {
+            if let Err(e) = state
+                .args
+                .store
+                .release_lease(NAME, &state.args.holder)
+                .await
+            {
+                tracing::warn!(error = %e, "the curator lease was not released");
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CuratorMessage>,
+        message: CuratorMessage,
+        state: &mut CuratorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CuratorMessage::InjectFault => panic!("fault injected into the curator"),
+            CuratorMessage::Tick => match state.round().await {
+                Ok(true) => myself.cast(CuratorMessage::Tick)?,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "curation round failed"),
+            },
+        }
+        Ok(())
+    }
+}
