@@ -164,17 +164,7 @@ impl Actor for CuratorActor {
         args: CuratorArgs,
     ) -> Result<CuratorState, ActorProcessingErr> {
         let period = (args.lease / 3).clamp(Duration::from_millis(20), Duration::from_secs(1));
-        let me = myself.clone();
-        let ticker = tokio::spawn(async move {
-            let mut every = tokio::time::interval(period);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                every.tick().await;
-                if me.cast(CuratorMessage::Tick).is_err() {
-                    break;
-                }
-            }
-        });
+        let ticker = myself.send_interval(period, || CuratorMessage::Tick);
         Ok(CuratorState {
             args,
             holding: false,

@@ -244,17 +244,7 @@ impl Actor for Trainer {
         args: TrainerArgs,
     ) -> Result<TrainerState, ActorProcessingErr> {
         let period = (args.settings.lease / 3).max(Duration::from_millis(20));
-        let me = myself.clone();
-        let ticker = tokio::spawn(async move {
-            let mut every = tokio::time::interval(period);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                every.tick().await;
-                if me.cast(TrainerMessage::Tick).is_err() {
-                    break;
-                }
-            }
-        });
+        let ticker = myself.send_interval(period, || TrainerMessage::Tick);
         Ok(TrainerState {
             args,
             holding: false,
