@@ -120,7 +120,6 @@ struct World {
     user: TestUser,
     organiser: TestUser,
     attended: Vec<i64>,
-    past_like: i64,
 }
 
 async fn world(app: &TestApp) -> World {
@@ -178,7 +177,7 @@ async fn world(app: &TestApp) -> World {
     // People who went to Berlin's tech events also went to the others there.
     let peers = app.sign_up_many("peer", 6).await;
     for (n, p) in peers.iter().enumerate() {
-        for e in berlin.iter().skip(n % 2).step_by(1).take(5) {
+        for e in berlin.iter().skip(n % 2).take(5) {
             register(app, p, *e).await;
         }
         register(app, p, others[n % others.len()]).await;
@@ -193,7 +192,6 @@ async fn world(app: &TestApp) -> World {
         user,
         organiser,
         attended,
-        past_like: others[3],
     }
 }
 
@@ -222,7 +220,6 @@ crate::both_stores! {
         // The organiser's own events are never offered to them.
         let own = recommendations(&app, &w.organiser, "").await;
         assert!(own["items"].as_array().unwrap().is_empty(), "{own}");
-        let _ = w.past_like;
     }
 
     async fn a_user_without_history_gets_popular_events_near_home_and_is_told_so(app) {
