@@ -154,8 +154,13 @@ impl OwnKafka {
             logs = dir.join("logs").display()
         );
         std::fs::write(dir.join("server.properties"), properties).unwrap();
-        let cluster_id = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(uuid::Uuid::new_v4().as_bytes());
+        // As Kafka's own ids: never one starting with `-`, which its command line takes for an
+        // option.
+        let cluster_id = std::iter::repeat_with(|| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+        })
+        .find(|id| !id.starts_with('-'))
+        .expect("an id");
         let kafka = Self {
             port,
             dir: TempDir(dir),
