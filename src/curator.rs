@@ -14,7 +14,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
-use crate::store::{PRUNED, Position, SqlStore};
+use crate::lease::{Follower, Lease};
+use crate::store::SqlStore;
 
 /// The lease's name, and the cursor's.
 const NAME: &str = "curator";
@@ -54,11 +55,11 @@ impl ractor::Message for CuratorMessage {}
 
 /// Its state.
 pub struct CuratorState {
-    args: CuratorArgs,
-    holding: bool,
+    store: SqlStore,
+    events: Router<EventMessage>,
+    follower: Follower,
     /// Trained while holding the lease.
     curator: Option<Curator>,
-    position: Position,
     since_training: usize,
     trained_on: usize,
     ticker: JoinHandle<()>,
@@ -74,7 +75,7 @@ impl CuratorState {
         let mut events = Vec::new();
         let mut after = 0;
         loop {
-            let page = self.args.store.events_after(after, 1000).await?;
+            let page = self.store.events_after(after, 1000).await?;
             let Some(last) = page.last() else { break };
             after = last.id;
             events.extend(page);
@@ -89,27 +90,11 @@ impl CuratorState {
 
     /// One round; whether the batch was full.
     async fn round(&mut self) -> anyhow::Result<bool> {
-        let store = self.args.store.clone();
-        let holding = store
-            .take_lease(NAME, &self.args.holder, self.args.lease)
-            .await?;
-        if holding != self.holding {
-            tracing::info!(holder = %self.args.holder, holding, "curator lease");
-            self.holding = holding;
-            if holding {
-                self.position = store.outbox_cursor(NAME).await?;
-            }
-        }
-        if !holding {
+        let Some(read) = self.follower.next(BATCH).await? else {
             self.curator = None;
             return Ok(false);
-        }
-        let pruned = store.outbox_cursor(PRUNED).await?;
-        if self.position < pruned {
-            tracing::warn!("outbox rows were pruned before curation read them; they are skipped");
-            self.position = pruned;
-        }
-        let read = store.outbox(self.position, BATCH).await?;
+        };
+        let store = self.store.clone();
         let Some(last) = read.rows.last().map(|r| r.position) else {
             return Ok(false);
         };
@@ -135,7 +120,6 @@ impl CuratorState {
                     self.since_training += 1;
                     store.save_curation(e.id, &curation).await?;
                     let _ = self
-                        .args
                         .events
                         .tell(event::key(e.id), EventMessage::Curated { curation });
                 }
@@ -147,8 +131,7 @@ impl CuratorState {
                 _ => {}
             }
         }
-        store.advance_outbox_cursor(NAME, last).await?;
-        self.position = last;
+        self.follower.advance(last).await?;
         Ok(read.rows.len() == BATCH)
     }
 }
@@ -165,11 +148,12 @@ impl Actor for CuratorActor {
     ) -> Result<CuratorState, ActorProcessingErr> {
         let period = (args.lease / 3).clamp(Duration::from_millis(20), Duration::from_secs(1));
         let ticker = myself.send_interval(period, || CuratorMessage::Tick);
+        let lease = Lease::new(args.store.clone(), NAME, args.holder, args.lease);
         Ok(CuratorState {
-            args,
-            holding: false,
+            store: args.store,
+            events: args.events,
+            follower: Follower::new(lease),
             curator: None,
-            position: Position::default(),
             since_training: 0,
             trained_on: 0,
             ticker,
@@ -182,16 +166,7 @@ impl Actor for CuratorActor {
         state: &mut CuratorState,
     ) -> Result<(), ActorProcessingErr> {
         state.ticker.abort();
-        if state.holding {
-            if let Err(e) = state
-                .args
-                .store
-                .release_lease(NAME, &state.args.holder)
-                .await
-            {
-                tracing::warn!(error = %e, "the curator lease was not released");
-            }
-        }
+        state.follower.release().await;
         Ok(())
     }
 

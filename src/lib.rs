@@ -11,6 +11,7 @@ pub mod console;
 pub mod curator;
 pub mod http;
 pub mod keeper;
+pub mod lease;
 pub mod metrics;
 pub mod node;
 pub mod recommend;

@@ -15,6 +15,7 @@ use rand::Rng;
 use tokio::task::JoinHandle;
 
 use super::{Buses, Outgoing};
+use crate::lease::{Lease, Renewal};
 use crate::metrics::Metrics;
 use crate::store::{OutboxWatch, Position, Read, SqlStore};
 use convene_actors::StoreError;
@@ -82,7 +83,7 @@ pub struct RelayArgs {
 /// Its state.
 pub struct RelayState {
     args: RelayArgs,
-    holding: bool,
+    lease: Lease,
     backoff: Duration,
     retry_at: Option<Instant>,
     pruned: Option<Instant>,
@@ -204,23 +205,8 @@ impl RelayState {
 
     async fn tick(&mut self, myself: &ActorRef<RelayMessage>) {
         let settings = self.args.settings.clone();
-        let was = self.holding;
-        self.holding = match self
-            .args
-            .store
-            .take_lease(LEASE, &settings.holder, settings.lease)
-            .await
-        {
-            Ok(held) => held,
-            Err(e) => {
-                tracing::warn!(error = %e, "the relay lease could not be renewed");
-                false
-            }
-        };
-        if self.holding != was {
-            tracing::info!(holder = %settings.holder, holding = self.holding, "relay lease");
-        }
-        if was && !self.holding {
+        let renewal = self.lease.renew().await;
+        if renewal == Renewal::Lost {
             // Another node relays now; a later pass starts from the cursor as it is then.
             self.forget_reads();
             self.sent = None;
@@ -240,7 +226,7 @@ impl RelayState {
                 .with_label_values(&[bus.name()])
                 .set(i64::from(up));
         }
-        if !self.holding {
+        if !self.lease.held() {
             return;
         }
         let every = PRUNE_EVERY
@@ -256,7 +242,7 @@ impl RelayState {
             }
             self.pruned = Some(Instant::now());
         }
-        if !was {
+        if renewal == Renewal::Gained {
             wake(myself, &self.woken);
         }
     }
@@ -277,9 +263,15 @@ impl Actor for Relay {
         let period = (args.settings.lease / 5).max(Duration::from_millis(20));
         let ticker = myself.send_interval(period, || RelayMessage::Tick);
         myself.cast(RelayMessage::Tick)?;
+        let lease = Lease::new(
+            args.store.clone(),
+            LEASE,
+            args.settings.holder.clone(),
+            args.settings.lease,
+        );
         Ok(RelayState {
             args,
-            holding: false,
+            lease,
             backoff: BACKOFF_MIN,
             retry_at: None,
             pruned: None,
@@ -302,17 +294,7 @@ impl Actor for Relay {
         state.waker.abort();
         state.ticker.abort();
         state.forget_reads();
-        if state.holding {
-            let settings = &state.args.settings;
-            if let Err(e) = state
-                .args
-                .store
-                .release_lease(LEASE, &settings.holder)
-                .await
-            {
-                tracing::warn!(error = %e, "the relay lease was not released");
-            }
-        }
+        state.lease.release().await;
         Ok(())
     }
 
@@ -327,7 +309,7 @@ impl Actor for Relay {
             RelayMessage::InjectFault => panic!("fault injected into the relay"),
             RelayMessage::Wake => {
                 state.woken.store(false, Ordering::Release);
-                if !state.holding || state.retry_at.is_some_and(|at| Instant::now() < at) {
+                if !state.lease.held() || state.retry_at.is_some_and(|at| Instant::now() < at) {
                     return Ok(());
                 }
                 match state.round().await {

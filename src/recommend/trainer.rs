@@ -13,6 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use super::serving::{Loaded, Models};
+use crate::lease::Lease;
 use crate::metrics::Metrics;
 use crate::store::SqlStore;
 
@@ -75,7 +76,7 @@ impl ractor::Message for TrainerMessage {}
 /// Its state.
 pub struct TrainerState {
     args: TrainerArgs,
-    holding: bool,
+    lease: Lease,
     training: Option<JoinHandle<()>>,
     last_trained: Option<Instant>,
     /// No training before this, after one failed.
@@ -211,15 +212,8 @@ impl TrainerState {
     async fn tick(&mut self, myself: &ActorRef<TrainerMessage>) -> anyhow::Result<()> {
         self.load_newest().await?;
         let s = &self.args.settings;
-        let holding = self
-            .args
-            .store
-            .take_lease(LEASE, &s.holder, s.lease)
-            .await?;
-        if holding != self.holding {
-            tracing::info!(holder = %s.holder, holding, "recommendation trainer lease");
-            self.holding = holding;
-        }
+        self.lease.renew().await;
+        let holding = self.lease.held();
         let waiting = self.retry_at.is_some_and(|at| Instant::now() < at);
         if !holding || waiting || self.training.is_some() || !self.due().await? {
             return Ok(());
@@ -245,9 +239,15 @@ impl Actor for Trainer {
     ) -> Result<TrainerState, ActorProcessingErr> {
         let period = (args.settings.lease / 3).max(Duration::from_millis(20));
         let ticker = myself.send_interval(period, || TrainerMessage::Tick);
+        let lease = Lease::new(
+            args.store.clone(),
+            LEASE,
+            args.settings.holder.clone(),
+            args.settings.lease,
+        );
         Ok(TrainerState {
             args,
-            holding: false,
+            lease,
             training: None,
             last_trained: None,
             retry_at: None,
@@ -264,12 +264,7 @@ impl Actor for Trainer {
         if let Some(training) = state.training.take() {
             training.abort();
         }
-        if state.holding {
-            let s = &state.args.settings;
-            if let Err(e) = state.args.store.release_lease(LEASE, &s.holder).await {
-                tracing::warn!(error = %e, "the trainer lease was not released");
-            }
-        }
+        state.lease.release().await;
         Ok(())
     }
 
