@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use convene_actors::analytics::AnalyticsMessage;
 use convene_actors::event::EventMessage;
 use convene_actors::fanout::FanOutMessage;
 use convene_actors::room::RoomCommand;
@@ -14,6 +15,7 @@ use convene_cluster::{Cluster, Router};
 use ractor::ActorRef;
 use ractor::factory::FactoryRef;
 
+use crate::analytics::Tracker;
 use crate::auth::{Auth, Claims, TokenError};
 use crate::bus::Buses;
 use crate::config::Config;
@@ -42,6 +44,10 @@ pub struct Inner {
     pub events: Router<EventMessage>,
     /// Reaches room actors.
     pub rooms: Router<RoomCommand>,
+    /// Reaches the analytics windows.
+    pub windows: Router<AnalyticsMessage>,
+    /// This node's analytics intake.
+    pub tracker: Tracker,
     /// Delivers room frames to this node's sockets.
     pub fanout: ActorRef<FanOutMessage>,
     /// NATS and Kafka, those configured, and the in-process feed of domain events.

@@ -127,6 +127,14 @@ pub struct Config {
     pub recommend_retrain_after: u64,
     /// Models kept in the database (older ones are deleted).
     pub recommend_models_kept: i64,
+    /// Raw analytics events are kept this many days.
+    pub analytics_retention_days: u64,
+    /// Per-minute analytics aggregates are kept this many days.
+    pub analytics_summary_retention_days: u64,
+    /// The robust z-score from which a minute's rate is an anomaly.
+    pub anomaly_z: f64,
+    /// ...and the least distance from the usual rate, in events per minute.
+    pub anomaly_min_delta: f64,
     /// The NATS↔Kafka bridge's routes (none by default).
     #[serde(default)]
     pub bridge: crate::bus::bridge::BridgeConfig,

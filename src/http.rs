@@ -3,6 +3,7 @@
 //! (reads that span many entities go to the store), and maps the answer; errors become JSON in
 //! [`error`].
 
+pub mod analytics;
 pub mod asyncapi;
 pub mod auth;
 pub mod cluster;
@@ -42,6 +43,8 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(curation::routes(app.clone()))
         .unify()
+        .or(analytics::routes(app.clone()))
+        .unify()
         .or(auth::routes(app.clone()))
         .unify()
         .or(users::routes(app.clone()))
@@ -54,7 +57,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(asyncapi::routes())
         .unify();
-    let metrics = app.metrics.clone();
+    let (metrics, tracker) = (app.metrics.clone(), app.tracker.clone());
     warp::any()
         .map(Instant::now)
         .and(warp::method())
@@ -87,6 +90,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
                     .http_duration
                     .with_label_values(&[method.as_str(), endpoint])
                     .observe(start.elapsed().as_secs_f64());
+                tracker.request(status.as_u16());
                 res
             },
         )
@@ -105,6 +109,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("/api/v1/admin/recommendations", "GET"),
     ("/api/v1/admin/recommendations/train", "POST"),
     ("/api/v1/admin/curation", "GET"),
+    ("/api/v1/analytics/trending", "GET"),
+    ("/api/v1/analytics/events/{id}", "GET"),
+    ("/api/v1/analytics/summary", "GET"),
     ("/api/v1/events", "GET, POST"),
     ("/api/v1/events/{id}", "GET, PATCH, DELETE"),
     ("/api/v1/events/{id}/registrations", "GET, POST"),

@@ -3,6 +3,7 @@
 //! around them: configuration, the sqlx store, authentication and revoked tokens, the HTTP and
 //! WebSocket edges, the buses and the outbox relay, and metrics.
 
+pub mod analytics;
 pub mod app;
 pub mod auth;
 pub mod bus;

@@ -5,7 +5,8 @@
 //! `convene_outbox_pending`, `convene_bus_published_total`, `convene_bus_publish_seconds`,
 //! `convene_bus_up` and `convene_bus_commands_total`, and the bridge's
 //! `convene_bridge_messages_total`; the recommendations' `ml_predictions_total`,
-//! `recommendation_latency_seconds`, `ml_model_accuracy` and `convene_recommend_model_version`.
+//! `recommendation_latency_seconds`, `ml_model_accuracy` and `convene_recommend_model_version`;
+//! the analytics' `convene_anomalies_total` and `convene_analytics_dropped_total`.
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -45,6 +46,10 @@ pub struct Metrics {
     pub ml_model_accuracy: GaugeVec,
     /// The version of the model this node serves (0: none yet).
     pub model_version: IntGauge,
+    /// Anomalies found by the analytics, by metric.
+    pub anomalies: IntCounterVec,
+    /// Views not counted because this node's analytics queue was full.
+    pub analytics_dropped: IntGauge,
 }
 
 impl Metrics {
@@ -151,8 +156,23 @@ impl Metrics {
             "The recommendation model this node serves",
         )
         .expect("valid metric");
+        let anomalies = IntCounterVec::new(
+            Opts::new(
+                "convene_anomalies_total",
+                "Anomalies found by the analytics",
+            ),
+            &["metric"],
+        )
+        .expect("valid metric");
+        let analytics_dropped = IntGauge::new(
+            "convene_analytics_dropped_total",
+            "Views not counted because the analytics queue was full",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(bus_commands.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(anomalies.clone()),
+            Box::new(analytics_dropped.clone()),
             Box::new(ml_predictions.clone()),
             Box::new(recommendation_latency.clone()),
             Box::new(ml_model_accuracy.clone()),
@@ -185,6 +205,8 @@ impl Metrics {
             recommendation_latency,
             ml_model_accuracy,
             model_version,
+            anomalies,
+            analytics_dropped,
         }
     }
 

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use convene_actors::analytics::AnalyticsFactory;
+use convene_actors::analytics::anomaly::Thresholds;
 use convene_actors::event::EventFactory;
 use convene_actors::fanout::{self, FanOut, FanOutMessage, FanOutService};
 use convene_actors::room::{self, PresenceSettings, RoomCommand, RoomFactory};
@@ -17,6 +19,7 @@ use convene_cluster::{
 use ractor::Actor;
 use tokio::sync::oneshot;
 
+use crate::analytics::{Feeder, FeederArgs, FeederMessage, Tracker, WindowStore};
 use crate::app::{App, Inner};
 use crate::auth::{Auth, load_or_create_secret};
 use crate::bus::relay::{Relay, RelayArgs, RelayMessage, RelaySettings};
@@ -46,6 +49,8 @@ pub struct Node {
     indexer: ractor::ActorRef<KeeperMessage>,
     /// Loads new recommendation models, and trains them while holding the lease.
     trainer: ractor::ActorRef<KeeperMessage>,
+    /// Feeds the analytics windows from the outbox while holding the lease.
+    feeder: ractor::ActorRef<KeeperMessage>,
     /// Curates new and changed events while holding the lease.
     curator: ractor::ActorRef<KeeperMessage>,
     /// The NATS responder, the Kafka consumer of commands and the bridge, and what stops them.
@@ -239,6 +244,23 @@ impl Node {
             settings,
         )
         .await?;
+        let metrics = Metrics::new();
+        let windows = Router::start(
+            cluster.clone(),
+            AnalyticsFactory::new(
+                Arc::new(WindowStore {
+                    store: store.clone(),
+                    metrics: metrics.clone(),
+                }),
+                Thresholds {
+                    z: config.anomaly_z,
+                    min_delta: config.anomaly_min_delta,
+                },
+            ),
+            settings,
+        )
+        .await?;
+        let tracker = Tracker::start(store.clone(), windows.clone(), metrics.clone());
         let (fanout, _) = Actor::spawn(None, FanOut, ()).await?;
         cluster.serve(fanout::TOPIC, Arc::new(FanOutService(fanout.clone())));
         // A joiner's first frames must fit its outbound queue: the reply, the presence, and up
@@ -272,7 +294,6 @@ impl Node {
             .await
             .context("loading the revoked tokens")?;
         revocations.start(&cluster, store.clone());
-        let metrics = Metrics::new();
         metrics.register(cluster.metrics().collectors());
         let buses = Buses::connect(&config)
             .await
@@ -335,11 +356,26 @@ impl Node {
             },
         )
         .await?;
+        let days = |d: u64| Duration::from_secs(d.saturating_mul(86_400));
+        let (feeder, _) = Actor::spawn(
+            None,
+            Keeper::<Feeder>::default(),
+            FeederArgs {
+                store: store.clone(),
+                windows: windows.clone(),
+                lease: Duration::from_millis(config.relay_lease_ms.max(100)),
+                holder: format!("{}/{}", config.node_name, uuid::Uuid::new_v4().simple()),
+                raw_retention: days(config.analytics_retention_days.max(1)),
+                summary_retention: days(config.analytics_summary_retention_days.max(1)),
+            },
+        )
+        .await?;
         let recommender = recommend::start(
             Recommender {
                 store: store.clone(),
                 models: models.clone(),
                 metrics: metrics.clone(),
+                windows: windows.clone(),
             },
             config.recommend_workers,
         )
@@ -352,6 +388,7 @@ impl Node {
             users.shard(),
             events.shard(),
             rooms.shard(),
+            windows.shard(),
             fanout.get_cell(),
         ];
         let app = App::new(Inner {
@@ -361,6 +398,8 @@ impl Node {
             users,
             events,
             rooms,
+            windows,
+            tracker,
             fanout: fanout.clone(),
             buses,
             search,
@@ -419,6 +458,7 @@ impl Node {
             indexer,
             trainer,
             curator,
+            feeder,
             inbound,
             stop_inbound,
             network,
@@ -443,6 +483,11 @@ impl Node {
     /// The curator running on this node.
     pub fn curator(&self) -> Option<ractor::ActorRef<CuratorMessage>> {
         crate::keeper::child(&self.curator)
+    }
+
+    /// The analytics feeder running on this node.
+    pub fn feeder(&self) -> Option<ractor::ActorRef<FeederMessage>> {
+        crate::keeper::child(&self.feeder)
     }
 
     /// The base URL of the HTTP edge.
@@ -473,7 +518,7 @@ impl Node {
             .relay
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await;
-        for singleton in [&self.trainer, &self.curator] {
+        for singleton in [&self.trainer, &self.curator, &self.feeder] {
             let _ = singleton
                 .stop_and_wait(None, Some(Duration::from_secs(5)))
                 .await;

@@ -42,8 +42,38 @@ macro_rules! on_pool {
 /// Rows per multi-row insert, well under either database's limit on bound parameters.
 const CHUNK: usize = 500;
 
+/// Writes interactions ([`Interacted`]) inside the transaction `$tx`, to
+/// `interactions` (what the recommendations learn from) and to `analytics_events` (what the
+/// analytics windows count), many rows per statement.
+macro_rules! write_interactions {
+    ($tx:expr, $interactions:expr) => {
+        for chunk in $interactions.chunks(CHUNK) {
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO interactions (user_id, event_id, kind, occurred_at) ",
+            );
+            qb.push_values(chunk, |mut row, i| {
+                row.push_bind(i.user)
+                    .push_bind(i.event)
+                    .push_bind(i.kind.as_str())
+                    .push_bind(i.at);
+            });
+            qb.build().execute(&mut *$tx).await.map_err(unavailable)?;
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO analytics_events (user_id, event_type, event_data, timestamp) ",
+            );
+            qb.push_values(chunk, |mut row, i| {
+                row.push_bind(i.user)
+                    .push_bind(i.kind.as_str())
+                    .push_bind(Json(serde_json::json!({ "event_id": i.event, "id": i.id })))
+                    .push_bind(i.at);
+            });
+            qb.build().execute(&mut *$tx).await.map_err(unavailable)?;
+        }
+    };
+}
+
 /// Writes `events` to the outbox inside the transaction `$tx`, many rows per statement, and
-/// the interactions among them (registrations and their changes) to `interactions`.
+/// the interactions among them (registrations and their changes) with `write_interactions!`.
 macro_rules! write_outbox {
     ($tx:expr, $events:expr) => {
         let events: Vec<&DomainEvent> = $events.into_iter().collect();
@@ -64,21 +94,11 @@ macro_rules! write_outbox {
             .iter()
             .filter_map(|e| $crate::store::interactions::interaction_of(e))
             .collect();
-        for chunk in interactions.chunks(CHUNK) {
-            let mut qb = sqlx::QueryBuilder::new(
-                "INSERT INTO interactions (user_id, event_id, kind, occurred_at) ",
-            );
-            qb.push_values(chunk, |mut row, (user, event, kind, at)| {
-                row.push_bind(*user)
-                    .push_bind(*event)
-                    .push_bind(kind.as_str())
-                    .push_bind(*at);
-            });
-            qb.build().execute(&mut *$tx).await.map_err(unavailable)?;
-        }
+        write_interactions!($tx, &interactions);
     };
 }
 
+mod analytics;
 mod events;
 mod interactions;
 mod outbox;
@@ -86,7 +106,7 @@ mod rooms;
 mod users;
 
 pub use events::EventFilter;
-pub use interactions::ModelInfo;
+pub use interactions::{Interacted, ModelInfo};
 pub use outbox::{OutboxWatch, PRUNED, Pending, Position, Read};
 
 /// The store. Cheap to clone.
@@ -113,10 +133,12 @@ impl SqlStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./schema/postgres").run(&pool).await?;
-        Ok(Self {
+        let store = Self {
             db: Db::Postgres(pool),
             written: Arc::new(tokio::sync::watch::Sender::new(0)),
-        })
+        };
+        store.prepare_analytics().await;
+        Ok(store)
     }
 
     /// Opens (creating it if needed) the SQLite file at `path` and applies the migrations.

@@ -1,8 +1,9 @@
-//! Convene's domain: the user, event and room entity actors, the per-node fan-out of room
+//! Convene's domain: the user, event, room and analytics entity actors, the per-node fan-out of room
 //! traffic, their messages, the WebSocket protocol, the model they share with the edges, and
 //! the rules they apply (permissions, registration with capacity and waitlist).
 //! Nothing here speaks HTTP or holds an SQL string: persistence goes through [`store::Store`].
 
+pub mod analytics;
 pub mod curation;
 pub mod error;
 pub mod event;

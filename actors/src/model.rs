@@ -28,6 +28,8 @@ pub mod topics {
     pub const REGISTRATION_PROMOTED: &str = "registrations.promoted";
     /// A registration was cancelled.
     pub const REGISTRATION_CANCELLED: &str = "registrations.cancelled";
+    /// A minute's rate of a watched metric was far from the usual.
+    pub const ANALYTICS_ANOMALY: &str = "analytics.anomaly";
 }
 
 /// A user's role; it decides the permissions put in their tokens.

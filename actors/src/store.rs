@@ -6,6 +6,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::analytics::anomaly::Anomaly;
+use crate::analytics::window::MinuteSummary;
 use crate::model::{DomainEvent, Event, NewEvent, NewUser, Registration, RegistrationStatus, User};
 
 /// Why a store call failed. Nothing was written when it fails.
@@ -105,6 +107,24 @@ pub struct RoomMessage {
     pub body: Value,
     /// When the room accepted it.
     pub ts: DateTime<Utc>,
+}
+
+/// Persistence of the analytics windows: the raw events they count, the minutes they close,
+/// and the anomalies they find.
+#[async_trait]
+pub trait AnalyticsStore: Send + Sync + 'static {
+    /// The interactions recorded from `since` on (raw analytics events), oldest first.
+    async fn load_observations(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<crate::analytics::Observation>, StoreError>;
+    /// The stored per-minute totals (those without dimensions) from `since` on.
+    async fn load_minutes(&self, since: DateTime<Utc>) -> Result<Vec<MinuteSummary>, StoreError>;
+    /// Stores per-minute rows, replacing those of the same metric, dimensions and minute.
+    async fn save_minutes(&self, rows: &[MinuteSummary]) -> Result<(), StoreError>;
+    /// Records an anomaly: its raw analytics event and its `analytics.anomaly` domain event,
+    /// in one transaction.
+    async fn report_anomaly(&self, anomaly: &Anomaly) -> Result<(), StoreError>;
 }
 
 /// Persistence used by the entity actors: one trait per kind of entity, so a store for a new

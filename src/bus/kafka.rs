@@ -21,10 +21,11 @@ const BUS: &str = "kafka";
 
 /// The topics under the prefix: one per family of domain events, the registration commands and
 /// their dead letters.
-const TOPICS: [&str; 5] = [
+const TOPICS: [&str; 6] = [
     "events",
     "registrations",
     "users",
+    "analytics",
     COMMANDS_TOPIC,
     DEAD_LETTERS_TOPIC,
 ];

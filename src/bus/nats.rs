@@ -15,6 +15,8 @@ const BUS: &str = "nats";
 
 /// Repeats of one message id within this window are dropped by the stream.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+/// The subjects of the stream under the prefix: one wildcard per family of domain events.
+const FAMILIES: [&str; 4] = ["events.>", "registrations.>", "users.>", "analytics.>"];
 
 /// The JetStream publisher.
 pub struct Nats {
@@ -53,22 +55,39 @@ impl Nats {
         &self.client
     }
 
+    /// Creates the stream, or adds the subjects it lacks to a stream made by an older version.
     async fn ensure_stream(&self) -> Result<(), BusError> {
+        let failed = |e: String| BusError::new(BUS, format!("stream {}: {e}", self.stream));
         self.created
             .get_or_try_init(|| async {
-                let subjects = ["events.>", "registrations.>", "users.>"]
+                let subjects: Vec<String> = FAMILIES
+                    .iter()
                     .map(|s| format!("{}{s}", self.prefix))
-                    .to_vec();
-                self.js
+                    .collect();
+                let stream = self
+                    .js
                     .get_or_create_stream(stream::Config {
                         name: self.stream.clone(),
-                        subjects,
+                        subjects: subjects.clone(),
                         duplicate_window: DUPLICATE_WINDOW,
                         ..Default::default()
                     })
                     .await
-                    .map(|_| ())
-                    .map_err(|e| BusError::new(BUS, format!("stream {}: {e}", self.stream)))
+                    .map_err(|e| failed(e.to_string()))?;
+                let mut config = stream.cached_info().config.clone();
+                let missing: Vec<String> = subjects
+                    .into_iter()
+                    .filter(|s| !config.subjects.contains(s))
+                    .collect();
+                if !missing.is_empty() {
+                    tracing::info!(stream = %self.stream, ?missing, "subjects added to the stream");
+                    config.subjects.extend(missing);
+                    self.js
+                        .update_stream(&config)
+                        .await
+                        .map_err(|e| failed(e.to_string()))?;
+                }
+                Ok(())
             })
             .await
             .map(|_| ())

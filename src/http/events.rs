@@ -6,7 +6,6 @@ use chrono::{DateTime, SubsecRound, Utc};
 use convene_actors::event::{self, EventMessage};
 pub use convene_actors::model::EventView;
 use convene_actors::model::{Category, EventPatch, NewEvent};
-use convene_actors::recommend::Kind;
 use convene_actors::rules::permissions;
 use convene_cluster::EntityKey;
 use serde::Deserialize;
@@ -292,12 +291,7 @@ pub async fn get(id: String, app: App, auth: Option<String>) -> Result<Response,
         .await??;
     if auth.is_some() {
         if let Ok(caller) = app.authenticate(auth.as_deref()).await {
-            let (store, user) = (app.store.clone(), caller.principal.user_id);
-            tokio::spawn(async move {
-                if let Err(e) = store.record_interaction(user, event_id, Kind::View).await {
-                    tracing::warn!(error = %e, "a view was not recorded");
-                }
-            });
+            app.tracker.view(caller.principal.user_id, event_id);
         }
     }
     let mut res = Response::new(event.body.into());

@@ -13,8 +13,8 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::{
-    auth, cluster, curation, events, json, recommendations, registrations, rooms, search, users,
-    with_app,
+    analytics, auth, cluster, curation, events, json, recommendations, registrations, rooms,
+    search, users, with_app,
 };
 use crate::app::App;
 
@@ -195,6 +195,7 @@ impl Modify for BearerAuth {
         search::search,
         recommendations::for_me, recommendations::similar, recommendations::record,
         recommendations::model_status, recommendations::train, curation::flagged,
+        analytics::trending, analytics::event, analytics::summary,
         registrations::register, registrations::cancel, registrations::registrations,
         rooms::presence, rooms::messages,
         health, metrics, cluster::status,
@@ -207,6 +208,7 @@ impl Modify for BearerAuth {
         (name = "registrations", description = "Seats and waitlists"),
         (name = "rooms", description = "Live rooms (WebSocket at /ws)"),
         (name = "recommendations", description = "Recommendations, similar events, interactions"),
+        (name = "analytics", description = "Trending events, an event's numbers, the system's windows and anomalies"),
         (name = "operations", description = "Health, metrics and the cluster console"),
     )
 )]

@@ -204,8 +204,8 @@ pub async fn record(
             EventMessage::Get { reply }
         })
         .await??;
-    app.store
-        .record_interaction(caller.principal.user_id, req.event_id, kind)
+    app.tracker
+        .record(caller.principal.user_id, req.event_id, kind)
         .await?;
     Ok(warp::Reply::into_response(warp::reply::with_status(
         warp::reply::reply(),

@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use convene_actors::StoreError;
+use convene_actors::analytics::{self, AnalyticsMessage, Role};
 use convene_actors::geo::haversine_km;
 use convene_actors::model::Event;
 use convene_actors::recommend::data::aggregate;
 use convene_actors::recommend::model::diversify;
 use convene_actors::recommend::{Engine, Model, Profile};
+use convene_cluster::Router;
 use ractor::factory::queues::DefaultQueue;
 use ractor::factory::routing::QueuerRouting;
 use ractor::factory::{
@@ -154,6 +156,8 @@ pub struct Recommender {
     pub models: Arc<Models>,
     /// Predictions and latency.
     pub metrics: Metrics,
+    /// The analytics windows (what is trending).
+    pub windows: Router<AnalyticsMessage>,
 }
 
 fn live(e: &Event, now: DateTime<Utc>) -> bool {
@@ -326,6 +330,33 @@ impl Recommender {
             .collect())
     }
 
+    /// What is trending in the popularity window; from the interactions stored when the
+    /// window cannot be reached.
+    async fn trending(&self, limit: usize) -> Result<Vec<(i64, f64)>, StoreError> {
+        let minutes = TRENDING.num_minutes();
+        let asked = self
+            .windows
+            .ask(analytics::key(Role::Popularity), |reply| {
+                AnalyticsMessage::Trending {
+                    minutes,
+                    limit,
+                    reply,
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match asked {
+            Ok(trends) => Ok(trends.into_iter().map(|t| (t.event_id, t.score)).collect()),
+            Err(e) => {
+                tracing::warn!(error = %e, "trending read from the store");
+                self.store
+                    .trending(Utc::now() - TRENDING, limit as i64)
+                    .await
+            }
+        }
+    }
+
     /// What is trending in the last half hour, else what the model found popular, else the
     /// upcoming events with most registrations; nearest first when `home` is known.
     async fn popular_near(
@@ -336,8 +367,7 @@ impl Recommender {
         keep: impl Fn(&Event) -> bool,
     ) -> Result<Vec<Recommended>, StoreError> {
         let mut ranked: Vec<(i64, f32, &'static str)> = self
-            .store
-            .trending(Utc::now() - TRENDING, (want * 4) as i64)
+            .trending(want * 4)
             .await?
             .into_iter()
             .map(|(e, s)| (e, s as f32, "trending"))

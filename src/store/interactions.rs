@@ -10,8 +10,8 @@ use convene_actors::recommend::{Interaction, Kind};
 use super::{Db, SqlStore, unavailable};
 
 /// The interaction a domain event is, if it is one: registrations, waitlistings, promotions
-/// and cancellations.
-pub(super) fn interaction_of(e: &DomainEvent) -> Option<(i64, i64, Kind, DateTime<Utc>)> {
+/// and cancellations; its id is the domain event's.
+pub(super) fn interaction_of(e: &DomainEvent) -> Option<Interacted> {
     let kind = match e.topic.as_str() {
         topics::REGISTRATION_CREATED | topics::REGISTRATION_PROMOTED => Kind::Register,
         topics::REGISTRATION_WAITLISTED => Kind::Waitlist,
@@ -20,7 +20,28 @@ pub(super) fn interaction_of(e: &DomainEvent) -> Option<(i64, i64, Kind, DateTim
     };
     let user = e.payload.get("user_id")?.as_i64()?;
     let event = e.payload.get("event_id")?.as_i64()?;
-    Some((user, event, kind, e.occurred_at))
+    Some(Interacted {
+        id: e.message_id,
+        user,
+        event,
+        kind,
+        at: e.occurred_at,
+    })
+}
+
+/// An interaction to record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interacted {
+    /// Unique: the analytics windows know it by this.
+    pub id: uuid::Uuid,
+    /// Who.
+    pub user: i64,
+    /// With which event.
+    pub event: i64,
+    /// What they did.
+    pub kind: Kind,
+    /// When.
+    pub at: DateTime<Utc>,
 }
 
 /// A stored model's description.
@@ -57,29 +78,6 @@ fn kind_of(s: &str) -> Result<Kind, StoreError> {
 }
 
 impl SqlStore {
-    /// Records that `user_id` did `kind` with `event_id` now.
-    pub async fn record_interaction(
-        &self,
-        user_id: i64,
-        event_id: i64,
-        kind: Kind,
-    ) -> Result<(), StoreError> {
-        on_pool!(self.db, write, pool => {
-            sqlx::query(
-                "INSERT INTO interactions (user_id, event_id, kind, occurred_at) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(user_id)
-            .bind(event_id)
-            .bind(kind.as_str())
-            .bind(Utc::now())
-            .execute(pool)
-            .await
-            .map(|_| ())
-        })
-        .map_err(unavailable)
-    }
-
     /// A user's latest `limit` interactions, newest first.
     pub async fn user_interactions(
         &self,

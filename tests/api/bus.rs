@@ -245,7 +245,7 @@ fn per_topic(
 }
 
 /// Validates an envelope against its schema in `schema/events/`.
-fn check_schema(envelope: &Value) {
+pub(crate) fn check_schema(envelope: &Value) {
     let kind = envelope["type"].as_str().expect("an envelope has a type");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("schema/events/{kind}.json"));
     let schema: Value = serde_json::from_str(
