@@ -78,16 +78,29 @@ impl Tracker {
         }
     }
 
-    /// Records an interaction and waits until it is committed.
+    /// Records an interaction by `user` with `event` now, and waits until it is committed.
     pub async fn record(&self, user: i64, event: i64, kind: Kind) -> Result<(), StoreError> {
+        self.enqueue(interacted(user, event, kind)).await.await
+    }
+
+    /// Queues an interaction; the returned future ends once its batch is committed (or not).
+    pub async fn enqueue(
+        &self,
+        interaction: Interacted,
+    ) -> impl Future<Output = Result<(), StoreError>> + use<> {
         let (done, committed) = oneshot::channel();
         let tracked = Tracked {
-            interaction: interacted(user, event, kind),
+            interaction,
             done: Some(done),
         };
-        let gone = || StoreError::Unavailable("the analytics queue is stopped".into());
-        self.queue.send(tracked).await.map_err(|_| gone())?;
-        committed.await.map_err(|_| gone())?
+        let queued = self.queue.send(tracked).await.is_ok();
+        async move {
+            let gone = || StoreError::Unavailable("the analytics queue is stopped".into());
+            if !queued {
+                return Err(gone());
+            }
+            committed.await.map_err(|_| gone())?
+        }
     }
 
     /// Counts a request answered with `status`.
@@ -99,7 +112,8 @@ impl Tracker {
     }
 }
 
-fn interacted(user: i64, event: i64, kind: Kind) -> Interacted {
+/// A new interaction by `user` with `event` now.
+pub fn interacted(user: i64, event: i64, kind: Kind) -> Interacted {
     Interacted {
         id: uuid::Uuid::new_v4(),
         user,

@@ -17,6 +17,7 @@ use crate::store::Pending;
 pub mod bridge;
 pub mod commands;
 pub mod consumer;
+pub mod interactions;
 pub mod kafka;
 pub mod nats;
 pub mod relay;

@@ -3,7 +3,7 @@
 //! [`crate::http::route_template`]),
 //! `event_registrations_total` by status, `convene_actors_active` by kind, and the relay's
 //! `convene_outbox_pending`, `convene_bus_published_total`, `convene_bus_publish_seconds`,
-//! `convene_bus_up` and `convene_bus_commands_total`, and the bridge's
+//! `convene_bus_up`, `convene_bus_commands_total` and `convene_bus_interactions_total`, and the bridge's
 //! `convene_bridge_messages_total`; the recommendations' `ml_predictions_total`,
 //! `recommendation_latency_seconds`, `ml_model_accuracy` and `convene_recommend_model_version`;
 //! the analytics' `convene_anomalies_total` and `convene_analytics_dropped_total`.
@@ -46,6 +46,8 @@ pub struct Metrics {
     pub ml_model_accuracy: GaugeVec,
     /// The version of the model this node serves (0: none yet).
     pub model_version: IntGauge,
+    /// Interactions taken from Kafka, by outcome (recorded, dead_letter).
+    pub bus_interactions: IntCounterVec,
     /// Anomalies found by the analytics, by metric.
     pub anomalies: IntCounterVec,
     /// Views not counted because this node's analytics queue was full.
@@ -156,6 +158,14 @@ impl Metrics {
             "The recommendation model this node serves",
         )
         .expect("valid metric");
+        let bus_interactions = IntCounterVec::new(
+            Opts::new(
+                "convene_bus_interactions_total",
+                "Interactions taken from Kafka, by outcome",
+            ),
+            &["status"],
+        )
+        .expect("valid metric");
         let anomalies = IntCounterVec::new(
             Opts::new(
                 "convene_anomalies_total",
@@ -172,6 +182,7 @@ impl Metrics {
         for c in [
             Box::new(bus_commands.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(anomalies.clone()),
+            Box::new(bus_interactions.clone()),
             Box::new(analytics_dropped.clone()),
             Box::new(ml_predictions.clone()),
             Box::new(recommendation_latency.clone()),
@@ -207,6 +218,7 @@ impl Metrics {
             model_version,
             anomalies,
             analytics_dropped,
+            bus_interactions,
         }
     }
 

@@ -23,7 +23,7 @@ use crate::analytics::{Feeder, FeederArgs, FeederMessage, Tracker, WindowStore};
 use crate::app::{App, Inner};
 use crate::auth::{Auth, load_or_create_secret};
 use crate::bus::relay::{Relay, RelayArgs, RelayMessage, RelaySettings};
-use crate::bus::{Buses, bridge, commands, consumer};
+use crate::bus::{Buses, bridge, commands, consumer, interactions};
 use crate::config::Config;
 use crate::curator::{CuratorActor, CuratorArgs, CuratorMessage};
 use crate::keeper::{Keeper, KeeperMessage};
@@ -428,7 +428,13 @@ impl Node {
             inbound.push(consumer::serve_kafka(
                 app.clone(),
                 kafka.clone(),
-                group,
+                group.clone(),
+                inbound_stopped.clone(),
+            ));
+            inbound.push(interactions::serve_interactions(
+                app.clone(),
+                kafka.clone(),
+                format!("{group}-interactions"),
                 inbound_stopped.clone(),
             ));
         }

@@ -123,9 +123,10 @@ async fn carry_out(app: &App, payload: Option<&[u8]>) -> Outcome {
     }
 }
 
-/// Sends a record to the dead-letter topic with why, until the broker takes it.
-async fn bury(kafka: &Kafka, m: &BorrowedMessage<'_>, reason: &str) {
-    let topic = kafka.topic(DEAD_LETTERS_TOPIC);
+/// Sends a record to the dead-letter topic `family` (under the prefix) with why, until the
+/// broker takes it.
+pub(super) async fn bury(kafka: &Kafka, family: &str, m: &BorrowedMessage<'_>, reason: &str) {
+    let topic = kafka.topic(family);
     let partition = m.partition().to_string();
     let offset = m.offset().to_string();
     let mut headers = OwnedHeaders::new();
@@ -172,6 +173,37 @@ async fn bury(kafka: &Kafka, m: &BorrowedMessage<'_>, reason: &str) {
     }
 }
 
+/// A consumer in `group` of the topic `family` (under the prefix), once the topics exist;
+/// offsets are stored and committed by hand, after a record was carried out.
+pub(super) async fn subscribe(kafka: &Kafka, group: &str, family: &str) -> Option<StreamConsumer> {
+    while let Err(e) = kafka.ensure_topics().await {
+        tracing::warn!(error = %e, "the Kafka topics are not there yet");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let consumer: StreamConsumer = match ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("group.id", group)
+        .set("client.id", format!("convene-{family}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, family, "a Kafka consumer cannot be created");
+            return None;
+        }
+    };
+    let topic = kafka.topic(family);
+    if let Err(e) = consumer.subscribe(&[topic.as_str()]) {
+        tracing::error!(error = %e, %topic, "subscribing to a Kafka topic failed");
+        return None;
+    }
+    Some(consumer)
+}
+
 /// Reads the command topic in the consumer group `group` until `stop` turns true; then commits
 /// what it carried out and leaves the group.
 pub fn serve_kafka(
@@ -181,31 +213,9 @@ pub fn serve_kafka(
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        while let Err(e) = kafka.ensure_topics().await {
-            tracing::warn!(error = %e, "the command topics are not there yet");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        let consumer: StreamConsumer = match ClientConfig::new()
-            .set("bootstrap.servers", kafka.brokers())
-            .set("group.id", &group)
-            .set("client.id", "convene-commands")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "6000")
-            .create()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "the Kafka command consumer cannot be created");
-                return;
-            }
-        };
-        let topic = kafka.topic(COMMANDS_TOPIC);
-        if let Err(e) = consumer.subscribe(&[topic.as_str()]) {
-            tracing::error!(error = %e, %topic, "subscribing to the command topic failed");
+        let Some(consumer) = subscribe(&kafka, &group, COMMANDS_TOPIC).await else {
             return;
-        }
+        };
         loop {
             let received = tokio::select! {
                 received = consumer.recv() => received,
@@ -222,7 +232,7 @@ pub fn serve_kafka(
             let status = match carry_out(&app, m.payload()).await {
                 Outcome::Done(status) => status.as_str().to_owned(),
                 Outcome::Dead(reason) => {
-                    bury(&kafka, &m, &reason).await;
+                    bury(&kafka, DEAD_LETTERS_TOPIC, &m, &reason).await;
                     "dead_letter".to_owned()
                 }
             };

@@ -21,18 +21,24 @@ const BUS: &str = "kafka";
 
 /// The topics under the prefix: one per family of domain events, the registration commands and
 /// their dead letters.
-const TOPICS: [&str; 6] = [
+const TOPICS: [&str; 8] = [
     "events",
     "registrations",
     "users",
     "analytics",
     COMMANDS_TOPIC,
     DEAD_LETTERS_TOPIC,
+    INTERACTIONS_TOPIC,
+    INTERACTIONS_DEAD_LETTERS_TOPIC,
 ];
 /// Registration commands, as NATS takes them on `cmd.events.<id>.<action>`.
 pub const COMMANDS_TOPIC: &str = "registrations.requests";
 /// Commands that cannot be carried out, with the reason in a header.
 pub const DEAD_LETTERS_TOPIC: &str = "registrations.requests.dlq";
+/// Interactions of users with events, sent by other services.
+pub const INTERACTIONS_TOPIC: &str = "interactions";
+/// Interactions that cannot be recorded, with the reason in a header.
+pub const INTERACTIONS_DEAD_LETTERS_TOPIC: &str = "interactions.dlq";
 
 /// The Kafka publisher.
 pub struct Kafka {

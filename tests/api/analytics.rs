@@ -335,3 +335,127 @@ crate::both_stores! {
         assert_eq!(totals.get("register"), None);
     }
 }
+
+/// Reads the dead letters of `topic` until `n` arrived; their reasons.
+async fn dead_letters(brokers: &str, topic: &str, n: usize) -> Vec<String> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut reasons = Vec::new();
+    while reasons.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("a dead letter arrives")
+            .unwrap();
+        let headers = m.headers().expect("dead letters carry headers");
+        let reason = headers
+            .iter()
+            .find(|h| h.key == "reason")
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .expect("a reason header");
+        reasons.push(reason);
+    }
+    reasons
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactions_from_kafka_are_counted_and_poison_goes_to_the_dead_letters() {
+    use crate::commands::{kafka_producer, metric, produce, topic_ready};
+    use crate::helpers::{Backend, Settings, service_url, spawn_app_with};
+    let brokers = service_url("KAFKA_BROKERS", "127.0.0.1:9092");
+    let Some(producer) = kafka_producer(&brokers).await else {
+        return;
+    };
+    let (prefix, _) = crate::bus::names();
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        Settings {
+            env: vec![
+                ("CONVENE_KAFKA_BROKERS".into(), brokers.clone()),
+                ("CONVENE_BUS_PREFIX".into(), prefix.clone()),
+            ],
+            ..Settings::default()
+        },
+    )
+    .await
+    .unwrap();
+    let owner = app.sign_up("kafka-organiser@example.com").await;
+    let popular = app.create_event(&owner, 10).await;
+    let quiet = app.create_event(&owner, 10).await;
+    let topic = format!("{prefix}interactions");
+    topic_ready(&producer, &topic).await;
+    let send = |event: i64, kind: &str, user: i64| {
+        json!({"user_id": user, "event_id": event, "kind": kind})
+            .to_string()
+            .into_bytes()
+    };
+    for user in 1..=20 {
+        produce(
+            &producer,
+            &topic,
+            &popular.to_string(),
+            &send(popular, "view", user),
+        )
+        .await;
+    }
+    produce(
+        &producer,
+        &topic,
+        &popular.to_string(),
+        &send(popular, "share", 7),
+    )
+    .await;
+    for user in 1..=3 {
+        produce(
+            &producer,
+            &topic,
+            &quiet.to_string(),
+            &send(quiet, "click", user),
+        )
+        .await;
+    }
+    let an_hour_ago = (Utc::now() - chrono::Duration::hours(1)).timestamp();
+    let earlier = json!({"user_id": 99, "event_id": quiet, "kind": "like", "ts": an_hour_ago});
+    produce(&producer, &topic, "q", earlier.to_string().as_bytes()).await;
+    // Poison: not JSON, a kind not taken from outside, an unknown event, a time far off.
+    produce(&producer, &topic, "x", b"{not json").await;
+    produce(&producer, &topic, "x", &send(popular, "register", 1)).await;
+    produce(&producer, &topic, "x", &send(999_999, "view", 1)).await;
+    let long_ago = json!({"user_id": 1, "event_id": quiet, "kind": "view", "ts": 1_000});
+    produce(&producer, &topic, "x", long_ago.to_string().as_bytes()).await;
+
+    let body = counted(&app, &[popular, quiet]).await;
+    assert_eq!(body["items"][0]["score"], 23.0, "{body}");
+    // The like of an hour ago is recorded but out of the 30-minute window.
+    assert_eq!(body["items"][1]["counts"], json!({"click": 3}), "{body}");
+    let reasons = dead_letters(&brokers, &format!("{topic}.dlq"), 4).await;
+    assert!(reasons[0].starts_with("malformed JSON"), "{reasons:?}");
+    assert!(reasons[1].contains("register"), "{reasons:?}");
+    assert_eq!(reasons[2], "no such event");
+    assert!(reasons[3].contains("ts 1000"), "{reasons:?}");
+    let metrics = app.send("GET", "/metrics", None, None).await;
+    let text = metrics.body.as_str().unwrap();
+    assert_eq!(
+        metric(text, "convene_bus_interactions_total{status=\"recorded\"}"),
+        25
+    );
+    assert_eq!(
+        metric(
+            text,
+            "convene_bus_interactions_total{status=\"dead_letter\"}"
+        ),
+        4
+    );
+    // What the recommendations learn from has them too, the earlier like at its own time.
+    let history = app.node.app.store.user_interactions(99, 10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].ts, an_hour_ago);
+}

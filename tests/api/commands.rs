@@ -247,7 +247,58 @@ async fn nats_commands_race_http_for_seats_postgres() {
     nats_race(Backend::Postgres).await;
 }
 
-async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &[u8]) {
+/// A producer for the brokers at `brokers`, or `None` (with the reason printed, or a
+/// failure in CI) when they cannot be reached.
+pub(crate) async fn kafka_producer(brokers: &str) -> Option<FutureProducer> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    let reachable = {
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || {
+            rdkafka::producer::Producer::client(&p)
+                .fetch_metadata(None, Duration::from_secs(5))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap()
+    };
+    match reachable {
+        Ok(()) => Some(producer),
+        Err(e) => {
+            unavailable("Kafka", e);
+            None
+        }
+    }
+}
+
+/// Waits until the node has created `topic`, rather than racing it.
+pub(crate) async fn topic_ready(producer: &FutureProducer, topic: &str) {
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            let p = producer.clone();
+            let topic = topic.to_owned();
+            tokio::task::spawn_blocking(move || {
+                rdkafka::producer::Producer::client(&p)
+                    .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                    .is_ok_and(|m| {
+                        m.topics()
+                            .iter()
+                            .any(|t| t.error().is_none() && !t.partitions().is_empty())
+                    })
+            })
+            .await
+            .unwrap()
+        })
+        .await,
+        "the topic {topic} exists"
+    );
+}
+
+pub(crate) async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &[u8]) {
     producer
         .send(
             FutureRecord::to(topic).key(key).payload(value),
@@ -264,7 +315,7 @@ fn command(id: &str, event: i64, user: i64) -> Vec<u8> {
         .into_bytes()
 }
 
-fn metric(text: &str, line: &str) -> u64 {
+pub(crate) fn metric(text: &str, line: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(line)?.strip_prefix(' '))
         .map_or(0, |v| v.parse().unwrap())
@@ -273,25 +324,9 @@ fn metric(text: &str, line: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_commands_resume_after_a_restart_and_poison_goes_to_the_dead_letters() {
     let brokers = service_url("KAFKA_BROKERS", "127.0.0.1:9092");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("message.timeout.ms", "10000")
-        .create()
-        .unwrap();
-    let reachable = {
-        let p = producer.clone();
-        tokio::task::spawn_blocking(move || {
-            rdkafka::producer::Producer::client(&p)
-                .fetch_metadata(None, Duration::from_secs(5))
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap()
+    let Some(producer) = kafka_producer(&brokers).await else {
+        return;
     };
-    if let Err(e) = reachable {
-        return unavailable("Kafka", e);
-    }
     let (prefix, _) = names();
     let settings = || Settings {
         env: vec![
@@ -305,26 +340,7 @@ async fn kafka_commands_resume_after_a_restart_and_poison_goes_to_the_dead_lette
     let event = app.create_event(&owner, 100).await;
     let users = app.sign_up_many("member", 40).await;
     let topic = format!("{prefix}registrations.requests");
-    // The node creates its topics; wait for them rather than racing it.
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            let p = producer.clone();
-            let topic = topic.clone();
-            tokio::task::spawn_blocking(move || {
-                rdkafka::producer::Producer::client(&p)
-                    .fetch_metadata(Some(&topic), Duration::from_secs(2))
-                    .is_ok_and(|m| {
-                        m.topics()
-                            .iter()
-                            .any(|t| t.error().is_none() && !t.partitions().is_empty())
-                    })
-            })
-            .await
-            .unwrap()
-        })
-        .await,
-        "the command topic exists"
-    );
+    topic_ready(&producer, &topic).await;
 
     for u in &users[..20] {
         produce(
