@@ -127,6 +127,9 @@ pub struct Config {
     pub recommend_retrain_after: u64,
     /// Models kept in the database (older ones are deleted).
     pub recommend_models_kept: i64,
+    /// Users whose recommendations are worked out at training time, the most active first
+    /// (0: none); the others are scored when they ask.
+    pub recommend_precomputed_users: usize,
     /// Raw analytics events are kept this many days.
     pub analytics_retention_days: u64,
     /// Per-minute analytics aggregates are kept this many days.

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::curator::{CuratorActor, CuratorArgs, CuratorMessage};
 use crate::keeper::{Keeper, KeeperMessage};
 use crate::metrics::Metrics;
-use crate::recommend::serving::{self as recommend, Models, Recommender};
+use crate::recommend::serving::{self as recommend, EventCache, Models, Recommender};
 use crate::recommend::trainer::{Trainer, TrainerArgs, TrainerMessage, TrainerSettings};
 use crate::revocations::Revocations;
 use crate::search::SearchIndex;
@@ -314,6 +314,7 @@ impl Node {
             },
         )
         .await?;
+        let events_read = EventCache::default();
         let index_dir = config.data_dir.join("index");
         let search =
             Arc::new(tokio::task::spawn_blocking(move || SearchIndex::open(&index_dir)).await??);
@@ -323,6 +324,7 @@ impl Node {
             IndexerArgs {
                 store: store.clone(),
                 index: search.clone(),
+                events: events_read.clone(),
             },
         )
         .await?;
@@ -339,6 +341,7 @@ impl Node {
                     every: Duration::from_secs(config.recommend_retrain_secs.max(1)),
                     after: config.recommend_retrain_after.max(1),
                     keep: config.recommend_models_kept.max(1),
+                    precomputed_users: config.recommend_precomputed_users,
                     lease: Duration::from_millis(config.relay_lease_ms.max(100)),
                     holder: format!("{}/{}", config.node_name, uuid::Uuid::new_v4().simple()),
                 },
@@ -376,6 +379,7 @@ impl Node {
                 models: models.clone(),
                 metrics: metrics.clone(),
                 windows: windows.clone(),
+                events: events_read,
             },
             config.recommend_workers,
         )

@@ -11,6 +11,14 @@ use std::fmt::Write;
 use convene_actors::recommend::Engine;
 use convene_actors::recommend::eval::{Evaluation, Metrics};
 
+/// A user's home, if their profile has a valid one.
+pub fn home(profile: &serde_json::Value) -> Option<(f64, f64)> {
+    let home = profile.get("home")?;
+    let lat = home.get("lat")?.as_f64()?;
+    let lon = home.get("lon")?.as_f64()?;
+    ((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)).then_some((lat, lon))
+}
+
 /// The evaluation as a table, the hybrid's gain over popularity last.
 pub fn table(eval: &Evaluation) -> String {
     let mut out = String::new();

@@ -92,14 +92,6 @@ fn limit(query: &str) -> Result<usize, ApiError> {
     }
 }
 
-/// A user's home, if their profile has a valid one.
-pub fn home(profile: &Value) -> Option<(f64, f64)> {
-    let home = profile.get("home")?;
-    let lat = home.get("lat")?.as_f64()?;
-    let lon = home.get("lon")?.as_f64()?;
-    ((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)).then_some((lat, lon))
-}
-
 /// The workers' answer within the request timeout.
 async fn ask<T: Send + 'static>(
     app: &App,
@@ -135,10 +127,11 @@ pub async fn for_me(app: App, auth: Option<String>, query: String) -> Result<Res
         .users
         .ask(user::key(user_id), |reply| UserMessage::Get { reply })
         .await??;
-    let home = home(&account.profile);
+    let home = crate::recommend::home(&account.profile);
     let answer = ask(&app, |reply| Request::ForUser {
         user_id,
         home,
+        profile_at: account.updated_at,
         limit,
         reply,
     })

@@ -104,7 +104,7 @@ pub async fn update_me(
             return Err(ApiError::invalid("profile", "must be a JSON object"));
         }
         if let Some(home) = profile.get("home").filter(|h| !h.is_null()) {
-            if super::recommendations::home(profile).is_none() || !home.is_object() {
+            if crate::recommend::home(profile).is_none() || !home.is_object() {
                 return Err(ApiError::invalid(
                     "profile.home",
                     "must be {\"lat\": -90..90, \"lon\": -180..180} or null",

@@ -37,6 +37,15 @@ const PER_CATEGORY: usize = 3;
 const WINDOW: usize = 10;
 /// The window in which interactions make an event trending.
 const TRENDING: chrono::TimeDelta = chrono::TimeDelta::minutes(30);
+/// The latency label of answers from picks worked out at training time.
+const PRECOMPUTED: &str = "precomputed";
+/// Events worked out per user at training time (see [`Model::precompute`]).
+pub const PICKS: usize = 60;
+/// Events read for recommendations are kept this long at most (the indexer forgets those that
+/// change before).
+const EVENTS_FOR: Duration = Duration::from_secs(5);
+/// Events kept.
+const EVENTS_KEPT: u64 = 100_000;
 /// Requests queued for the workers beyond which new ones are refused.
 const QUEUE_LIMIT: usize = 10_000;
 
@@ -129,6 +138,8 @@ pub enum Request {
         user_id: i64,
         /// Their home, when they set one.
         home: Option<(f64, f64)>,
+        /// When their profile last changed.
+        profile_at: DateTime<Utc>,
         /// How many.
         limit: usize,
         /// The answer.
@@ -158,6 +169,31 @@ pub struct Recommender {
     pub metrics: Metrics,
     /// The analytics windows (what is trending).
     pub windows: Router<AnalyticsMessage>,
+    /// Events read lately.
+    pub events: EventCache,
+}
+
+/// A node's events read lately by the recommendations, kept a few seconds; the search indexer,
+/// which follows every change in the outbox, forgets an event as soon as it changes.
+#[derive(Clone)]
+pub struct EventCache(moka::sync::Cache<i64, Arc<Event>>);
+
+impl Default for EventCache {
+    fn default() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(EVENTS_KEPT)
+                .time_to_live(EVENTS_FOR)
+                .build(),
+        )
+    }
+}
+
+impl EventCache {
+    /// Forgets an event that changed.
+    pub fn forget(&self, id: i64) {
+        self.0.invalidate(&id);
+    }
 }
 
 fn live(e: &Event, now: DateTime<Utc>) -> bool {
@@ -170,9 +206,22 @@ impl Recommender {
         &self,
         user_id: i64,
         home: Option<(f64, f64)>,
+        profile_at: DateTime<Utc>,
         limit: usize,
     ) -> Result<Recommendations, StoreError> {
         let started = Instant::now();
+        if let Some(l) = self.models.current()
+            && let Some(mut items) = self.picked(user_id, profile_at, &l, limit).await?
+        {
+            items.truncate(limit);
+            self.observe(PRECOMPUTED, started);
+            return Ok(Recommendations {
+                strategy: Strategy::Hybrid,
+                cold_start: false,
+                model_version: Some(l.version),
+                items,
+            });
+        }
         let history = self.store.user_interactions(user_id, HISTORY).await?;
         let registered: HashSet<i64> = self
             .store
@@ -248,7 +297,7 @@ impl Recommender {
             WINDOW,
         );
         out.items.truncate(limit);
-        self.observe(out.strategy, started);
+        self.observe(out.strategy.as_str(), started);
         Ok(out)
     }
 
@@ -307,7 +356,7 @@ impl Recommender {
             );
         }
         items.truncate(limit);
-        self.observe(Strategy::Similar, started);
+        self.observe(Strategy::Similar.as_str(), started);
         Ok(Some(Recommendations {
             strategy: Strategy::Similar,
             cold_start: false,
@@ -316,18 +365,62 @@ impl Recommender {
         }))
     }
 
+    /// The events of `ids`, from the cache or else the store.
     async fn events(
         &self,
         ids: impl Iterator<Item = i64>,
     ) -> Result<HashMap<i64, Event>, StoreError> {
-        let ids: Vec<i64> = ids.collect();
-        Ok(self
-            .store
-            .events_by_ids(&ids)
-            .await?
-            .into_iter()
-            .map(|e| (e.id, e))
-            .collect())
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        for id in ids {
+            match self.events.0.get(&id) {
+                Some(e) => {
+                    found.insert(id, Event::clone(&e));
+                }
+                None => missing.push(id),
+            }
+        }
+        if !missing.is_empty() {
+            for e in self.store.events_by_ids(&missing).await? {
+                self.events.0.insert(e.id, Arc::new(e.clone()));
+                found.insert(e.id, e);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The picks worked out at training time, when they still hold: the user did nothing and
+    /// changed no profile since the model was trained, and enough of them are still open.
+    async fn picked(
+        &self,
+        user_id: i64,
+        profile_at: DateTime<Utc>,
+        loaded: &Loaded,
+        limit: usize,
+    ) -> Result<Option<Vec<Recommended>>, StoreError> {
+        let Some(picks) = loaded.model.picks(user_id) else {
+            return Ok(None);
+        };
+        if profile_at > loaded.trained_at
+            || self.store.last_interaction_of(user_id).await? > loaded.last_interaction
+        {
+            return Ok(None);
+        }
+        let now = Utc::now();
+        let events = self.events(picks.iter().map(|p| p.event_id)).await?;
+        let items: Vec<Recommended> = picks
+            .iter()
+            .filter_map(|p| {
+                let event = events.get(&p.event_id).filter(|e| live(e, now))?.clone();
+                Some(Recommended {
+                    event,
+                    score: p.score,
+                    reasons: p.engines.iter().map(|e| e.as_str()).collect(),
+                })
+            })
+            .collect();
+        let items = diversify(items, |r| r.event.category.as_str(), PER_CATEGORY, WINDOW);
+        Ok((items.len() >= limit).then_some(items))
     }
 
     /// What is trending in the popularity window; from the interactions stored when the
@@ -431,10 +524,11 @@ impl Recommender {
         Ok(items)
     }
 
-    fn observe(&self, strategy: Strategy, started: Instant) {
+    /// Times an answer, by how it was made (`algorithm`: a strategy, or `precomputed`).
+    fn observe(&self, algorithm: &str, started: Instant) {
         self.metrics
             .recommendation_latency
-            .with_label_values(&[strategy.as_str()])
+            .with_label_values(&[algorithm])
             .observe(started.elapsed().as_secs_f64());
     }
 
@@ -475,10 +569,11 @@ impl Worker for RecommendWorker {
             Request::ForUser {
                 user_id,
                 home,
+                profile_at,
                 limit,
                 reply,
             } => {
-                let answer = self.0.for_user(user_id, home, limit).await;
+                let answer = self.0.for_user(user_id, home, profile_at, limit).await;
                 let strategy = answer.as_ref().map_or("hybrid", |r| r.strategy.as_str());
                 self.0.count(strategy, answer.is_ok());
                 let _ = reply.send(answer);

@@ -4,15 +4,17 @@
 //! enough new interactions, or when an admin asks; then stores the model with its offline
 //! evaluation and keeps the newest few.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use convene_actors::recommend::eval::evaluate;
-use convene_actors::recommend::{Interaction, Item, Model, Settings};
+use convene_actors::recommend::model::Precompute;
+use convene_actors::recommend::{Interaction, Item, Kind, Model, Settings};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
-use super::serving::{Loaded, Models};
+use super::serving::{Loaded, Models, PICKS};
 use crate::lease::Lease;
 use crate::metrics::Metrics;
 use crate::store::SqlStore;
@@ -37,6 +39,9 @@ pub struct TrainerSettings {
     pub after: u64,
     /// Models kept in the database.
     pub keep: i64,
+    /// Users whose recommendations are worked out at training time (those with the longest
+    /// histories first); the others are scored when they ask.
+    pub precomputed_users: usize,
     /// The lease's lifetime; the trainer looks for new models and renews it three times per
     /// lifetime.
     pub lease: Duration,
@@ -81,6 +86,10 @@ pub struct TrainerState {
     last_trained: Option<Instant>,
     /// No training before this, after one failed.
     retry_at: Option<Instant>,
+    /// The training running (or last run) was asked for; asked again if it fails.
+    requested: bool,
+    /// A stored model this version of the program cannot read (training was asked for).
+    unreadable: Option<i64>,
     ticker: JoinHandle<()>,
 }
 
@@ -105,10 +114,29 @@ async fn gather(store: &SqlStore) -> anyhow::Result<(Vec<Item>, Vec<Interaction>
     Ok((items, interactions, last))
 }
 
+/// The (user, event) pairs of seats and waitlist places held at the end of `interactions`
+/// (in time order): a registration or waitlisting not cancelled since.
+fn taken(interactions: &[Interaction]) -> HashSet<(i64, i64)> {
+    let mut held = HashSet::new();
+    for i in interactions {
+        match i.kind {
+            Kind::Register | Kind::Waitlist => {
+                held.insert((i.user_id, i.event_id));
+            }
+            Kind::Cancel => {
+                held.remove(&(i.user_id, i.event_id));
+            }
+            _ => {}
+        }
+    }
+    held
+}
+
 /// Trains, evaluates and stores a model; its version.
 async fn train(store: SqlStore, settings: TrainerSettings) -> anyhow::Result<i64> {
     let started = Instant::now();
     let (items, interactions, last) = gather(&store).await?;
+    let homes = store.user_homes().await?;
     let read = started.elapsed();
     let n = interactions.len();
     let (bytes, metrics) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -127,7 +155,17 @@ async fn train(store: SqlStore, settings: TrainerSettings) -> anyhow::Result<i64
             .collect();
         drop(eval);
         let now = chrono::Utc::now().timestamp();
-        let model = Model::train(&items, &interactions, settings.train, now, |_| {});
+        let mut model = Model::train(&items, &interactions, settings.train, now, |_| {});
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        model.precompute(
+            &homes,
+            &taken(&interactions),
+            Precompute {
+                want: PICKS,
+                max_users: settings.precomputed_users,
+                threads,
+            },
+        );
         Ok((model.to_bytes()?, serde_json::Value::Object(metrics)))
     })
     .await??;
@@ -148,17 +186,29 @@ async fn train(store: SqlStore, settings: TrainerSettings) -> anyhow::Result<i64
 
 impl TrainerState {
     /// Loads the newest stored model when it is newer than the one served.
-    async fn load_newest(&self) -> anyhow::Result<()> {
+    async fn load_newest(&mut self) -> anyhow::Result<()> {
         let Some(info) = self.args.store.latest_model().await? else {
             return Ok(());
         };
         if info.version <= self.args.models.version() {
             return Ok(());
         }
+        if self.unreadable == Some(info.version) {
+            return Ok(());
+        }
         let Some(bytes) = self.args.store.model_bytes(info.version).await? else {
             return Ok(());
         };
-        let model = tokio::task::spawn_blocking(move || Model::from_bytes(&bytes)).await??;
+        let model = match tokio::task::spawn_blocking(move || Model::from_bytes(&bytes)).await? {
+            Ok(model) => model,
+            Err(e) => {
+                // Stored by an older version of the program: a new one is trained.
+                tracing::warn!(version = info.version, error = %e, "a stored model cannot be read; training a new one");
+                self.unreadable = Some(info.version);
+                self.args.store.request_training().await?;
+                return Ok(());
+            }
+        };
         let metrics = &self.args.metrics;
         if let Some(m) = info.metrics.as_object() {
             for (engine, ndcg) in m {
@@ -187,9 +237,10 @@ impl TrainerState {
     }
 
     /// Whether the holder should train now.
-    async fn due(&self) -> anyhow::Result<bool> {
+    async fn due(&mut self) -> anyhow::Result<bool> {
         let store = &self.args.store;
         if store.take_training_request().await? {
+            self.requested = true;
             return Ok(true);
         }
         let newest = store.last_interaction().await?;
@@ -211,14 +262,17 @@ impl TrainerState {
 
     async fn tick(&mut self, myself: &ActorRef<TrainerMessage>) -> anyhow::Result<()> {
         self.load_newest().await?;
-        let s = &self.args.settings;
         self.lease.renew().await;
         let holding = self.lease.held();
         let waiting = self.retry_at.is_some_and(|at| Instant::now() < at);
         if !holding || waiting || self.training.is_some() || !self.due().await? {
             return Ok(());
         }
-        let (store, settings, me) = (self.args.store.clone(), s.clone(), myself.clone());
+        let (store, settings, me) = (
+            self.args.store.clone(),
+            self.args.settings.clone(),
+            myself.clone(),
+        );
         self.training = Some(tokio::spawn(async move {
             let result = train(store, settings).await.map_err(|e| format!("{e:#}"));
             let _ = me.cast(TrainerMessage::Trained(result));
@@ -251,6 +305,8 @@ impl Actor for Trainer {
             training: None,
             last_trained: None,
             retry_at: None,
+            requested: false,
+            unreadable: None,
             ticker,
         })
     }
@@ -285,6 +341,12 @@ impl Actor for Trainer {
                 state.training = None;
                 state.last_trained = Some(Instant::now());
                 state.retry_at = result.is_err().then(|| Instant::now() + RETRY_AFTER);
+                if std::mem::take(&mut state.requested) && result.is_err() {
+                    // Asked for again, so it is tried again once the retry wait is over.
+                    if let Err(e) = state.args.store.request_training().await {
+                        tracing::warn!(error = %e, "a failed training asked for is not retried");
+                    }
+                }
                 match result {
                     Ok(_) => {
                         if let Err(e) = state.load_newest().await {

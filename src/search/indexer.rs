@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use super::{Change, SearchIndex};
+use crate::recommend::serving::EventCache;
 use crate::store::{OutboxWatch, PRUNED, Position, Read, SqlStore};
 
 /// Outbox rows per round.
@@ -52,6 +53,8 @@ pub struct IndexerArgs {
     pub store: SqlStore,
     /// This node's index.
     pub index: Arc<SearchIndex>,
+    /// The events the recommendations read lately, forgotten as they change.
+    pub events: EventCache,
 }
 
 /// Its state.
@@ -163,6 +166,12 @@ impl IndexerState {
         };
         let full = read.rows.len() == BATCH;
         let changes = changes(&self.args.store, &read).await?;
+        for change in &changes {
+            self.args.events.forget(match change {
+                Change::Upsert(e) => e.id,
+                Change::Remove(id) => *id,
+            });
+        }
         let index = self.args.index.clone();
         tokio::task::spawn_blocking(move || index.apply(&changes, last)).await??;
         self.position = Some(last);

@@ -2,6 +2,8 @@
 //! from its domain events), the recent ones counted per event, and the recommendation models
 //! the trainer stores and every node loads.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use convene_actors::StoreError;
 use convene_actors::model::{DomainEvent, topics};
@@ -137,6 +139,39 @@ impl SqlStore {
                 ))
             })
             .collect()
+    }
+
+    /// The id of `user_id`'s latest interaction (0 when there is none).
+    pub async fn last_interaction_of(&self, user_id: i64) -> Result<i64, StoreError> {
+        let (n,): (Option<i64>,) = on_pool!(self.db, read, pool => {
+            sqlx::query_as("SELECT MAX(id) FROM interactions WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_one(pool)
+                .await
+        })
+        .map_err(unavailable)?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// The homes users set in their profiles.
+    pub async fn user_homes(&self) -> Result<HashMap<i64, (f64, f64)>, StoreError> {
+        let rows: Vec<(i64, sqlx::types::Json<serde_json::Value>)> = match &self.db {
+            Db::Postgres(pool) => {
+                sqlx::query_as("SELECT id, profile FROM users WHERE profile ? 'home'")
+                    .fetch_all(pool)
+                    .await
+            }
+            Db::Sqlite { read, .. } => sqlx::query_as(
+                "SELECT id, profile FROM users WHERE json_extract(profile, '$.home') IS NOT NULL",
+            )
+            .fetch_all(read)
+            .await,
+        }
+        .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, profile)| Some((id, crate::recommend::home(&profile.0)?)))
+            .collect())
     }
 
     /// The id of the latest interaction (0 when there is none).

@@ -117,6 +117,7 @@ fn near(item: &Value, at: (f64, f64), km: f64) -> bool {
 /// and people who go to them.
 struct World {
     admin: TestUser,
+    peers: Vec<TestUser>,
     user: TestUser,
     organiser: TestUser,
     attended: Vec<i64>,
@@ -189,6 +190,7 @@ async fn world(app: &TestApp) -> World {
     }
     World {
         admin,
+        peers,
         user,
         organiser,
         attended,
@@ -220,6 +222,49 @@ crate::both_stores! {
         // The organiser's own events are never offered to them.
         let own = recommendations(&app, &w.organiser, "").await;
         assert!(own["items"].as_array().unwrap().is_empty(), "{own}");
+    }
+
+    async fn picks_worked_out_at_training_serve_a_user_until_they_act_or_move(app) {
+        let w = world(&app).await;
+        trained(&app, &w.admin).await;
+        let served = |algorithm: &'static str| {
+            let app = &app;
+            async move {
+                let text = app.send("GET", "/metrics", None, None).await.body;
+                let line = format!("recommendation_latency_seconds_count{{algorithm=\"{algorithm}\"}}");
+                crate::commands::metric(text.as_str().unwrap(), &line)
+            }
+        };
+        let first = recommendations(&app, &w.user, "?limit=5").await;
+        assert_eq!(first["strategy"], "hybrid", "{first}");
+        assert_eq!(first["items"].as_array().unwrap().len(), 5, "{first}");
+        assert_eq!((served("precomputed").await, served("hybrid").await), (1, 0));
+        // The same again: the same answer.
+        assert_eq!(recommendations(&app, &w.user, "?limit=5").await["items"], first["items"]);
+        // Registering is something done since the model: scored as asked, without that event.
+        let taken = first["items"][0]["event"]["id"].as_i64().unwrap();
+        register(&app, &w.user, taken).await;
+        let after = recommendations(&app, &w.user, "?limit=5").await;
+        assert_eq!(served("hybrid").await, 1, "{after}");
+        let ids: Vec<i64> = after["items"].as_array().unwrap().iter()
+            .map(|i| i["event"]["id"].as_i64().unwrap()).collect();
+        assert!(!ids.contains(&taken), "{after}");
+        // Another user, who moves: their new home counts at once.
+        let peer = &w.peers[0];
+        let (picked, scored) = (served("precomputed").await, served("hybrid").await);
+        recommendations(&app, peer, "?limit=3").await;
+        assert_eq!(served("precomputed").await, picked + 1);
+        let a = app
+            .send(
+                "PATCH",
+                "/api/v1/users/me",
+                Some(&peer.token),
+                Some(json!({"profile": {"home": {"lat": MADRID.0, "lon": MADRID.1}}})),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        recommendations(&app, peer, "?limit=3").await;
+        assert_eq!(served("hybrid").await, scored + 1);
     }
 
     async fn a_user_without_history_gets_popular_events_near_home_and_is_told_so(app) {

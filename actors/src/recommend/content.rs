@@ -179,6 +179,7 @@ impl Content {
     pub fn taste(&self, history: &[(u32, f32)], home: Option<(f64, f64)>) -> Taste {
         let mut profile: HashMap<u32, f32> = HashMap::new();
         let mut week = [0f32; WEEK_BINS];
+        // Weighted sums of latitude and longitude, and the weight, per one-degree cell.
         let mut cells: HashMap<(i32, i32), (f64, f64, f64)> = HashMap::new();
         for (item, w) in history {
             let item = *item as usize;
@@ -196,7 +197,9 @@ impl Content {
                 *cell = (cell.0 + lat * w, cell.1 + lon * w, cell.2 + w);
             }
         }
+        // In feature order, so the same history always sums to the same scores.
         let mut profile: Vec<(u32, f32)> = profile.into_iter().collect();
+        profile.sort_unstable_by_key(|(f, _)| *f);
         normalise(&mut profile);
         let top = week.iter().copied().fold(0.0, f32::max);
         if top > 0.0 {
@@ -205,12 +208,12 @@ impl Content {
         let places = match home {
             Some(home) => vec![home],
             None => {
-                let mut cells: Vec<(f64, f64, f64)> = cells.into_values().collect();
-                cells.sort_by(|a, b| b.2.total_cmp(&a.2));
+                let mut cells: Vec<_> = cells.into_iter().collect();
+                cells.sort_by(|(a, x), (b, y)| y.2.total_cmp(&x.2).then(a.cmp(b)));
                 cells
                     .into_iter()
                     .take(USUAL_PLACES)
-                    .map(|(lat, lon, w)| (lat / w, lon / w))
+                    .map(|(_, (lat, lon, w))| (lat / w, lon / w))
                     .collect()
             }
         };

@@ -2,7 +2,7 @@
 //! parameters; how a user's scores are made by each engine and blended, and the events
 //! similar to one event. It is trained once, stored as bytes, and read by every node.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -158,8 +158,32 @@ pub struct Model {
     nmf: Nmf,
     /// Distinct users per item, scaled to [0, 1].
     popularity: Vec<f32>,
+    /// The hybrid's best events for each user, worked out at training time.
+    picks: HashMap<i64, Vec<Pick>>,
     #[serde(skip)]
     index: HashMap<i64, u32>,
+}
+
+/// An event the hybrid offers a user, worked out at training time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pick {
+    /// The event.
+    pub event_id: i64,
+    /// Its score.
+    pub score: f32,
+    /// The engines behind it.
+    pub engines: Vec<Engine>,
+}
+
+/// What [`Model::precompute`] works out, and for whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Precompute {
+    /// Events per user.
+    pub want: usize,
+    /// Users at most (those with the longest histories first).
+    pub max_users: usize,
+    /// Threads to score on.
+    pub threads: usize,
 }
 
 fn scaled(mut v: Vec<f32>) -> Vec<f32> {
@@ -231,8 +255,84 @@ impl Model {
             content,
             nmf,
             popularity,
+            picks: HashMap::new(),
             index,
         }
+    }
+
+    /// Works out the hybrid's best events for the users of the matrix, so serving a user whose
+    /// history has not changed since training needs no scoring. `homes` are the users' homes;
+    /// `taken` the (user, event) pairs of seats and waitlist places they hold. Events of their
+    /// own, taken, or past at training time are left out.
+    pub fn precompute(
+        &mut self,
+        homes: &HashMap<i64, (f64, f64)>,
+        taken: &HashSet<(i64, i64)>,
+        how: Precompute,
+    ) {
+        let mut users: Vec<(usize, i64)> = self
+            .matrix
+            .users
+            .iter()
+            .enumerate()
+            .map(|(row, u)| {
+                (
+                    self.matrix.by_user.outer_view(row).map_or(0, |r| r.nnz()),
+                    *u,
+                )
+            })
+            .collect();
+        users.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        users.truncate(how.max_users);
+        let chunk = users.len().div_ceil(how.threads.max(1)).max(1);
+        let model = &*self;
+        let picks: HashMap<i64, Vec<Pick>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = users
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(_, user)| {
+                                (*user, model.picks_for(*user, homes, taken, how.want))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        self.picks = picks;
+    }
+
+    fn picks_for(
+        &self,
+        user: i64,
+        homes: &HashMap<i64, (f64, f64)>,
+        taken: &HashSet<(i64, i64)>,
+        want: usize,
+    ) -> Vec<Pick> {
+        let profile = Profile {
+            home: homes.get(&user).copied(),
+            ..self.trained_profile(user)
+        };
+        self.rank(Engine::Hybrid, &profile, want, |_, m| {
+            m.date > self.trained_at && m.created_by != user && !taken.contains(&(user, m.event_id))
+        })
+        .into_iter()
+        .map(|s| Pick {
+            event_id: s.event_id,
+            score: s.score,
+            engines: s.engines,
+        })
+        .collect()
+    }
+
+    /// The events worked out for `user` at training time, best first.
+    pub fn picks(&self, user: i64) -> Option<&[Pick]> {
+        self.picks.get(&user).map(Vec::as_slice)
     }
 
     /// The model as bytes, to store.
@@ -505,5 +605,56 @@ mod tests {
         // Too little variety to fill the window: the rule holds, the list is shorter.
         let out = diversify(vec!["a", "a", "a", "a", "b"], |s| s, 3, 5);
         assert_eq!(out, vec!["a", "a", "a", "b"]);
+    }
+
+    #[test]
+    fn picks_worked_out_at_training_are_what_ranking_then_gives_minus_what_is_taken() {
+        let data = crate::recommend::synthetic::generate(
+            3,
+            crate::recommend::synthetic::Shape {
+                users: 60,
+                events: 80,
+                interactions: 1500,
+            },
+        );
+        let settings = Settings {
+            rank: 4,
+            rounds: 20,
+            ..Settings::default()
+        };
+        let trained_at = data.items.iter().map(|i| i.date).min().unwrap_or(0) - 1;
+        let mut model = Model::train(
+            &data.items,
+            &data.interactions,
+            settings,
+            trained_at,
+            |_| {},
+        );
+        let user = model.matrix.users[0];
+        let first = model.rank(Engine::Hybrid, &model.trained_profile(user), 10, |_, m| {
+            m.created_by != user
+        })[0]
+            .event_id;
+        let taken: HashSet<(i64, i64)> = [(user, first)].into();
+        let expected = model.rank(Engine::Hybrid, &model.trained_profile(user), 10, |_, m| {
+            m.created_by != user && m.event_id != first
+        });
+        let how = Precompute {
+            want: 10,
+            max_users: 25,
+            threads: 2,
+        };
+        model.precompute(&HashMap::new(), &taken, how);
+        assert_eq!(model.picks.len(), 25);
+        let bytes = model.to_bytes().unwrap();
+        let model = Model::from_bytes(&bytes).unwrap();
+        let picks = model
+            .picks(user)
+            .expect("the longest histories are worked out");
+        let ids: Vec<i64> = picks.iter().map(|p| p.event_id).collect();
+        let want: Vec<i64> = expected.iter().map(|s| s.event_id).collect();
+        assert!(!ids.contains(&first), "a taken event is left out");
+        assert_eq!(ids, want, "the rest as ranked with the same rules");
+        assert!(picks.windows(2).all(|w| w[0].score >= w[1].score));
     }
 }
