@@ -210,78 +210,41 @@ impl Recommender {
         limit: usize,
     ) -> Result<Recommendations, StoreError> {
         let started = Instant::now();
-        if let Some(l) = self.models.current()
-            && let Some(mut items) = self.picked(user_id, profile_at, &l, limit).await?
-        {
-            items.truncate(limit);
-            self.observe(PRECOMPUTED, started);
-            return Ok(Recommendations {
+        let now = Utc::now();
+        let loaded = self.models.current();
+        let picked = match &loaded {
+            Some(l) => self.picked(user_id, profile_at, l).await?,
+            None => None,
+        };
+        // Picks hold only for a user who did nothing since the model: their registrations are
+        // the ones it knew, and left out already.
+        let mut registered = HashSet::new();
+        let mut algorithm = PRECOMPUTED;
+        let mut out = match (picked, &loaded) {
+            (Some(items), Some(l)) => Recommendations {
                 strategy: Strategy::Hybrid,
                 cold_start: false,
                 model_version: Some(l.version),
                 items,
-            });
-        }
-        let history = self.store.user_interactions(user_id, HISTORY).await?;
-        let registered: HashSet<i64> = self
-            .store
-            .user_registrations(user_id)
-            .await?
-            .into_iter()
-            .map(|r| r.event_id)
-            .collect();
-        let weights: Vec<(i64, f32)> = aggregate(&history)
-            .into_iter()
-            .map(|((_, event), w)| (event, w))
-            .collect();
-        let now = Utc::now();
+            },
+            _ => {
+                registered = self
+                    .store
+                    .user_registrations(user_id)
+                    .await?
+                    .into_iter()
+                    .map(|r| r.event_id)
+                    .collect();
+                let out = self
+                    .scored(user_id, home, &registered, loaded.as_deref(), limit)
+                    .await?;
+                algorithm = out.strategy.as_str();
+                out
+            }
+        };
         let eligible =
             |e: &Event| live(e, now) && e.created_by != user_id && !registered.contains(&e.id);
-        let loaded = self.models.current();
-        let known = loaded
-            .as_ref()
-            .is_some_and(|l| weights.iter().any(|(e, _)| l.model.item(*e).is_some()));
-        let mut out = match (&loaded, known) {
-            (Some(l), true) => {
-                let profile = Profile {
-                    user_id: Some(user_id),
-                    history: weights,
-                    home,
-                };
-                let horizon = now.timestamp();
-                let scored = l
-                    .model
-                    .rank(Engine::Hybrid, &profile, limit * 3 + 20, |_, m| {
-                        m.date > horizon
-                            && m.created_by != user_id
-                            && !registered.contains(&m.event_id)
-                    });
-                let events = self.events(scored.iter().map(|s| s.event_id)).await?;
-                let items: Vec<Recommended> = scored
-                    .into_iter()
-                    .filter_map(|s| {
-                        let event = events.get(&s.event_id).filter(|e| eligible(e))?.clone();
-                        Some(Recommended {
-                            event,
-                            score: s.score,
-                            reasons: s.engines.iter().map(|e| e.as_str()).collect(),
-                        })
-                    })
-                    .collect();
-                Recommendations {
-                    strategy: Strategy::Hybrid,
-                    cold_start: false,
-                    model_version: Some(l.version),
-                    items,
-                }
-            }
-            _ => Recommendations {
-                strategy: Strategy::PopularNearYou,
-                cold_start: true,
-                model_version: loaded.as_ref().map(|l| l.version),
-                items: Vec::new(),
-            },
-        };
+        out.items.retain(|r| eligible(&r.event));
         if out.items.len() < limit {
             // Too little from the history (or none): what is popular near the user fills in.
             let seen: HashSet<i64> = out.items.iter().map(|r| r.event.id).collect();
@@ -297,7 +260,7 @@ impl Recommender {
             WINDOW,
         );
         out.items.truncate(limit);
-        self.observe(out.strategy.as_str(), started);
+        self.observe(algorithm, started);
         Ok(out)
     }
 
@@ -389,14 +352,13 @@ impl Recommender {
         Ok(found)
     }
 
-    /// The picks worked out at training time, when they still hold: the user did nothing and
-    /// changed no profile since the model was trained, and enough of them are still open.
+    /// The picks worked out at training time, with their events, when they still hold: the
+    /// user did nothing and changed no profile since the model was trained.
     async fn picked(
         &self,
         user_id: i64,
         profile_at: DateTime<Utc>,
         loaded: &Loaded,
-        limit: usize,
     ) -> Result<Option<Vec<Recommended>>, StoreError> {
         let Some(picks) = loaded.model.picks(user_id) else {
             return Ok(None);
@@ -406,21 +368,73 @@ impl Recommender {
         {
             return Ok(None);
         }
-        let now = Utc::now();
         let events = self.events(picks.iter().map(|p| p.event_id)).await?;
-        let items: Vec<Recommended> = picks
-            .iter()
-            .filter_map(|p| {
-                let event = events.get(&p.event_id).filter(|e| live(e, now))?.clone();
+        Ok(Some(
+            picks
+                .iter()
+                .filter_map(|p| {
+                    Some(Recommended {
+                        event: events.get(&p.event_id)?.clone(),
+                        score: p.score,
+                        reasons: p.engines.iter().map(|e| e.as_str()).collect(),
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    /// The hybrid's answer from the user's history as it is now (the newest [`HISTORY`]
+    /// interactions), or an empty cold start when the model knows none of their events.
+    async fn scored(
+        &self,
+        user_id: i64,
+        home: Option<(f64, f64)>,
+        registered: &HashSet<i64>,
+        loaded: Option<&Loaded>,
+        limit: usize,
+    ) -> Result<Recommendations, StoreError> {
+        let history = self.store.user_interactions(user_id, HISTORY).await?;
+        let weights: Vec<(i64, f32)> = aggregate(&history)
+            .into_iter()
+            .map(|((_, event), w)| (event, w))
+            .collect();
+        let Some(l) = loaded.filter(|l| weights.iter().any(|(e, _)| l.model.item(*e).is_some()))
+        else {
+            return Ok(Recommendations {
+                strategy: Strategy::PopularNearYou,
+                cold_start: true,
+                model_version: loaded.map(|l| l.version),
+                items: Vec::new(),
+            });
+        };
+        let profile = Profile {
+            user_id: Some(user_id),
+            history: weights,
+            home,
+        };
+        let horizon = Utc::now().timestamp();
+        let scored = l
+            .model
+            .rank(Engine::Hybrid, &profile, limit * 3 + 20, |_, m| {
+                m.date > horizon && m.created_by != user_id && !registered.contains(&m.event_id)
+            });
+        let events = self.events(scored.iter().map(|s| s.event_id)).await?;
+        let items = scored
+            .into_iter()
+            .filter_map(|s| {
                 Some(Recommended {
-                    event,
-                    score: p.score,
-                    reasons: p.engines.iter().map(|e| e.as_str()).collect(),
+                    event: events.get(&s.event_id)?.clone(),
+                    score: s.score,
+                    reasons: s.engines.iter().map(|e| e.as_str()).collect(),
                 })
             })
             .collect();
-        let items = diversify(items, |r| r.event.category.as_str(), PER_CATEGORY, WINDOW);
-        Ok((items.len() >= limit).then_some(items))
+        Ok(Recommendations {
+            strategy: Strategy::Hybrid,
+            cold_start: false,
+            model_version: Some(l.version),
+            items,
+        })
     }
 
     /// What is trending in the popularity window; from the interactions stored when the

@@ -437,7 +437,7 @@ crate::both_stores! {
         let metrics = app.send("GET", "/metrics", None, None).await;
         let text = metrics.body.as_str().unwrap_or_default().to_owned();
         assert!(text.contains("ml_predictions_total{model=\"hybrid\",status=\"success\"}"), "{text}");
-        assert!(text.contains("recommendation_latency_seconds_bucket{algorithm=\"hybrid\""));
+        assert!(text.contains("recommendation_latency_seconds_bucket{algorithm=\"precomputed\""));
         assert!(text.contains("ml_model_accuracy{model=\"hybrid\"}"));
     }
 }
