@@ -213,7 +213,7 @@ impl Recommender {
         let now = Utc::now();
         let loaded = self.models.current();
         let picked = match &loaded {
-            Some(l) => self.picked(user_id, profile_at, l).await?,
+            Some(l) => self.picked(user_id, profile_at, l, limit).await?,
             None => None,
         };
         // Picks hold only for a user who did nothing since the model: their registrations are
@@ -359,10 +359,13 @@ impl Recommender {
         user_id: i64,
         profile_at: DateTime<Utc>,
         loaded: &Loaded,
+        limit: usize,
     ) -> Result<Option<Vec<Recommended>>, StoreError> {
         let Some(picks) = loaded.model.picks(user_id) else {
             return Ok(None);
         };
+        // As many as live scoring would look at.
+        let picks = &picks[..picks.len().min(limit * 3 + 20)];
         if profile_at > loaded.trained_at
             || self.store.last_interaction_of(user_id).await? > loaded.last_interaction
         {

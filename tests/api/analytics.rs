@@ -327,6 +327,26 @@ crate::both_stores! {
         let minutes = store.load_minutes(m).await.unwrap();
         assert!(minutes.iter().any(|r| r.metric == "view" && r.value == 60.0 && r.minute == m));
         assert!(minutes.iter().all(|r| r.dimensions == json!({})));
+        // On PostgreSQL both tables are partitioned by time, with partitions made ahead.
+        if app.database.starts_with("postgres") {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&app.database).await.unwrap();
+            let partitions = |table: &'static str| {
+                sqlx::query_as::<_, (String,)>(
+                    "SELECT c.relname::TEXT FROM pg_inherits i \
+                     JOIN pg_class c ON c.oid = i.inhrelid \
+                     JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = $1",
+                )
+                .bind(table)
+            };
+            let raw = partitions("analytics_events").fetch_all(&mut c).await.unwrap();
+            let today = format!("analytics_events_p{}", Utc::now().format("%Y%m%d"));
+            assert!(raw.iter().any(|(n,)| *n == today), "{raw:?}");
+            assert!(raw.len() >= 9, "yesterday, today, a week ahead and the default: {raw:?}");
+            let minutes = partitions("metric_summaries").fetch_all(&mut c).await.unwrap();
+            let month = format!("metric_summaries_p{}", Utc::now().format("%Y%m"));
+            assert!(minutes.iter().any(|(n,)| *n == month), "{minutes:?}");
+        }
         // Retention: everything before a cutoff goes.
         let pruned = store.prune_analytics(Utc::now(), next).await.unwrap();
         assert!(pruned.rows + pruned.partitions > 0);
