@@ -6,6 +6,7 @@
 pub mod analytics;
 pub mod app;
 pub mod auth;
+pub mod backup;
 pub mod bus;
 pub mod config;
 pub mod console;

@@ -63,6 +63,20 @@ enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Copies the embedded SQLite database to FILE while nodes serve (one consistent
+    /// snapshot). PostgreSQL is backed up with pg_dump.
+    Backup {
+        /// The copy to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Puts a copy made by `backup` in place of this node's SQLite database (stop the node
+    /// first); the database it replaces is kept beside it.
+    Restore {
+        /// The copy to restore.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Evaluates the recommendation engines offline.
     Recommend {
         #[command(subcommand)]
@@ -218,6 +232,31 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reindex => reindex(config).await,
+        Command::Backup { out } => {
+            let db = convene::node::sqlite_path(&config).context(
+                "backup copies the embedded SQLite store; back PostgreSQL up with pg_dump",
+            )?;
+            let started = std::time::Instant::now();
+            let bytes = convene::backup::backup(&db, &out).await?;
+            println!(
+                "backed up {} to {} ({bytes} bytes in {:.1} s)",
+                db.display(),
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Restore { from } => {
+            let db = convene::node::sqlite_path(&config).context(
+                "restore replaces the embedded SQLite store; restore PostgreSQL with pg_restore",
+            )?;
+            let kept = convene::backup::restore(&from, &db, &config.data_dir).await?;
+            println!("restored {} to {}", from.display(), db.display());
+            if let Some(kept) = kept {
+                println!("the database it replaced is kept as {}", kept.display());
+            }
+            Ok(())
+        }
         Command::Recommend { command } => recommend(&config, command),
         Command::Users {
             command: UsersCommand::GrantRole { email, role },
@@ -368,6 +407,8 @@ async fn reindex(config: Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Held while serving, so a restore cannot replace the database under this node.
+    let _lock = convene::backup::DataDirLock::acquire(&config.data_dir)?;
     let node = Node::start(config).await?;
     println!("convene listening on {}", node.url());
     shutdown_signal().await;

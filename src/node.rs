@@ -59,31 +59,32 @@ pub struct Node {
     network: Option<Network>,
 }
 
+/// The SQLite file the configuration names (`None` for PostgreSQL).
+pub fn sqlite_path(config: &Config) -> Option<std::path::PathBuf> {
+    match &config.database_url {
+        Some(url) if is_postgres(url.expose()) => None,
+        Some(url) => Some(
+            url.expose()
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:")
+                .into(),
+        ),
+        None => Some(config.data_dir.join("convene.db")),
+    }
+}
+
 /// Opens the store the configuration names.
 pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
-    match &config.database_url {
-        Some(url) if is_postgres(url.expose()) => {
-            SqlStore::postgres(url.expose(), config.database_max_connections)
-                .await
-                .context("connecting to PostgreSQL")
-        }
-        Some(url) => {
-            let path = url
-                .expose()
-                .trim_start_matches("sqlite://")
-                .trim_start_matches("sqlite:");
-            SqlStore::sqlite(path.as_ref())
-                .await
-                .context("opening SQLite")
-        }
-        None => {
-            std::fs::create_dir_all(&config.data_dir)
-                .with_context(|| format!("creating {}", config.data_dir.display()))?;
-            SqlStore::sqlite(&config.data_dir.join("convene.db"))
-                .await
-                .context("opening SQLite")
-        }
+    let Some(path) = sqlite_path(config) else {
+        let url = config.database_url.as_ref().map(|u| u.expose());
+        return SqlStore::postgres(url.unwrap_or_default(), config.database_max_connections)
+            .await
+            .context("connecting to PostgreSQL");
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    SqlStore::sqlite(&path).await.context("opening SQLite")
 }
 
 /// The token signing secret: `jwt_secret`, or the one kept under the data directory (made on

@@ -5,6 +5,7 @@ mod helpers;
 
 mod analytics;
 mod auth;
+mod backup;
 mod bridge;
 mod brokers;
 mod bus;
