@@ -5,22 +5,8 @@
 use std::time::Duration;
 
 use convene::backup::{self, DataDirLock};
-use serde_json::Value;
 
-use crate::helpers::{Backend, TempDir, TestApp, spawn_app};
-
-async fn seats(app: &TestApp, base: &str, event: i64) -> i64 {
-    let r: Value = app
-        .client
-        .get(format!("{base}/api/v1/events/{event}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["registered_count"].as_i64().unwrap()
-}
+use crate::helpers::{Backend, TempDir, registered_count, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_under_write_load_restores_to_a_consistent_node() {
@@ -73,7 +59,7 @@ async fn a_backup_under_write_load_restores_to_a_consistent_node() {
     config.database_url = None;
     config.listen = "127.0.0.1:0".parse().unwrap();
     let node = convene::node::Node::start(config.clone()).await.unwrap();
-    let restored = seats(&app, &node.url(), event).await;
+    let restored = registered_count(&app.client, &node.url(), event).await;
     assert!(
         (before..=after).contains(&restored),
         "{restored} seats, not between {before} and {after}"
@@ -157,34 +143,21 @@ async fn the_commands_back_up_a_serving_node_and_refuse_to_restore_under_it() {
     .unwrap();
     assert!(started, "the node did not start");
     let copy = dir.0.join("copy.db");
-    let out = convene(&["backup", "--out", copy.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("backed up"));
-    let out = convene(&["restore", "--from", copy.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("a node is serving from"), "{err}");
+    let copy = copy.to_str().unwrap();
+    let (ok, out, err) = run(convene(&["backup", "--out", copy])).await;
+    assert!(ok && out.starts_with("backed up"), "{out}{err}");
+    let (ok, _, err) = run(convene(&["restore", "--from", copy])).await;
+    assert!(!ok && err.contains("a node is serving from"), "{err}");
     serving.kill().await.unwrap();
     serving.wait().await.unwrap();
     // Once it stopped, the restore goes through and keeps what it replaced.
-    let out = convene(&["restore", "--from", copy.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("is kept as"));
+    let (ok, out, err) = run(convene(&["restore", "--from", copy])).await;
+    assert!(ok && out.contains("is kept as"), "{out}{err}");
+}
+
+/// Whether a command succeeded, and what it printed on stdout and stderr.
+async fn run(mut command: tokio::process::Command) -> (bool, String, String) {
+    let out = command.output().await.unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
 }

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 
 use crate::bus::{names, nats_client};
 use crate::helpers::{
-    Backend, Settings, TestApp, eventually, service_url, spawn_app_with, unavailable,
+    Backend, Settings, TestApp, eventually, registered_count, service_url, spawn_app_with,
+    unavailable,
 };
 
 /// A service token minted by the `convene tokens issue` command, with the node's secret.
@@ -405,17 +406,7 @@ async fn kafka_commands_resume_after_a_restart_and_poison_goes_to_the_dead_lette
     }
     let node = convene::node::Node::start(config).await.unwrap();
     let base = node.url();
-    let seats = || async {
-        let r: Value = client
-            .get(format!("{base}/api/v1/events/{event}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        r["registered_count"].as_i64().unwrap()
-    };
+    let seats = || registered_count(&client, &base, event);
     assert!(
         eventually(Duration::from_secs(60), || async { seats().await == 40 }).await,
         "the restarted consumer carries out the rest"

@@ -35,6 +35,19 @@ impl Drop for TempDir {
     }
 }
 
+/// An event's `registered_count` as the node at `base` shows it.
+pub async fn registered_count(client: &reqwest::Client, base: &str, event: i64) -> i64 {
+    let r: Value = client
+        .get(format!("{base}/api/v1/events/{event}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["registered_count"].as_i64().unwrap()
+}
+
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
 }
