@@ -442,7 +442,9 @@ async fn a_slow_consumer_is_cut_off(app: TestApp) {
     for i in 1..=300 {
         p.publish("room:firehose", json!({"blob": blob, "n": i}), i)
             .await;
-        if i % 20 == 0 {
+        // The publisher is a member too: it reads its own share often enough not to become a
+        // slow consumer itself on a loaded machine.
+        if i % 5 == 0 {
             let mut others = Vec::new();
             reply_to(&mut p, i, &mut others).await;
         }
