@@ -64,6 +64,8 @@ pub struct Inner {
     pub draining: AtomicBool,
     /// Metric families.
     pub metrics: Metrics,
+    /// What the operator console's reports keep between calls.
+    pub admin: crate::admin::Admin,
     /// The configuration the node started with.
     pub config: Config,
     /// When the node started.

@@ -3,6 +3,7 @@
 //! (reads that span many entities go to the store), and maps the answer; errors become JSON in
 //! [`error`].
 
+pub mod admin;
 pub mod analytics;
 pub mod asyncapi;
 pub mod auth;
@@ -55,9 +56,11 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(cluster::routes(app.clone()))
         .unify()
+        .or(admin::routes(app.clone()))
+        .unify()
         .or(asyncapi::routes())
         .unify();
-    let (metrics, tracker) = (app.metrics.clone(), app.tracker.clone());
+    let (metrics, tracker, admin_app) = (app.metrics.clone(), app.tracker.clone(), app.clone());
     warp::any()
         .map(Instant::now)
         .and(warp::method())
@@ -91,6 +94,14 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
                     .with_label_values(&[method.as_str(), endpoint])
                     .observe(start.elapsed().as_secs_f64());
                 tracker.request(status.as_u16());
+                if status.is_server_error() {
+                    admin_app.admin.record_error(
+                        admin_app.cluster.local(),
+                        method.as_str(),
+                        endpoint,
+                        status.as_u16(),
+                    );
+                }
                 res
             },
         )
@@ -120,6 +131,19 @@ const ROUTES: &[(&str, &str)] = &[
     ("/api/v1/rooms/{room}/presence", "GET"),
     ("/api/v1/rooms/{room}/messages", "GET"),
     ("/api/v1/cluster", "GET"),
+    ("/api/v1/admin/members", "GET"),
+    ("/api/v1/admin/actors", "GET"),
+    ("/api/v1/admin/entities", "GET"),
+    ("/api/v1/admin/entities/passivate", "POST"),
+    ("/api/v1/admin/rooms", "GET"),
+    ("/api/v1/admin/rooms/{room}/notice", "POST"),
+    ("/api/v1/admin/buses", "GET"),
+    ("/api/v1/admin/requests", "GET"),
+    ("/api/v1/admin/stream", "GET"),
+    ("/api/v1/admin/placements", "GET, POST, DELETE"),
+    ("/api/v1/admin/nodes/{node}/drain", "POST"),
+    ("/api/v1/admin/nodes/{node}/undrain", "POST"),
+    ("/console", "GET"),
     ("/ws", "GET"),
     ("/health", "GET"),
     ("/health/live", "GET"),
@@ -132,7 +156,7 @@ const ROUTES: &[(&str, &str)] = &[
 type Segments = Vec<&'static [u8]>;
 
 /// The route template of a path, so metric labels stay bounded: `{id}` stands for a number,
-/// `{room}` for any one segment, and paths of no known route become `unmatched`.
+/// `{room}` and `{node}` for any one segment, and paths of no known route become `unmatched`.
 pub fn route_template(path: &str) -> &'static str {
     // This runs for every request: the templates are split once, the path once, on bytes.
     static TEMPLATES: LazyLock<Vec<(&'static str, Segments)>> = LazyLock::new(|| {
@@ -158,7 +182,7 @@ pub fn route_template(path: &str) -> &'static str {
                     let digits = s.strip_prefix(b"-").unwrap_or(s);
                     !digits.is_empty() && digits.iter().all(u8::is_ascii_digit)
                 }
-                b"{room}" => !s.is_empty(),
+                b"{room}" | b"{node}" => !s.is_empty(),
                 _ => t == s,
             })
     };

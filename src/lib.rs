@@ -1,8 +1,9 @@
 //! Convene: an events platform backend. Users, events and their registrations are long-lived
 //! actors (see `convene-actors`) placed on nodes by `convene-cluster`; this crate is the program
 //! around them: configuration, the sqlx store, authentication and revoked tokens, the HTTP and
-//! WebSocket edges, the buses and the outbox relay, and metrics.
+//! WebSocket edges, the buses and the outbox relay, metrics, and the operator console.
 
+pub mod admin;
 pub mod analytics;
 pub mod app;
 pub mod auth;

@@ -6,10 +6,11 @@
 //! `convene_bus_up`, `convene_bus_commands_total` and `convene_bus_interactions_total`, and the bridge's
 //! `convene_bridge_messages_total`; the recommendations' `ml_predictions_total`,
 //! `recommendation_latency_seconds`, `ml_model_accuracy` and `convene_recommend_model_version`;
-//! the analytics' `convene_anomalies_total` and `convene_analytics_dropped_total`.
+//! the analytics' `convene_anomalies_total` and `convene_analytics_dropped_total`; the WebSocket
+//! edge's `convene_ws_connections` and `convene_ws_slow_consumer_cutoffs_total`.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -52,6 +53,10 @@ pub struct Metrics {
     pub anomalies: IntCounterVec,
     /// Views not counted because this node's analytics queue was full.
     pub analytics_dropped: IntGauge,
+    /// `convene_ws_connections`.
+    pub ws_connections: IntGauge,
+    /// `convene_ws_slow_consumer_cutoffs_total`.
+    pub ws_slow_consumers: IntCounter,
 }
 
 impl Metrics {
@@ -179,8 +184,20 @@ impl Metrics {
             "Views not counted because the analytics queue was full",
         )
         .expect("valid metric");
+        let ws_connections = IntGauge::new(
+            "convene_ws_connections",
+            "WebSocket connections open on this node",
+        )
+        .expect("valid metric");
+        let ws_slow_consumers = IntCounter::new(
+            "convene_ws_slow_consumer_cutoffs_total",
+            "WebSocket connections closed with 4008 for not reading their frames",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(bus_commands.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ws_connections.clone()),
+            Box::new(ws_slow_consumers.clone()),
             Box::new(anomalies.clone()),
             Box::new(bus_interactions.clone()),
             Box::new(analytics_dropped.clone()),
@@ -219,6 +236,8 @@ impl Metrics {
             anomalies,
             analytics_dropped,
             bus_interactions,
+            ws_connections,
+            ws_slow_consumers,
         }
     }
 

@@ -413,11 +413,16 @@ impl Node {
             cluster,
             draining: AtomicBool::new(false),
             metrics,
+            admin: crate::admin::Admin::default(),
             config: config.clone(),
             started: Instant::now(),
             dummy_hash,
         });
-        let mut inbound = Vec::new();
+        app.cluster.serve(
+            crate::admin::TOPIC,
+            Arc::new(crate::admin::Service(app.clone())),
+        );
+        let mut inbound = vec![crate::admin::watch_pins(app.clone())];
         let (stop_inbound, inbound_stopped) = tokio::sync::watch::channel(false);
         if let Some(nats) = &app.buses.nats {
             let prefix = config.bus_prefix.clone();

@@ -98,6 +98,7 @@ macro_rules! write_outbox {
     };
 }
 
+mod admin;
 mod analytics;
 mod events;
 mod interactions;
@@ -105,6 +106,7 @@ mod outbox;
 mod rooms;
 mod users;
 
+pub use admin::Pin;
 pub use events::EventFilter;
 pub use interactions::{Interacted, ModelInfo};
 pub use outbox::{OutboxWatch, PRUNED, Pending, Position, Read};

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use convene_cluster::{Activation, EntityFactory, EntityKey, Spawning};
+use convene_cluster::{Activation, EntityFactory, EntityKey, Inspect, Spawning};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -229,6 +229,17 @@ pub struct AnalyticsState {
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
+}
+
+impl Inspect for AnalyticsState {
+    fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "window": format!("{:?}", self.role).to_lowercase(),
+            "closed_through_minute": self.closed_through,
+            "open_minutes": self.dirty.len(),
+            "uptime_secs": self.started.elapsed().as_secs(),
+        })
+    }
 }
 
 impl AnalyticsState {

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use convene_cluster::{Activation, EntityFactory, EntityKey, ShardMessage, Spawning};
+use convene_cluster::{Activation, EntityFactory, EntityKey, Inspect, ShardMessage, Spawning};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 
@@ -160,6 +160,22 @@ pub struct EventState {
     pending: Vec<Pending>,
     flush_scheduled: bool,
     last_stamp: DateTime<Utc>,
+}
+
+impl Inspect for EventState {
+    fn summary(&self) -> serde_json::Value {
+        match &self.event {
+            Some(e) => serde_json::json!({
+                "id": e.id,
+                "title": e.title,
+                "capacity": e.capacity,
+                "registered": e.registered_count,
+                "waitlisted": self.waitlist.len(),
+                "writes_pending": self.pending.len(),
+            }),
+            None => serde_json::json!({ "found": false }),
+        }
+    }
 }
 
 impl Actor for EventActor {

@@ -30,6 +30,8 @@ pub mod topics {
     pub const REGISTRATION_CANCELLED: &str = "registrations.cancelled";
     /// A minute's rate of a watched metric was far from the usual.
     pub const ANALYTICS_ANOMALY: &str = "analytics.anomaly";
+    /// An operator acted from the console or its command line.
+    pub const ADMIN_ACTION: &str = "admin.action";
 }
 
 /// A user's role; it decides the permissions put in their tokens.

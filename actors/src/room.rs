@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use convene_cluster::{
-    Activation, Cluster, EntityFactory, EntityKey, Router, ShardMessage, Spawning,
+    Activation, Cluster, EntityFactory, EntityKey, Inspect, Router, ShardMessage, Spawning,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
@@ -121,6 +121,14 @@ convene_cluster::entity_messages! {
                 conn_id: u64,
                 /// The message body.
                 body: Value,
+            } -> Result<i64, RoomError>,
+            /// An operator's notice to everyone in the room: stored and broadcast as a message
+            /// whose body is `{"type": "notice", "text": …}`; answers its seq.
+            Notice {
+                /// The operator's user id.
+                from: i64,
+                /// What the notice says.
+                text: String,
             } -> Result<i64, RoomError>,
             /// Who is present: the connections after `after` (by id), at most `limit`.
             Presence {
@@ -340,6 +348,19 @@ pub struct RoomState {
     flush_scheduled: bool,
 }
 
+impl Inspect for RoomState {
+    fn summary(&self) -> Value {
+        serde_json::json!({
+            "room": self.key.id(),
+            "connections": self.members.len(),
+            "users": self.users.len(),
+            "nodes": self.nodes.len(),
+            "seq": self.seq,
+            "counts_only": self.counts_mode,
+        })
+    }
+}
+
 impl Actor for RoomActor {
     type Msg = RoomCommand;
     type State = RoomState;
@@ -410,22 +431,15 @@ impl Actor for RoomActor {
                 body,
                 reply,
             } => match state.admit(conn_id).await {
-                Ok(user_id) => {
-                    state.pending.push((user_id, body, reply));
-                    if !state.publish_scheduled {
-                        // Queued behind the publishes already in the mailbox: one commit for all.
-                        // A draining room (being handed off) takes no new messages: it commits
-                        // at once instead.
-                        state.publish_scheduled = true;
-                        if myself.cast(RoomCommand::CommitMessages).is_err() {
-                            state.commit_pending().await;
-                        }
-                    }
-                }
+                Ok(user_id) => state.queue(&myself, user_id, body, reply).await,
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
+            RoomCommand::Notice { from, text, reply } => {
+                let body = serde_json::json!({ "type": "notice", "text": text });
+                state.queue(&myself, from, body, reply).await;
+            }
             RoomCommand::CommitMessages => state.commit_pending().await,
             RoomCommand::InjectFault => panic!("fault injected into {}", state.key),
             RoomCommand::Presence {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use convene_cluster::{Activation, EntityFactory, EntityKey, ShardMessage, Spawning};
+use convene_cluster::{Activation, EntityFactory, EntityKey, Inspect, ShardMessage, Spawning};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Value, json};
 
@@ -99,6 +99,20 @@ pub struct UserState {
     shard: ActorRef<ShardMessage<UserMessage>>,
     idle: Idle,
     user: Option<User>,
+}
+
+impl Inspect for UserState {
+    fn summary(&self) -> Value {
+        match &self.user {
+            Some(u) => serde_json::json!({
+                "id": u.id,
+                "name": u.name,
+                "role": u.role.as_str(),
+                "version": u.version,
+            }),
+            None => serde_json::json!({ "found": false }),
+        }
+    }
 }
 
 impl UserState {

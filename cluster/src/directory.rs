@@ -11,6 +11,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use ractor::{ActorRef, Message, MessagingErr};
 
 use crate::EntityKey;
+use crate::probe::Probe;
 
 /// Running entity actors by key.
 pub(crate) struct Directory<M> {
@@ -18,8 +19,8 @@ pub(crate) struct Directory<M> {
 }
 
 struct Entry<M> {
-    /// The running actor; `None` while it starts, drains or after it stopped.
-    actor: RwLock<Option<ActorRef<M>>>,
+    /// The running actor and its probe; `None` while it starts, drains or after it stopped.
+    actor: RwLock<Option<(ActorRef<M>, Arc<Probe>)>>,
     /// Messages for the key sent through the shard that are not yet in the actor's mailbox.
     in_flight: AtomicUsize,
 }
@@ -85,13 +86,18 @@ impl<M: Message> Directory<M> {
             let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(entry) = entries.get(key) {
                 let actor = entry.actor.read().unwrap_or_else(PoisonError::into_inner);
-                if let Some(actor) = actor.as_ref()
+                if let Some((actor, probe)) = actor.as_ref()
                     && entry.in_flight.load(Ordering::Acquire) == 0
                 {
+                    // Counted before it is sent: the actor may handle it at once.
+                    probe.enqueued();
                     match actor.cast(msg) {
                         Ok(()) => return Ok(()),
                         // Draining or stopped: the shard knows what to do with it.
-                        Err(MessagingErr::SendErr(m)) => msg = m,
+                        Err(MessagingErr::SendErr(m)) => {
+                            probe.unqueued();
+                            msg = m;
+                        }
                         // The mailbox closed under it: the message is gone, and with it the
                         // reply port, so the caller sees the entity as unavailable.
                         Err(_) => return Ok(()),
@@ -106,9 +112,9 @@ impl<M: Message> Directory<M> {
     }
 
     /// The actor of `key` runs and has every message the shard held for it.
-    pub(crate) fn running(&self, key: &EntityKey, actor: ActorRef<M>) {
+    pub(crate) fn running(&self, key: &EntityKey, actor: ActorRef<M>, probe: Arc<Probe>) {
         let entry = self.entry(key);
-        *entry.actor.write().unwrap_or_else(PoisonError::into_inner) = Some(actor);
+        *entry.actor.write().unwrap_or_else(PoisonError::into_inner) = Some((actor, probe));
     }
 
     /// The actor of `key` is about to drain or stop, or has stopped: messages go through the

@@ -74,6 +74,7 @@ struct Inner {
     status: Mutex<(MemberStatus, MemberStatus)>,
     members: Mutex<BTreeMap<String, Known>>,
     placement: RwLock<Arc<Placement>>,
+    overrides: RwLock<Arc<BTreeMap<EntityKey, String>>>,
     registry: Registry,
     on_change: RwLock<Vec<Box<dyn Fn() + Send + Sync>>>,
     metrics: ClusterMetrics,
@@ -127,6 +128,7 @@ impl Cluster {
             status: Mutex::new((status, status)),
             members: Mutex::new(BTreeMap::new()),
             placement: RwLock::new(Arc::new(placement)),
+            overrides: RwLock::default(),
             registry: Registry::default(),
             on_change: RwLock::new(Vec::new()),
             metrics: ClusterMetrics::new(),
@@ -215,7 +217,7 @@ impl Cluster {
         self.0.registry.kind(kind)
     }
 
-    fn kinds(&self) -> Vec<(&'static str, Arc<dyn LocalKind>)> {
+    pub(crate) fn kinds(&self) -> Vec<(&'static str, Arc<dyn LocalKind>)> {
         self.0.registry.kinds()
     }
 
@@ -298,6 +300,45 @@ impl Cluster {
         s.0 = MemberStatus::Leaving;
         drop(s);
         tracing::info!(node = self.local(), "member leaving; handing entities off");
+        self.replace_placement();
+    }
+
+    /// Comes back after [`Cluster::start_leaving`] without having stopped: up again, and
+    /// owning its share of the keys.
+    pub fn rejoin(&self) {
+        let changed = {
+            let mut s = lock(&self.0.status);
+            let was = s.0;
+            if was == MemberStatus::Leaving {
+                *s = (MemberStatus::Up, MemberStatus::Up);
+            }
+            was == MemberStatus::Leaving
+        };
+        if changed {
+            tracing::info!(node = self.local(), "member up again");
+            self.replace_placement();
+        }
+    }
+
+    /// The entities pinned to a member by an operator.
+    pub fn overrides(&self) -> Arc<BTreeMap<EntityKey, String>> {
+        self.0
+            .overrides
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the pinned entities; the ones that moved are handed off to their new owners.
+    pub fn set_overrides(&self, overrides: BTreeMap<EntityKey, String>) {
+        {
+            let mut slot = self.0.overrides.write().unwrap_or_else(|e| e.into_inner());
+            if **slot == overrides {
+                return;
+            }
+            *slot = Arc::new(overrides);
+        }
+        tracing::info!(pinned = self.overrides().len(), "placement overrides changed");
         self.replace_placement();
     }
 
@@ -436,13 +477,13 @@ impl Cluster {
             address: k.heartbeat.address.clone(),
             status: k.status,
         }));
-        let next = Placement::new(self.local().to_owned(), members);
+        let next = Placement::new(self.local().to_owned(), members).with_overrides(self.overrides());
         let before = {
             let mut slot = self.0.placement.write().unwrap_or_else(|e| e.into_inner());
             std::mem::replace(&mut *slot, Arc::new(next.clone()))
         };
         self.count_members();
-        if before.up_names() != next.up_names() {
+        if before.up_names() != next.up_names() || before.overrides() != next.overrides() {
             tracing::info!(up = ?next.up_names(), "placement changed");
             for (_, local) in self.kinds() {
                 local.rebalance();

@@ -1,7 +1,10 @@
-//! The cluster's metric families: members by status, hand-offs, forwards and their latency.
+//! The cluster's metric families: members by status, hand-offs, forwards and their latency,
+//! and the entity actors of each kind (messages, handling time, mailboxes, restarts).
 
 use prometheus::core::Collector;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+};
 
 /// The cluster's metric families.
 #[derive(Clone)]
@@ -14,6 +17,18 @@ pub struct ClusterMetrics {
     pub forwarded: IntCounter,
     /// `convene_forward_duration_seconds`.
     pub forward_latency: Histogram,
+    /// `convene_actor_messages_total{node,kind}`.
+    pub actor_messages: IntCounterVec,
+    /// `convene_actor_handling_seconds{node,kind}`.
+    pub actor_handling: HistogramVec,
+    /// `convene_actor_mailbox_messages{node,kind}`.
+    pub actor_mailbox: IntGaugeVec,
+    /// `convene_actor_active{node,kind}`.
+    pub actor_active: IntGaugeVec,
+    /// `convene_actor_restarts_total{node,kind}`.
+    pub actor_restarts: IntCounterVec,
+    /// `convene_actor_passivations_total{node,kind}`.
+    pub actor_passivations: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -44,6 +59,54 @@ impl ClusterMetrics {
                 ]),
             )
             .expect("valid metric"),
+            actor_messages: IntCounterVec::new(
+                Opts::new(
+                    "convene_actor_messages_total",
+                    "Messages handled by entity actors",
+                ),
+                &["node", "kind"],
+            )
+            .expect("valid metric"),
+            actor_handling: HistogramVec::new(
+                HistogramOpts::new(
+                    "convene_actor_handling_seconds",
+                    "Time an entity actor took to handle a message",
+                )
+                .buckets(vec![
+                    0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+                ]),
+                &["node", "kind"],
+            )
+            .expect("valid metric"),
+            actor_mailbox: IntGaugeVec::new(
+                Opts::new(
+                    "convene_actor_mailbox_messages",
+                    "Messages waiting in the mailboxes of entity actors",
+                ),
+                &["node", "kind"],
+            )
+            .expect("valid metric"),
+            actor_active: IntGaugeVec::new(
+                Opts::new("convene_actor_active", "Entity actors running"),
+                &["node", "kind"],
+            )
+            .expect("valid metric"),
+            actor_restarts: IntCounterVec::new(
+                Opts::new(
+                    "convene_actor_restarts_total",
+                    "Entity actors restarted after a crash",
+                ),
+                &["node", "kind"],
+            )
+            .expect("valid metric"),
+            actor_passivations: IntCounterVec::new(
+                Opts::new(
+                    "convene_actor_passivations_total",
+                    "Entity actors stopped after being idle or asked to",
+                ),
+                &["node", "kind"],
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -54,6 +117,12 @@ impl ClusterMetrics {
             Box::new(self.handoffs.clone()),
             Box::new(self.forwarded.clone()),
             Box::new(self.forward_latency.clone()),
+            Box::new(self.actor_messages.clone()),
+            Box::new(self.actor_handling.clone()),
+            Box::new(self.actor_mailbox.clone()),
+            Box::new(self.actor_active.clone()),
+            Box::new(self.actor_restarts.clone()),
+            Box::new(self.actor_passivations.clone()),
         ]
     }
 }

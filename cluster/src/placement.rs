@@ -1,6 +1,9 @@
-//! Members of the cluster and the choice of each entity's owner by rendezvous hashing.
+//! Members of the cluster and the choice of each entity's owner: by rendezvous hashing, unless
+//! an operator pinned the entity to a member that is up.
 
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,12 +51,29 @@ pub struct Member {
 pub struct Placement {
     local: String,
     members: Vec<Member>,
+    overrides: Arc<BTreeMap<EntityKey, String>>,
 }
 
 impl Placement {
     /// A placement over `members`, seen from the member named `local`.
     pub fn new(local: String, members: Vec<Member>) -> Self {
-        Self { local, members }
+        Self {
+            local,
+            members,
+            overrides: Arc::default(),
+        }
+    }
+
+    /// The same placement with entities pinned to members: an entity listed here is owned by
+    /// its member while that member is up, and placed by hashing otherwise.
+    pub fn with_overrides(mut self, overrides: Arc<BTreeMap<EntityKey, String>>) -> Self {
+        self.overrides = overrides;
+        self
+    }
+
+    /// The entities pinned to a member.
+    pub fn overrides(&self) -> &BTreeMap<EntityKey, String> {
+        &self.overrides
     }
 
     /// The names of the members that own keys.
@@ -81,6 +101,14 @@ impl Placement {
     /// The member that owns `key`: the `up` member with the highest weight for it (rendezvous
     /// hashing), so adding or removing a member moves only the keys that member wins or held.
     pub fn owner(&self, key: &EntityKey) -> Option<&Member> {
+        if let Some(pinned) = self.overrides.get(key)
+            && let Some(m) = self
+                .members
+                .iter()
+                .find(|m| &m.name == pinned && m.status == MemberStatus::Up)
+        {
+            return Some(m);
+        }
         self.members
             .iter()
             .filter(|m| m.status == MemberStatus::Up)
@@ -129,6 +157,25 @@ mod tests {
         let mut p = with_members(&["a", "b"]);
         p.members[1].status = MemberStatus::Leaving;
         assert!((0..100).all(|i| p.is_local(&EntityKey::new("item", i))));
+    }
+
+    #[test]
+    fn a_pinned_key_follows_its_member_while_it_is_up() {
+        let key = EntityKey::new("item", 7);
+        let mut p = with_members(&["a", "b", "c"]);
+        let hashed = p.owner(&key).unwrap().name.clone();
+        let other = ["a", "b", "c"].into_iter().find(|n| *n != hashed).unwrap();
+        let pins = BTreeMap::from([(key.clone(), other.to_owned())]);
+        p = p.with_overrides(Arc::new(pins));
+        assert_eq!(p.owner(&key).unwrap().name, other);
+        let unpinned = EntityKey::new("item", 8);
+        assert_eq!(
+            p.owner(&unpinned).unwrap().name,
+            with_members(&["a", "b", "c"]).owner(&unpinned).unwrap().name
+        );
+        let i = p.members.iter().position(|m| m.name == other).unwrap();
+        p.members[i].status = MemberStatus::Leaving;
+        assert_eq!(p.owner(&key).unwrap().name, hashed);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
+use crate::probe::KindProbes;
 use crate::wire::{Answer, WireError};
 use crate::{EntityKey, KeyError, ShardStats};
 
@@ -17,6 +18,10 @@ pub(crate) trait LocalKind: Send + Sync {
     fn rebalance(&self);
     /// The local shard's counters.
     fn stats(&self) -> Pin<Box<dyn Future<Output = Option<ShardStats>> + Send>>;
+    /// What the console sees of the kind's actors here.
+    fn probes(&self) -> Arc<KindProbes>;
+    /// Asks the local shard to passivate the entity of `key` if it runs.
+    fn passivate(&self, key: EntityKey);
 }
 
 /// A service every node runs once (such as the fan-out of room frames to the node's sockets),

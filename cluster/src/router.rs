@@ -11,6 +11,7 @@ use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort, SpawnErr};
 use tokio::sync::oneshot;
 
 use crate::directory::Directory;
+use crate::probe::KindProbes;
 use crate::registry::LocalKind;
 use crate::shard::{EntityFactory, KindSettings, Shard, ShardArgs, deliver_local, route};
 use crate::wire::{Answer, Forwardable, WireError};
@@ -32,6 +33,7 @@ pub struct Router<M> {
     cluster: Cluster,
     shard: ActorRef<ShardMessage<M>>,
     directory: Arc<Directory<M>>,
+    probes: Arc<KindProbes>,
     timeout: Duration,
 }
 
@@ -41,6 +43,7 @@ impl<M> Clone for Router<M> {
             cluster: self.cluster.clone(),
             shard: self.shard.clone(),
             directory: self.directory.clone(),
+            probes: self.probes.clone(),
             timeout: self.timeout,
         }
     }
@@ -57,17 +60,21 @@ impl<M: Forwardable> Router<M> {
     ) -> Result<Self, SpawnErr> {
         let kind = factory.kind();
         let directory = Arc::new(Directory::new());
+        let probes = KindProbes::new(kind, cluster.local(), cluster.metrics());
+        probes.start_sampling();
         let args = ShardArgs {
             factory: Arc::new(factory),
             settings,
             cluster: cluster.clone(),
             directory: directory.clone(),
+            probes: probes.clone(),
         };
         let (shard, _) = Actor::spawn(None, Shard::<F>::default(), args).await?;
         let router = Self {
             cluster,
             shard,
             directory,
+            probes,
             timeout: settings.timeout,
         };
         router
@@ -151,5 +158,13 @@ impl<M: Forwardable> LocalKind for Router<M> {
     fn stats(&self) -> Pin<Box<dyn Future<Output = Option<ShardStats>> + Send>> {
         let shard = self.shard.clone();
         Box::pin(async move { ractor::call_t!(shard, ShardMessage::Stats, 1000).ok() })
+    }
+
+    fn probes(&self) -> Arc<KindProbes> {
+        self.probes.clone()
+    }
+
+    fn passivate(&self, key: EntityKey) {
+        let _ = self.shard.cast(ShardMessage::Passivate { key });
     }
 }

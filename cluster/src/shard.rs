@@ -19,6 +19,7 @@ use ractor::{
 mod forward;
 
 use crate::directory::{Directory, Ticket};
+use crate::probe::{Inspect, KindProbes, Probe, Probed};
 use crate::wire::Forwardable;
 use crate::{Cluster, EntityKey};
 use forward::{Forward, remote_owner};
@@ -48,13 +49,25 @@ pub struct Activation<M> {
     pub supervisor: ActorCell,
     /// How long the actor may stay without messages before it asks to be passivated.
     pub passivate_after: Duration,
+    probe: Arc<Probe>,
+    probes: Arc<KindProbes>,
 }
 
-impl<M: Message> Activation<M> {
-    /// Spawns `actor` with `args`, linked to the supervisor.
-    pub fn start<A: Actor<Msg = M>>(self, actor: A, args: A::Arguments) -> Spawning<M> {
+impl<M: Forwardable> Activation<M> {
+    /// Spawns `actor` with `args`, linked to the supervisor, with the probe the console reads
+    /// (its messages counted and timed, a summary of its state kept).
+    pub fn start<A>(self, actor: A, args: A::Arguments) -> Spawning<M>
+    where
+        A: Actor<Msg = M>,
+        A::State: Inspect,
+    {
+        let probed = Probed {
+            inner: actor,
+            probe: self.probe,
+            kind: self.probes,
+        };
         Box::pin(async move {
-            let (actor, _) = Actor::spawn_linked(None, actor, args, self.supervisor).await?;
+            let (actor, _) = Actor::spawn_linked(None, probed, args, self.supervisor).await?;
             Ok(actor)
         })
     }
@@ -98,6 +111,8 @@ pub enum ShardMessage<M> {
         key: EntityKey,
         /// Its actor, or why it could not start.
         result: Result<ActorRef<M>, String>,
+        /// The activation's probe.
+        probe: Arc<Probe>,
     },
     /// How many entities are active, for metrics and the console.
     Stats(RpcReplyPort<ShardStats>),
@@ -132,6 +147,8 @@ pub struct ShardArgs<F: EntityFactory> {
     pub cluster: Cluster,
     /// Where the kind's routers find running actors.
     pub(crate) directory: Arc<Directory<F::Msg>>,
+    /// What the console sees of the kind's actors.
+    pub(crate) probes: Arc<KindProbes>,
 }
 
 /// The shard actor for one kind. Its state is the table of entity slots.
@@ -148,7 +165,7 @@ type Waiting<M> = VecDeque<(M, Option<Ticket<M>>)>;
 
 enum Slot<M> {
     Starting(Waiting<M>),
-    Running(ActorRef<M>),
+    Running(ActorRef<M>, Arc<Probe>),
     Stopping(Waiting<M>),
 }
 
@@ -172,18 +189,22 @@ impl<F: EntityFactory> ShardState<F> {
         let factory = self.args.factory.clone();
         let me = myself.clone();
         let passivate_after = self.args.settings.passivate_after;
+        let probes = self.args.probes.clone();
         tokio::spawn(async move {
+            let probe = Probe::new();
             let activation = Activation {
                 shard: me.clone(),
                 supervisor: me.get_cell(),
                 passivate_after,
+                probe: probe.clone(),
+                probes,
             };
             let result = factory
                 .spawn(key.clone(), activation)
                 .await
                 .map_err(|e| e.to_string());
             // If the shard is gone the new actor is linked to it and stops with it.
-            let _ = me.cast(ShardMessage::Started { key, result });
+            let _ = me.cast(ShardMessage::Started { key, result, probe });
         });
     }
 
@@ -221,7 +242,7 @@ impl<F: EntityFactory> ShardState<F> {
         msg: F::Msg,
         ticket: Option<Ticket<F::Msg>>,
     ) {
-        if !matches!(self.slots.get(&key), Some(Slot::Running(_))) {
+        if !matches!(self.slots.get(&key), Some(Slot::Running(..))) {
             let Some(msg) = self.follow(myself, &key, msg) else {
                 return;
             };
@@ -239,7 +260,8 @@ impl<F: EntityFactory> ShardState<F> {
     ) {
         match self.slots.get_mut(&key) {
             Some(Slot::Starting(buf) | Slot::Stopping(buf)) => buf.push_back((msg, ticket)),
-            Some(Slot::Running(actor)) => {
+            Some(Slot::Running(actor, probe)) => {
+                probe.enqueued();
                 if let Err(e) = actor.cast(msg) {
                     // The actor stopped between its last message and this one; its exit
                     // notice is on the way. Start it again with this message first.
@@ -249,6 +271,7 @@ impl<F: EntityFactory> ShardState<F> {
                         buf.push_back((m, ticket));
                     }
                     self.by_actor.retain(|_, k| *k != key);
+                    self.args.probes.stopped(&key);
                     self.start(myself, key, buf);
                 }
             }
@@ -267,7 +290,7 @@ impl<F: EntityFactory> ShardState<F> {
         };
         let buf = match self.slots.remove(&key) {
             Some(Slot::Stopping(buf)) => buf,
-            Some(Slot::Running(_)) | None => VecDeque::new(),
+            Some(Slot::Running(..)) | None => VecDeque::new(),
             Some(other) => {
                 // A newer activation already replaced this one.
                 self.slots.insert(key, other);
@@ -283,6 +306,7 @@ impl<F: EntityFactory> ShardState<F> {
             entry.1 += 1;
             if entry.1 <= self.args.settings.max_restarts {
                 self.stats.restarts += 1;
+                self.args.probes.restarted();
                 true
             } else {
                 tracing::error!(%key, "entity keeps crashing; left inactive until its next message");
@@ -291,6 +315,7 @@ impl<F: EntityFactory> ShardState<F> {
         } else {
             false
         };
+        self.args.probes.stopped(&key);
         // Messages that waited for a handed-off entity follow its key to the new owner.
         let buf: Waiting<F::Msg> = buf
             .into_iter()
@@ -312,11 +337,11 @@ impl<F: EntityFactory> ShardState<F> {
         let moved: Vec<EntityKey> = self
             .slots
             .iter()
-            .filter(|(k, slot)| matches!(slot, Slot::Running(_)) && !self.args.cluster.is_local(k))
+            .filter(|(k, slot)| matches!(slot, Slot::Running(..)) && !self.args.cluster.is_local(k))
             .map(|(k, _)| k.clone())
             .collect();
         for key in moved {
-            if let Some(Slot::Running(actor)) = self.slots.get(&key) {
+            if let Some(Slot::Running(actor, _)) = self.slots.get(&key) {
                 self.args.directory.stopping(&key);
                 let _ = actor.drain();
                 self.slots.insert(key, Slot::Stopping(VecDeque::new()));
@@ -356,7 +381,7 @@ impl<F: EntityFactory> Actor for Shard<F> {
             ShardMessage::Deliver { key, msg, ticket } => {
                 state.deliver(&myself, key, msg, ticket);
             }
-            ShardMessage::Started { key, result } => {
+            ShardMessage::Started { key, result, probe } => {
                 let Some(Slot::Starting(buf)) = state.slots.remove(&key) else {
                     return Ok(());
                 };
@@ -364,12 +389,17 @@ impl<F: EntityFactory> Actor for Shard<F> {
                     Ok(actor) => {
                         for (msg, ticket) in buf {
                             // A send error means it already died; its exit notice restarts it.
+                            probe.enqueued();
                             let _ = actor.cast(msg);
                             drop(ticket);
                         }
-                        state.args.directory.running(&key, actor.clone());
+                        state
+                            .args
+                            .directory
+                            .running(&key, actor.clone(), probe.clone());
+                        state.args.probes.activated(&key, probe.clone());
                         state.by_actor.insert(actor.get_id(), key.clone());
-                        state.slots.insert(key.clone(), Slot::Running(actor));
+                        state.slots.insert(key.clone(), Slot::Running(actor, probe));
                         if remote_owner::<F::Msg>(&state.args.cluster, &key).is_some() {
                             // The key moved while its actor started.
                             state.rebalance();
@@ -385,13 +415,14 @@ impl<F: EntityFactory> Actor for Shard<F> {
                 }
             }
             ShardMessage::Passivate { key } => {
-                if let Some(Slot::Running(actor)) = state.slots.get(&key) {
+                if let Some(Slot::Running(actor, _)) = state.slots.get(&key) {
                     // Drain: messages already in its mailbox are handled before it stops, and
                     // new ones wait here until it has stopped.
                     state.args.directory.stopping(&key);
                     let _ = actor.drain();
                     state.slots.insert(key, Slot::Stopping(VecDeque::new()));
                     state.stats.passivations += 1;
+                    state.args.probes.passivated();
                 }
             }
             ShardMessage::Stats(reply) => {

@@ -42,6 +42,9 @@ pub trait Forwardable: Message + Sized {
     /// Rebuilds a message from its request bytes, with a fresh reply port whose answer the
     /// returned future encodes.
     fn from_wire(body: &[u8]) -> Result<(Self, Answer), WireError>;
+
+    /// The message's name (its variant), as the console lists the messages an entity handled.
+    fn label(&self) -> &'static str;
 }
 
 /// Encodes a request.
@@ -212,6 +215,14 @@ macro_rules! entity_messages {
                         ),
                     )*
                 })
+            }
+
+            fn label(&self) -> &'static str {
+                match self {
+                    $( Self::$AVar { .. } => stringify!($AVar), )*
+                    $( Self::$TVar { .. } => stringify!($TVar), )*
+                    $( Self::$LVar { .. } => stringify!($LVar), )*
+                }
             }
         }
     };

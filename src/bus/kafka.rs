@@ -21,11 +21,12 @@ const BUS: &str = "kafka";
 
 /// The topics under the prefix: one per family of domain events, the registration commands and
 /// their dead letters.
-const TOPICS: [&str; 8] = [
+const TOPICS: [&str; 9] = [
     "events",
     "registrations",
     "users",
     "analytics",
+    "admin",
     COMMANDS_TOPIC,
     DEAD_LETTERS_TOPIC,
     INTERACTIONS_TOPIC,
@@ -226,6 +227,51 @@ impl Publisher for Kafka {
             self.up.store(reached, Ordering::Relaxed);
         }
         self.up.load(Ordering::Relaxed)
+    }
+}
+
+impl Kafka {
+    /// How far the consumer group `group` is behind on `topic` (full name): the messages past
+    /// its committed offsets, summed over the partitions; `None` when the broker does not
+    /// answer within a second or two.
+    pub async fn consumer_lag(&self, group: &str, topic: &str) -> Option<i64> {
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .ok()?;
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let wait = Duration::from_secs(1);
+            let metadata = consumer.fetch_metadata(Some(&topic), wait).ok()?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)?
+                .partitions()
+                .iter()
+                .map(|p| p.id())
+                .collect();
+            let mut list = rdkafka::TopicPartitionList::new();
+            for p in &partitions {
+                list.add_partition(&topic, *p);
+            }
+            let committed = consumer.committed_offsets(list, wait).ok()?;
+            let mut lag = 0;
+            for p in partitions {
+                let (low, high) = consumer.fetch_watermarks(&topic, p, wait).ok()?;
+                let at = match committed.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(rdkafka::Offset::Offset(n)) => n,
+                    _ => low,
+                };
+                lag += (high - at).max(0);
+            }
+            Some(lag)
+        })
+        .await
+        .ok()
+        .flatten()
     }
 }
 

@@ -16,7 +16,13 @@ const BUS: &str = "nats";
 /// Repeats of one message id within this window are dropped by the stream.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 /// The subjects of the stream under the prefix: one wildcard per family of domain events.
-const FAMILIES: [&str; 4] = ["events.>", "registrations.>", "users.>", "analytics.>"];
+const FAMILIES: [&str; 5] = [
+    "events.>",
+    "registrations.>",
+    "users.>",
+    "analytics.>",
+    "admin.>",
+];
 
 /// The JetStream publisher.
 pub struct Nats {

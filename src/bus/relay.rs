@@ -21,7 +21,7 @@ use crate::store::{OutboxWatch, Position, Read, SqlStore};
 use convene_actors::StoreError;
 
 /// The lease's name in the database, and the relay's cursor's.
-const LEASE: &str = "relay";
+pub const LEASE: &str = "relay";
 /// First and longest wait before trying a failed bus again.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);

@@ -13,7 +13,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::{
-    analytics, auth, cluster, curation, events, json, recommendations, registrations, rooms,
+    admin, analytics, auth, cluster, curation, events, json, recommendations, registrations, rooms,
     search, users, with_app,
 };
 use crate::app::App;
@@ -199,6 +199,9 @@ impl Modify for BearerAuth {
         registrations::register, registrations::cancel, registrations::registrations,
         rooms::presence, rooms::messages,
         health, metrics, cluster::status,
+        admin::members, admin::actors, admin::entity, admin::rooms, admin::buses,
+        admin::requests, admin::stream, admin::placements, admin::passivate, admin::drain,
+        admin::undrain, admin::pin, admin::unpin, admin::notice,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -210,6 +213,7 @@ impl Modify for BearerAuth {
         (name = "recommendations", description = "Recommendations, similar events, interactions"),
         (name = "analytics", description = "Trending events, an event's numbers, the system's windows and anomalies"),
         (name = "operations", description = "Health, metrics and the cluster console"),
+        (name = "console", description = "The operator console: members, actors, entities, rooms, buses, requests, and actions"),
     )
 )]
 pub struct ApiDoc;

@@ -85,13 +85,13 @@ pub struct MessagesQuery {
     pub limit: Option<String>,
 }
 
-fn room_name(raw: &str) -> Result<String, ApiError> {
+pub(crate) fn room_name(raw: &str) -> Result<String, ApiError> {
     let name = raw.replace("%3A", ":").replace("%3a", ":");
     parse_room(&name).map_err(|_| ApiError::NotFound)?;
     Ok(name)
 }
 
-fn room_error(e: RoomError) -> ApiError {
+pub(crate) fn room_error(e: RoomError) -> ApiError {
     match e {
         RoomError::HistoryGap { oldest } => ApiError::Conflict {
             code: "history_gap".into(),

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use convene_actors::fanout::Conn;
+use convene_actors::fanout::{CLOSE_SLOW_CONSUMER, Conn};
 use convene_actors::protocol::{ClientFrame, ClientOp, ServerFrame};
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -73,6 +73,7 @@ pub(super) async fn serve(app: App, mut socket: Socket, token: Option<String>) {
         let _ = socket.send(close(CLOSE_UNAUTHORIZED, "unauthorized")).await;
         return;
     };
+    app.metrics.ws_connections.inc();
     let (tx, rx) = mpsc::channel(app.config.ws_outbound_queue.max(1));
     let conn = Arc::new(Conn::new(
         NEXT_CONN.fetch_add(1, Ordering::Relaxed),
@@ -92,6 +93,10 @@ pub(super) async fn serve(app: App, mut socket: Socket, token: Option<String>) {
         conn.close_with(1000, "bye");
     }
     let _ = writer.await;
+    app.metrics.ws_connections.dec();
+    if conn.close_reason().is_some_and(|(code, _)| code == CLOSE_SLOW_CONSUMER) {
+        app.metrics.ws_slow_consumers.inc();
+    }
     // Let the client answer the close frame before the socket goes.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while let Some(Ok(msg)) = stream.next().await {

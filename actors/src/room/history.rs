@@ -4,13 +4,15 @@
 use std::sync::Arc;
 
 use chrono::{SecondsFormat, SubsecRound, Utc};
+use ractor::ActorRef;
+use serde_json::Value;
 
 use crate::EntityError;
 use crate::event::EventMessage;
 use crate::protocol::ServerFrame;
 use crate::store::{RoomMessage, StoreError};
 
-use super::{HISTORY, RoomError, RoomKind, RoomState};
+use super::{HISTORY, PublishReply, RoomCommand, RoomError, RoomKind, RoomState};
 
 /// The `message` frame of a stored message.
 pub fn message_frame(room: &str, m: &RoomMessage) -> Arc<str> {
@@ -77,6 +79,25 @@ impl RoomState {
             }
         }
         Ok(user_id)
+    }
+
+    /// Admits a message to the next commit.
+    pub(super) async fn queue(
+        &mut self,
+        myself: &ActorRef<RoomCommand>,
+        from: i64,
+        body: Value,
+        reply: PublishReply,
+    ) {
+        self.pending.push((from, body, reply));
+        if !self.publish_scheduled {
+            // Queued behind the publishes already in the mailbox: one commit for all. A
+            // draining room (being handed off) takes no new messages: it commits at once.
+            self.publish_scheduled = true;
+            if myself.cast(RoomCommand::CommitMessages).is_err() {
+                self.commit_pending().await;
+            }
+        }
     }
 
     /// Stores every waiting message in one transaction, then broadcasts and acknowledges each:
