@@ -529,7 +529,13 @@ impl App {
     }
 
     /// Records an operator's action in the outbox.
-    pub fn audit_event(&self, by: i64, action: &str, target: &str, detail: serde_json::Value) -> DomainEvent {
+    pub fn audit_event(
+        &self,
+        by: i64,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> DomainEvent {
         DomainEvent::new(
             topics::ADMIN_ACTION,
             format!("admin/{target}"),
@@ -546,13 +552,25 @@ impl App {
 }
 
 fn room_view(node: &str, r: EntityReport) -> RoomView {
-    let field = |name: &str| r.summary.get(name).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let field = |name: &str| {
+        r.summary
+            .get(name)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
     RoomView {
-        room: r.key.split_once('/').map_or(r.key.clone(), |(_, id)| id.to_owned()),
+        room: r
+            .key
+            .split_once('/')
+            .map_or(r.key.clone(), |(_, id)| id.to_owned()),
         node: node.to_owned(),
         connections: field("connections"),
         users: field("users"),
-        seq: r.summary.get("seq").and_then(serde_json::Value::as_i64).unwrap_or(0),
+        seq: r
+            .summary
+            .get("seq")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0),
         counts_only: r
             .summary
             .get("counts_only")

@@ -1,6 +1,7 @@
 //! The `convene` command: `serve` runs a node; `migrate` applies the schema; `users grant-role`
 //! gives an account a role; `tokens issue` mints a service token for the bus commands;
-//! `cluster status` prints a running cluster's members; `recommend eval` scores the
+//! `cluster status` prints a running cluster's members; `inspect` shows what the operator
+//! console shows and `admin` carries out its actions; `recommend eval` scores the
 //! recommendation engines offline and `recommend synth` writes a synthetic data set.
 
 use std::path::PathBuf;
@@ -48,6 +49,26 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// Shows what the operator console shows, as tables or JSON.
+    Inspect {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Prints the endpoint's JSON instead of tables.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        what: InspectCommand,
+    },
+    /// The operator console's actions; each is audited.
+    Admin {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Prints the endpoint's JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: AdminCommand,
     },
     /// Applies the database migrations and exits.
     Migrate,
@@ -158,6 +179,82 @@ enum UsersCommand {
     },
 }
 
+/// Which node to ask, and as whom.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// The base URL of any node.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// An admin's access token.
+    #[arg(long, global = true, env = "CONVENE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl NodeArgs {
+    fn token(&self) -> anyhow::Result<&str> {
+        self.token
+            .as_deref()
+            .context("an admin's token is needed: --token or CONVENE_TOKEN")
+    }
+}
+
+#[derive(Subcommand)]
+enum InspectCommand {
+    /// Members with status, CPU, memory and entities; the placement and its pins.
+    Members,
+    /// Actors per node and kind; the hottest entities and the longest mailboxes.
+    Actors,
+    /// One entity: its owner, where it is active, its summary and last messages.
+    Entity {
+        /// `kind/id`, such as `event/42` or `room/room:lobby`.
+        key: String,
+    },
+    /// Rooms with their presence counts, and each node's sockets.
+    Rooms,
+    /// Outbox, relay lag, published envelopes, dead letters, consumer lag.
+    Buses,
+    /// Request rate and latency per route, recent errors, anomalies.
+    Requests,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Passivates an entity wherever it is active.
+    Passivate {
+        /// `kind/id`.
+        key: String,
+    },
+    /// Drains a node (hands its entities off) without stopping it.
+    Drain {
+        /// The member's name.
+        node: String,
+    },
+    /// Takes a drained node back.
+    Undrain {
+        /// The member's name.
+        node: String,
+    },
+    /// Pins an entity to a member until unmoved or the member leaves.
+    Move {
+        /// `kind/id`.
+        key: String,
+        /// The member's name.
+        node: String,
+    },
+    /// Lifts an entity's pin.
+    Unmove {
+        /// `kind/id`.
+        key: String,
+    },
+    /// Sends a notice to everyone in a room.
+    Notice {
+        /// `event:{id}` or `room:{name}`.
+        room: String,
+        /// What it says.
+        text: String,
+    },
+}
+
 #[derive(Subcommand)]
 enum ClusterCommand {
     /// Prints the members as one node sees them, and which node owns a key.
@@ -203,6 +300,30 @@ async fn main() -> anyhow::Result<()> {
         Command::Cluster {
             command: ClusterCommand::Status { url, token, key },
         } => convene::console::cluster_status(&url, &token, key.as_deref()).await,
+        Command::Inspect { node, json, what } => {
+            use convene::console::Inspect;
+            let what = match what {
+                InspectCommand::Members => Inspect::Members,
+                InspectCommand::Actors => Inspect::Actors,
+                InspectCommand::Entity { key } => Inspect::Entity(key),
+                InspectCommand::Rooms => Inspect::Rooms,
+                InspectCommand::Buses => Inspect::Buses,
+                InspectCommand::Requests => Inspect::Requests,
+            };
+            convene::console::inspect(&node.url, node.token()?, what, json).await
+        }
+        Command::Admin { node, json, action } => {
+            use convene::console::Action;
+            let action = match action {
+                AdminCommand::Passivate { key } => Action::Passivate(key),
+                AdminCommand::Drain { node } => Action::Drain(node),
+                AdminCommand::Undrain { node } => Action::Undrain(node),
+                AdminCommand::Move { key, node } => Action::Move(key, node),
+                AdminCommand::Unmove { key } => Action::Unmove(key),
+                AdminCommand::Notice { room, text } => Action::Notice(room, text),
+            };
+            convene::console::act(&node.url, node.token()?, action, json).await
+        }
         Command::Tokens {
             command: TokensCommand::Issue { role, ttl, name },
         } => {

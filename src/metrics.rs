@@ -10,8 +10,8 @@
 //! edge's `convene_ws_connections` and `convene_ws_slow_consumer_cutoffs_total`.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The metric families of one node, in their own registry (so in-process test nodes do not

@@ -338,7 +338,10 @@ impl Cluster {
             }
             *slot = Arc::new(overrides);
         }
-        tracing::info!(pinned = self.overrides().len(), "placement overrides changed");
+        tracing::info!(
+            pinned = self.overrides().len(),
+            "placement overrides changed"
+        );
         self.replace_placement();
     }
 
@@ -477,7 +480,8 @@ impl Cluster {
             address: k.heartbeat.address.clone(),
             status: k.status,
         }));
-        let next = Placement::new(self.local().to_owned(), members).with_overrides(self.overrides());
+        let next =
+            Placement::new(self.local().to_owned(), members).with_overrides(self.overrides());
         let before = {
             let mut slot = self.0.placement.write().unwrap_or_else(|e| e.into_inner());
             std::mem::replace(&mut *slot, Arc::new(next.clone()))

@@ -171,7 +171,10 @@ mod tests {
         let unpinned = EntityKey::new("item", 8);
         assert_eq!(
             p.owner(&unpinned).unwrap().name,
-            with_members(&["a", "b", "c"]).owner(&unpinned).unwrap().name
+            with_members(&["a", "b", "c"])
+                .owner(&unpinned)
+                .unwrap()
+                .name
         );
         let i = p.members.iter().position(|m| m.name == other).unwrap();
         p.members[i].status = MemberStatus::Leaving;

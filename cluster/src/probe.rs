@@ -124,7 +124,10 @@ impl Probe {
     }
 
     fn summarise(&self, state: &impl Inspect, force: bool) {
-        let due = force || lock(&self.recent).summarised.is_none_or(|t| t.elapsed() >= SUMMARY_EVERY);
+        let due = force
+            || lock(&self.recent)
+                .summarised
+                .is_none_or(|t| t.elapsed() >= SUMMARY_EVERY);
         if due {
             let summary = state.summary();
             let mut recent = lock(&self.recent);
@@ -432,7 +435,10 @@ impl KindProbes {
                 .iter()
                 .map(|(k, p)| (p.rate.load(Ordering::Relaxed), k.clone()))
                 .collect();
-            briefs.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.to_string().cmp(&b.1.to_string())));
+            briefs.sort_by(|a, b| {
+                b.0.cmp(&a.0)
+                    .then_with(|| a.1.to_string().cmp(&b.1.to_string()))
+            });
             briefs.into_iter().take(n).map(|(_, k)| k).collect()
         };
         keys.iter().filter_map(|k| self.entity(k)).collect()
@@ -441,7 +447,8 @@ impl KindProbes {
 
 /// Keeps the `n` highest of `all` by `by`, highest first, ties by key.
 pub(crate) fn top_n(all: &mut Vec<EntityBrief>, n: usize, by: impl Fn(&EntityBrief) -> u64) {
-    let order = |a: &EntityBrief, b: &EntityBrief| by(b).cmp(&by(a)).then_with(|| a.key.cmp(&b.key));
+    let order =
+        |a: &EntityBrief, b: &EntityBrief| by(b).cmp(&by(a)).then_with(|| a.key.cmp(&b.key));
     if all.len() > n && n > 0 {
         all.select_nth_unstable_by(n - 1, order);
     }
@@ -534,7 +541,9 @@ mod tests {
 
     #[test]
     fn top_n_keeps_the_highest_in_order() {
-        let mut all: Vec<_> = (0..100).map(|i| brief(&format!("e/{i:03}"), i % 10)).collect();
+        let mut all: Vec<_> = (0..100)
+            .map(|i| brief(&format!("e/{i:03}"), i % 10))
+            .collect();
         top_n(&mut all, 3, |b| b.messages_per_sec);
         let keys: Vec<_> = all.iter().map(|b| b.key.as_str()).collect();
         assert_eq!(keys, ["e/009", "e/019", "e/029"]);

@@ -120,6 +120,7 @@ pub fn answered() -> Answer {
 /// assert!(matches!(rebuilt, CounterMessage::Add { n: 2, .. }));
 /// assert!(CounterMessage::Reset.into_wire().is_ok());
 /// assert!(CounterMessage::Tick.into_wire().is_err());
+/// assert_eq!(CounterMessage::Tick.label(), "Tick");
 /// ```
 ///
 /// `tell` messages are forwarded without an answer; `local` ones never leave their node (timers,

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use convene_cluster::{
-    Activation, Cluster, EntityFactory, EntityKey, KindSettings, Router, ShardMessage, Spawning,
+    Activation, Cluster, EntityFactory, EntityKey, Inspect, KindSettings, Router, ShardMessage,
+    Spawning,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -37,6 +38,13 @@ struct RecorderState {
     key: EntityKey,
     records: Records,
     shard: ActorRef<ShardMessage<RecordMessage>>,
+}
+
+impl Inspect for RecorderState {
+    fn summary(&self) -> serde_json::Value {
+        let records = self.records.lock().unwrap();
+        serde_json::json!({ "recorded": records.get(&self.key).map_or(0, Vec::len) })
+    }
 }
 
 impl Actor for Recorder {

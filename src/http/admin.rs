@@ -16,13 +16,15 @@ use convene_cluster::{ActorsReport, EntityReport, MemberStatus, Owner};
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-use warp::{Filter, Reply};
 use warp::http::StatusCode;
 use warp::reply::Response;
+use warp::{Filter, Reply};
 
 use super::error::{ApiError, ErrorBody};
 use super::{bearer, body, json, parse_json, raw_query, respond, with_app};
-use crate::admin::{self, AskFailure, Call, NodeReport, RecentError, RoomView, RouteStats, Sockets};
+use crate::admin::{
+    self, AskFailure, Call, NodeReport, RecentError, RoomView, RouteStats, Sockets,
+};
 use crate::app::{App, Caller};
 use crate::store::Pin;
 
@@ -406,7 +408,11 @@ fn actors_view(reports: &[(String, Option<NodeReport>)], top: usize) -> ActorsVi
         .iter()
         .flat_map(|a| a.hottest.iter().map(|b| hot(&a.node, b)))
         .collect();
-    hottest.sort_by(|a, b| b.messages_per_sec.cmp(&a.messages_per_sec).then(a.key.cmp(&b.key)));
+    hottest.sort_by(|a, b| {
+        b.messages_per_sec
+            .cmp(&a.messages_per_sec)
+            .then(a.key.cmp(&b.key))
+    });
     hottest.truncate(top);
     let mut longest: Vec<HotEntity> = nodes
         .iter()
@@ -467,7 +473,10 @@ async fn buses_view(app: &App, reports: &[(String, Option<NodeReport>)]) -> Buse
     if let Some(kafka) = &app.buses.kafka {
         let group = format!("{}{}", app.config.bus_prefix, app.config.kafka_group);
         let groups = [
-            (group.clone(), kafka.topic(crate::bus::kafka::COMMANDS_TOPIC)),
+            (
+                group.clone(),
+                kafka.topic(crate::bus::kafka::COMMANDS_TOPIC),
+            ),
             (
                 format!("{group}-interactions"),
                 kafka.topic(crate::bus::kafka::INTERACTIONS_TOPIC),
@@ -501,7 +510,7 @@ async fn requests_view(app: &App, reports: &[(String, Option<NodeReport>)]) -> R
         .filter_map(|(_, r)| r.as_ref())
         .flat_map(|r| r.errors.iter().cloned())
         .collect();
-    errors.sort_by(|a, b| b.at.cmp(&a.at));
+    errors.sort_by_key(|e| std::cmp::Reverse(e.at));
     errors.truncate(50);
     let since = Utc::now() - chrono::Duration::hours(1);
     let anomalies = app
@@ -685,11 +694,23 @@ async fn panels(app: &App) -> Vec<(&'static str, serde_json::Value)> {
     let reports = reports(app, TOP).await;
     let value = |v: serde_json::Result<serde_json::Value>| v.unwrap_or_default();
     vec![
-        ("members", value(serde_json::to_value(members_view(app, &reports).await))),
-        ("actors", value(serde_json::to_value(actors_view(&reports, TOP)))),
+        (
+            "members",
+            value(serde_json::to_value(members_view(app, &reports).await)),
+        ),
+        (
+            "actors",
+            value(serde_json::to_value(actors_view(&reports, TOP))),
+        ),
         ("rooms", value(serde_json::to_value(rooms_view(&reports)))),
-        ("buses", value(serde_json::to_value(buses_view(app, &reports).await))),
-        ("requests", value(serde_json::to_value(requests_view(app, &reports).await))),
+        (
+            "buses",
+            value(serde_json::to_value(buses_view(app, &reports).await)),
+        ),
+        (
+            "requests",
+            value(serde_json::to_value(requests_view(app, &reports).await)),
+        ),
     ]
 }
 
@@ -706,7 +727,8 @@ pub async fn stream(app: App, auth: Option<String>) -> Result<Response, ApiError
     admin_caller(&app, auth.as_deref()).await?;
     // The panels are gathered by a task of their own: it stops when the client goes (its
     // next send fails) or the token stops being valid.
-    let (mut tx, events) = futures::channel::mpsc::channel::<Result<warp::sse::Event, Infallible>>(8);
+    let (mut tx, events) =
+        futures::channel::mpsc::channel::<Result<warp::sse::Event, Infallible>>(8);
     tokio::spawn(async move {
         use futures::SinkExt;
         loop {
@@ -714,7 +736,9 @@ pub async fn stream(app: App, auth: Option<String>) -> Result<Response, ApiError
                 return;
             }
             for (name, data) in panels(&app).await {
-                let event = warp::sse::Event::default().event(name).data(data.to_string());
+                let event = warp::sse::Event::default()
+                    .event(name)
+                    .data(data.to_string());
                 if tx.send(Ok(event)).await.is_err() {
                     return;
                 }
@@ -754,7 +778,12 @@ async fn audited(
         .audit(&event)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    tracing::info!(action, target, by = caller.principal.user_id, "console action");
+    tracing::info!(
+        action,
+        target,
+        by = caller.principal.user_id,
+        "console action"
+    );
     Ok(json(
         StatusCode::OK,
         &ActionResult {
@@ -847,11 +876,7 @@ pub async fn drain(node: String, app: App, auth: Option<String>) -> Result<Respo
         (status = 409, description = "It is not drained", body = ErrorBody),
         (status = 503, description = "It did not answer", body = ErrorBody),
     ))]
-pub async fn undrain(
-    node: String,
-    app: App,
-    auth: Option<String>,
-) -> Result<Response, ApiError> {
+pub async fn undrain(node: String, app: App, auth: Option<String>) -> Result<Response, ApiError> {
     node_action(app, auth, node, false).await
 }
 
@@ -922,7 +947,10 @@ pub async fn pin(app: App, auth: Option<String>, body: bytes::Bytes) -> Result<R
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::invalid("node", "required"))?;
     if !app.cluster.placement().up_names().contains(&node.as_str()) {
-        return Err(ApiError::invalid("node", format!("{node} is not an up member")));
+        return Err(ApiError::invalid(
+            "node",
+            format!("{node} is not an up member"),
+        ));
     }
     let pin = Pin {
         key: key.to_string(),
@@ -965,7 +993,12 @@ pub async fn unpin(app: App, auth: Option<String>, query: String) -> Result<Resp
     let q: KeyQuery = serde_urlencoded::from_str(&query)
         .map_err(|e| ApiError::BadRequest(format!("malformed query: {e}")))?;
     let key = parse_key(&app, q.key)?.to_string();
-    let event = app.audit_event(caller.principal.user_id, "unmove", &key, serde_json::json!({}));
+    let event = app.audit_event(
+        caller.principal.user_id,
+        "unmove",
+        &key,
+        serde_json::json!({}),
+    );
     let lifted = app
         .store
         .unpin(&key, None, Some(&event))

@@ -122,7 +122,9 @@ impl SqlStore {
             .await
         })
         .map_err(unavailable)?;
-        let age = oldest.map_or(0.0, |t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0);
+        let age = oldest.map_or(0.0, |t| {
+            (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+        });
         Ok((n, age))
     }
 }

@@ -94,7 +94,10 @@ pub(super) async fn serve(app: App, mut socket: Socket, token: Option<String>) {
     }
     let _ = writer.await;
     app.metrics.ws_connections.dec();
-    if conn.close_reason().is_some_and(|(code, _)| code == CLOSE_SLOW_CONSUMER) {
+    if conn
+        .close_reason()
+        .is_some_and(|(code, _)| code == CLOSE_SLOW_CONSUMER)
+    {
         app.metrics.ws_slow_consumers.inc();
     }
     // Let the client answer the close frame before the socket goes.

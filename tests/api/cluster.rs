@@ -30,21 +30,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Proc {
-    name: String,
+pub(crate) struct Proc {
+    pub(crate) name: String,
     child: Child,
-    http: String,
+    pub(crate) http: String,
     log: Arc<Mutex<Vec<String>>>,
     alive: Arc<AtomicBool>,
 }
 
-struct TestCluster {
+pub(crate) struct TestCluster {
     database: String,
     dir: TempDir,
     cluster_ports: Vec<u16>,
-    nodes: Vec<Proc>,
-    client: reqwest::Client,
-    admin: String,
+    pub(crate) nodes: Vec<Proc>,
+    pub(crate) client: reqwest::Client,
+    pub(crate) admin: String,
     /// More settings for every node.
     env: Vec<(String, String)>,
 }
@@ -52,7 +52,7 @@ struct TestCluster {
 impl TestCluster {
     /// Starts `n` nodes that know each other as seeds; `None` (skipped) without PostgreSQL
     /// outside CI.
-    async fn start(n: usize) -> Option<Self> {
+    pub(crate) async fn start(n: usize) -> Option<Self> {
         Self::start_with(n, Vec::new()).await
     }
 
@@ -189,7 +189,7 @@ impl TestCluster {
     }
 
     /// `/api/v1/cluster` as node `i` answers it.
-    async fn status(&self, i: usize, key: Option<&str>) -> Value {
+    pub(crate) async fn status(&self, i: usize, key: Option<&str>) -> Value {
         let mut req = self
             .client
             .get(format!("{}/api/v1/cluster", self.nodes[i].http))
@@ -201,7 +201,7 @@ impl TestCluster {
     }
 
     /// Waits until every live node sees `n` members up.
-    async fn wait_members(&self, n: usize) {
+    pub(crate) async fn wait_members(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let mut all = true;
@@ -262,7 +262,7 @@ impl TestCluster {
         futures::stream::iter(futures).buffered(100).collect().await
     }
 
-    async fn create_event(&self, capacity: i64) -> i64 {
+    pub(crate) async fn create_event(&self, capacity: i64) -> i64 {
         let r: Value = self
             .client
             .post(format!("{}/api/v1/events", self.nodes[0].http))
@@ -278,7 +278,7 @@ impl TestCluster {
     }
 
     /// The index of the node that owns `key`.
-    async fn owner_of(&self, key: &str) -> usize {
+    pub(crate) async fn owner_of(&self, key: &str) -> usize {
         let s = self.status(0, Some(key)).await;
         let owner = s["key"]["owner"].as_str().unwrap();
         self.nodes.iter().position(|n| n.name == owner).unwrap()
@@ -362,7 +362,7 @@ impl TestCluster {
         total
     }
 
-    fn log(&self, i: usize) -> String {
+    pub(crate) fn log(&self, i: usize) -> String {
         self.nodes[i].log.lock().unwrap().join("\n")
     }
 }
