@@ -175,6 +175,7 @@ crate::both_stores! {
         let a = app.send("GET", "/api/v1/admin/rooms", Some(&admin.token), None).await;
         assert_eq!(a.body["sockets"][0]["connections"], 1, "{}", a.body);
 
+        let mut feed = app.node.app.buses.subscribe();
         let path = "/api/v1/admin/rooms/room:lobby/notice";
         for bad in [json!({"text": ""}), json!({"text": "x".repeat(501)}), json!({})] {
             let a = app.send("POST", path, Some(&admin.token), Some(bad)).await;
@@ -195,6 +196,18 @@ crate::both_stores! {
         assert_eq!(m["from"], admin.id);
         assert_eq!(m["body"], json!({"type": "notice", "text": "Doors close at six"}));
         assert_eq!(audit(&app).await, vec![("notice".to_owned(), "room:lobby".to_owned(), admin.id)]);
+        // The audit travels like every domain event, in its versioned envelope.
+        let envelope = loop {
+            let e = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+                .await
+                .expect("the audit reaches the bus")
+                .unwrap();
+            if e.kind == "admin.action" {
+                break serde_json::to_value(&*e).unwrap();
+            }
+        };
+        crate::bus::check_schema(&envelope);
+        assert_eq!(envelope["data"]["detail"], json!({"text": "Doors close at six"}));
         // A single node cannot be drained: nowhere to hand its entities off to.
         let node = app.node.app.cluster.local().to_owned();
         let a = app.send("POST", &format!("/api/v1/admin/nodes/{node}/drain"), Some(&admin.token), None).await;
