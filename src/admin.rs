@@ -588,14 +588,21 @@ pub fn broadcast_reload(cluster: &Cluster) {
     }
 }
 
-/// Keeps this node's pinned placements in step with the database.
-pub fn watch_pins(app: App) -> tokio::task::JoinHandle<()> {
+/// Keeps this node's pinned placements in step with the database, until `stop` turns true.
+pub fn watch_pins(
+    app: App,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            every.tick().await;
-            app.reload_pins().await;
+            tokio::select! {
+                _ = every.tick() => app.reload_pins().await,
+                changed = stop.changed() => if changed.is_err() || *stop.borrow() {
+                    return;
+                },
+            }
         }
     })
 }

@@ -422,8 +422,11 @@ impl Node {
             crate::admin::TOPIC,
             Arc::new(crate::admin::Service(app.clone())),
         );
-        let mut inbound = vec![crate::admin::watch_pins(app.clone())];
         let (stop_inbound, inbound_stopped) = tokio::sync::watch::channel(false);
+        let mut inbound = vec![crate::admin::watch_pins(
+            app.clone(),
+            inbound_stopped.clone(),
+        )];
         if let Some(nats) = &app.buses.nats {
             let prefix = config.bus_prefix.clone();
             inbound.push(commands::serve_nats(
