@@ -339,6 +339,24 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_file_loads_with_the_pods_environment() {
+        let path = PathBuf::from("config/kubernetes.toml");
+        let pod = env(&[
+            ("CONVENE_NODE_NAME", "convene-2"),
+            ("CONVENE_CLUSTER_ADVERTISE", "10.0.0.7"),
+        ]);
+        let c = Config::load(Some(&path), pod, &Overrides::default()).unwrap();
+        assert!(c.clustered());
+        assert_eq!(c.node_name, "convene-2");
+        assert_eq!(c.cluster_advertise.as_deref(), Some("10.0.0.7"));
+        assert_eq!(
+            c.seeds,
+            ["dns:convene-peers.events-platform.svc.cluster.local:7000"]
+        );
+        assert_eq!(c.drain_grace_secs, 20);
+    }
+
+    #[test]
     fn unknown_keys_are_refused_and_secrets_hidden() {
         assert!(
             Config::load(

@@ -21,8 +21,8 @@ impl Cluster {
                 stats.handoffs,
                 stats.active as u64,
             ));
-            hottest.extend(probes.top(top, |b| b.messages_per_sec));
-            longest.extend(probes.top(top, |b| b.mailbox));
+            hottest.extend(probes.hottest(top));
+            longest.extend(probes.longest(top));
         }
         top_n(&mut hottest, top, |b| b.messages_per_sec);
         top_n(&mut longest, top, |b| b.mailbox);

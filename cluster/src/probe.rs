@@ -56,8 +56,15 @@ pub struct Handled {
     pub micros: u64,
 }
 
+/// One handled message as kept: its name is the variant's, copied only when reported.
+struct Kept {
+    message: &'static str,
+    at_ms: i64,
+    micros: u64,
+}
+
 struct Recent {
-    last: VecDeque<Handled>,
+    last: VecDeque<Kept>,
     summary: serde_json::Value,
     summary_at_ms: i64,
     summarised: Option<Instant>,
@@ -105,7 +112,8 @@ impl Probe {
         self.waiting.load(Ordering::Relaxed).max(0) as u64
     }
 
-    fn handled(&self, label: &'static str, took: Duration) {
+    /// Counts a handled message; answers whether a new summary of the state is due.
+    fn handled(&self, label: &'static str, took: Duration) -> bool {
         let _ = self
             .waiting
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
@@ -116,25 +124,22 @@ impl Probe {
         if recent.last.len() == LAST {
             recent.last.pop_front();
         }
-        recent.last.push_back(Handled {
-            message: label.to_owned(),
+        recent.last.push_back(Kept {
+            message: label,
             at_ms: now_ms(),
             micros: took.as_micros() as u64,
         });
+        recent
+            .summarised
+            .is_none_or(|t| t.elapsed() >= SUMMARY_EVERY)
     }
 
-    fn summarise(&self, state: &impl Inspect, force: bool) {
-        let due = force
-            || lock(&self.recent)
-                .summarised
-                .is_none_or(|t| t.elapsed() >= SUMMARY_EVERY);
-        if due {
-            let summary = state.summary();
-            let mut recent = lock(&self.recent);
-            recent.summary = summary;
-            recent.summary_at_ms = now_ms();
-            recent.summarised = Some(Instant::now());
-        }
+    fn summarise(&self, state: &impl Inspect) {
+        let summary = state.summary();
+        let mut recent = lock(&self.recent);
+        recent.summary = summary;
+        recent.summary_at_ms = now_ms();
+        recent.summarised = Some(Instant::now());
     }
 
     fn sample(&self) -> u64 {
@@ -334,14 +339,16 @@ impl KindProbes {
         self.metrics.passivations.inc();
     }
 
-    fn handled(&self, probe: &Probe, label: &'static str, took: Duration) {
-        probe.handled(label, took);
+    /// Counts a message `probe`'s actor handled; answers whether its summary is due.
+    fn handled(&self, probe: &Probe, label: &'static str, took: Duration) -> bool {
+        let due = probe.handled(label, took);
         let micros = took.as_micros() as u64;
         let bucket = (u64::BITS - micros.leading_zeros()) as usize;
         self.buckets[bucket.min(BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
         self.handled.fetch_add(1, Ordering::Relaxed);
         self.metrics.messages.inc();
         self.metrics.handling.observe(took.as_secs_f64());
+        due
     }
 
     /// The percentiles `qs` (0..1) of the handling time over the last samples, in ms.
@@ -391,17 +398,42 @@ impl KindProbes {
         }
     }
 
-    /// The `n` entities with the highest `by`, highest first (ties by key).
-    pub(crate) fn top(&self, n: usize, by: impl Fn(&EntityBrief) -> u64) -> Vec<EntityBrief> {
+    /// The `n` entities with the highest non-zero `by` (of the probe), highest first, ties by
+    /// key. Only those `n` are copied out, however many are active.
+    fn ranked(&self, n: usize, by: impl Fn(&Probe) -> u64) -> Vec<(EntityKey, Arc<Probe>)> {
+        type Ranked<'a> = (u64, &'a EntityKey, &'a Arc<Probe>);
         let entities = self.entities.read().unwrap_or_else(PoisonError::into_inner);
-        let mut all: Vec<EntityBrief> = entities
+        let mut ranked: Vec<Ranked> = entities
+            .iter()
+            .map(|(k, p)| (by(p), k, p))
+            .filter(|(v, _, _)| *v > 0)
+            .collect();
+        let order = |a: &Ranked, b: &Ranked| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1));
+        if ranked.len() > n && n > 0 {
+            ranked.select_nth_unstable_by(n - 1, order);
+        }
+        ranked.truncate(n);
+        ranked.sort_by(order);
+        ranked
+            .into_iter()
+            .map(|(_, k, p)| (k.clone(), p.clone()))
+            .collect()
+    }
+
+    /// The `n` hottest entities (messages per second), most first.
+    pub(crate) fn hottest(&self, n: usize) -> Vec<EntityBrief> {
+        self.ranked(n, |p| p.rate.load(Ordering::Relaxed))
             .iter()
             .map(|(k, p)| p.brief(k))
-            .filter(|b| by(b) > 0)
-            .collect();
-        drop(entities);
-        top_n(&mut all, n, by);
-        all
+            .collect()
+    }
+
+    /// The `n` entities with the most messages waiting, most first.
+    pub(crate) fn longest(&self, n: usize) -> Vec<EntityBrief> {
+        self.ranked(n, Probe::mailbox)
+            .iter()
+            .map(|(k, p)| p.brief(k))
+            .collect()
     }
 
     /// The report of the entity `key`, if it is active here.
@@ -421,27 +453,32 @@ impl KindProbes {
             mailbox: brief.mailbox,
             messages_per_sec: brief.messages_per_sec,
             handled: brief.handled,
-            last: recent.last.iter().cloned().collect(),
+            last: recent
+                .last
+                .iter()
+                .map(|k| Handled {
+                    message: k.message.to_owned(),
+                    at_ms: k.at_ms,
+                    micros: k.micros,
+                })
+                .collect(),
             summary: recent.summary.clone(),
             summary_at_ms: recent.summary_at_ms,
         })
     }
 
-    /// The summaries of every active entity, for kinds few enough to list (rooms).
+    /// The reports of the `n` busiest active entities (messages per second, then handled).
     pub(crate) fn summaries(&self, n: usize) -> Vec<EntityReport> {
-        let keys: Vec<EntityKey> = {
-            let entities = self.entities.read().unwrap_or_else(PoisonError::into_inner);
-            let mut briefs: Vec<(u64, EntityKey)> = entities
-                .iter()
-                .map(|(k, p)| (p.rate.load(Ordering::Relaxed), k.clone()))
-                .collect();
-            briefs.sort_by(|a, b| {
-                b.0.cmp(&a.0)
-                    .then_with(|| a.1.to_string().cmp(&b.1.to_string()))
-            });
-            briefs.into_iter().take(n).map(|(_, k)| k).collect()
+        let busy = |p: &Probe| {
+            // Every active entity ranks: rate first, then all it handled, never zero.
+            (p.rate.load(Ordering::Relaxed).min(1 << 23) << 40)
+                + p.handled.load(Ordering::Relaxed).min((1 << 40) - 1)
+                + 1
         };
-        keys.iter().filter_map(|k| self.entity(k)).collect()
+        self.ranked(n, busy)
+            .iter()
+            .filter_map(|(k, _)| self.entity(k))
+            .collect()
     }
 }
 
@@ -480,7 +517,7 @@ where
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let state = self.inner.pre_start(myself, args).await?;
-        self.probe.summarise(&state, true);
+        self.probe.summarise(&state);
         Ok(state)
     }
 
@@ -509,8 +546,9 @@ where
         let label = message.label();
         let started = Instant::now();
         let result = self.inner.handle(myself, message, state).await;
-        self.kind.handled(&self.probe, label, started.elapsed());
-        self.probe.summarise(state, false);
+        if self.kind.handled(&self.probe, label, started.elapsed()) {
+            self.probe.summarise(state);
+        }
         result
     }
 
@@ -547,6 +585,29 @@ mod tests {
         top_n(&mut all, 3, |b| b.messages_per_sec);
         let keys: Vec<_> = all.iter().map(|b| b.key.as_str()).collect();
         assert_eq!(keys, ["e/009", "e/019", "e/029"]);
+    }
+
+    #[test]
+    fn top_lists_pick_the_few_highest_of_many() {
+        let probes = KindProbes::new("item", "n1", &ClusterMetrics::new());
+        for i in 0..100_000u64 {
+            let p = Probe::new();
+            p.rate.store(i % 1000, Ordering::Relaxed);
+            if i % 5000 == 0 {
+                p.waiting.store((i / 5000) as i64, Ordering::Relaxed);
+            }
+            probes.activated(&EntityKey::new("item", i), p);
+        }
+        let hot = probes.hottest(3);
+        assert_eq!(
+            hot.iter().map(|b| b.messages_per_sec).collect::<Vec<_>>(),
+            [999; 3]
+        );
+        assert!(hot.windows(2).all(|w| w[0].key < w[1].key), "ties by key");
+        let longest: Vec<u64> = probes.longest(3).iter().map(|b| b.mailbox).collect();
+        assert_eq!(longest, [19, 18, 17]);
+        assert_eq!(probes.summaries(5).len(), 5);
+        assert!(probes.longest(0).is_empty());
     }
 
     #[test]
