@@ -73,6 +73,12 @@ pub struct Config {
     pub ws_heartbeat_secs: u64,
     /// Connections above which a room sends presence counts instead of lists.
     pub room_presence_limit: usize,
+    /// Origins that browsers may call the API from (`https://app.example.com`); empty sends
+    /// no CORS headers, so browsers keep pages of other origins out.
+    #[serde(deserialize_with = "list")]
+    pub cors_origins: Vec<String>,
+    /// How long browsers may cache a CORS preflight's answer.
+    pub cors_max_age_secs: u64,
     /// Node-to-node listener; set (or give seeds) to run as a member of a cluster.
     pub cluster_listen: Option<SocketAddr>,
     /// The host other nodes reach this one at (default: the listener's address, or the
@@ -238,8 +244,8 @@ impl Config {
                 // Secrets and URLs stay strings even when they look like numbers.
                 let value = match key.as_str() {
                     "jwt_secret" | "database_url" | "node_name" | "data_dir" | "cookie"
-                    | "seeds" | "cluster_advertise" | "nats_url" | "kafka_brokers"
-                    | "bus_prefix" | "nats_stream" => Value::from(v),
+                    | "seeds" | "cors_origins" | "cluster_advertise" | "nats_url"
+                    | "kafka_brokers" | "bus_prefix" | "nats_stream" => Value::from(v),
                     _ => value,
                 };
                 prefixed.insert(key, value);

@@ -32,8 +32,63 @@ use warp::{Buf, Filter, Rejection, Reply};
 use crate::app::App;
 use error::ApiError;
 
-/// Every route of a node, with error recovery and request metrics.
-pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+/// Every route of a node, with error recovery, request metrics, security headers, and CORS
+/// for the configured origins.
+pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
+    let cors = cors(&app.config);
+    let routes = api_routes(app);
+    match cors {
+        None => routes.boxed(),
+        Some(cors) => routes
+            .with(cors)
+            .map(Reply::into_response)
+            .recover(error::recover)
+            .unify()
+            .boxed(),
+    }
+}
+
+/// The CORS policy of `config`, when it names origins: they may send the API's methods with the
+/// headers it reads, and read the headers it answers with.
+fn cors(config: &crate::config::Config) -> Option<warp::filters::cors::Builder> {
+    if config.cors_origins.is_empty() {
+        return None;
+    }
+    Some(
+        warp::cors()
+            .allow_origins(config.cors_origins.iter().map(String::as_str))
+            .allow_methods(["GET", "POST", "PATCH", "DELETE", "OPTIONS"])
+            .allow_headers([
+                "authorization",
+                "content-type",
+                "if-match",
+                "idempotency-key",
+                "x-request-id",
+            ])
+            .expose_headers([
+                "etag",
+                "location",
+                "retry-after",
+                "x-request-id",
+                "ratelimit",
+                "ratelimit-policy",
+            ])
+            .max_age(std::time::Duration::from_secs(config.cors_max_age_secs)),
+    )
+}
+
+/// Headers every answer carries unless its handler set its own.
+const SECURITY_HEADERS: [(&str, &str); 4] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+];
+
+fn api_routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     // The busiest routes first: an `or` tries its filters in order.
     let api = events::routes(app.clone())
         .or(registrations::routes(app.clone()))
@@ -73,6 +128,12 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
                   mut res: Response| {
                 let endpoint = route_template(path.as_str());
                 let status = res.status();
+                let headers = res.headers_mut();
+                for (name, value) in SECURITY_HEADERS {
+                    if !headers.contains_key(name) {
+                        headers.insert(name, warp::http::HeaderValue::from_static(value));
+                    }
+                }
                 if status == StatusCode::PAYLOAD_TOO_LARGE {
                     // The rest of the body was never read: this connection cannot carry another
                     // request, so tell the client not to reuse it.
@@ -95,6 +156,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
                     .observe(start.elapsed().as_secs_f64());
                 tracker.request(status.as_u16());
                 if status.is_server_error() {
+                    tracing::warn!(%method, route = endpoint, status = status.as_u16(), "server error");
                     admin_app.admin.record_error(
                         admin_app.cluster.local(),
                         method.as_str(),
@@ -195,6 +257,23 @@ pub fn route_template(path: &str) -> &'static str {
 /// The `Allow` header of a route template.
 fn allowed_methods(template: &str) -> Option<&'static str> {
     ROUTES.iter().find(|(r, _)| *r == template).map(|(_, m)| *m)
+}
+
+/// The id of a request: its `X-Request-Id` when that is 1 to 128 characters of letters, digits
+/// and `-_.:`, else 16 new hex digits.
+pub fn request_id(headers: &warp::http::HeaderMap) -> String {
+    let given = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        });
+    match given {
+        Some(id) => id.to_owned(),
+        None => format!("{:016x}", rand::random::<u64>()),
+    }
 }
 
 /// The app, for handlers.

@@ -173,17 +173,30 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
         let (app, routes) = (app.clone(), routes.clone());
-        let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let service = hyper::service::service_fn(
+            move |req: hyper::Request<hyper::body::Incoming>| {
                 let (app, mut routes) = (app.clone(), routes.clone());
-                async move {
+                // Every request has an id: the caller's `X-Request-Id` when it is a sane one,
+                // else a new one. It is echoed in the answer and carried by every log line
+                // written while the request is handled.
+                let id = crate::http::request_id(req.headers());
+                let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+                let handled = async move {
                     if crate::ws::is_upgrade(&req) {
                         Ok(crate::ws::upgrade(app, req))
                     } else {
                         tower_service::Service::call(&mut routes, req).await
                     }
+                };
+                async move {
+                    let mut res = tracing::Instrument::instrument(handled, span).await?;
+                    if let Ok(value) = warp::http::HeaderValue::from_str(&id) {
+                        res.headers_mut().insert("x-request-id", value);
+                    }
+                    Ok::<_, std::convert::Infallible>(res)
                 }
-            });
+            },
+        );
         let connection = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

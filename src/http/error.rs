@@ -243,6 +243,8 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         ApiError::BadRequest(e.to_string())
     } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
         ApiError::BadRequest(e.to_string())
+    } else if let Some(e) = rejection.find::<warp::filters::cors::CorsForbidden>() {
+        ApiError::Forbidden(e.to_string())
     } else {
         tracing::warn!(?rejection, "unhandled rejection");
         ApiError::BadRequest("the request could not be understood".into())

@@ -49,3 +49,101 @@ both_stores! {
         assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
     }
 }
+
+both_stores! {
+    async fn answers_carry_request_ids_and_security_headers(app) {
+        let given = app.send_with("GET", "/api/v1/events", None, None, &[("x-request-id", "trace-42.a:b")]).await;
+        assert_eq!(given.headers["x-request-id"], "trace-42.a:b", "a sane id is echoed");
+        let made = app.send("GET", "/api/v1/events", None, None).await;
+        let id = made.headers["x-request-id"].to_str().unwrap().to_owned();
+        assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        let other = app.send("GET", "/api/v1/events", None, None).await;
+        assert_ne!(other.headers["x-request-id"].to_str().unwrap(), id, "each request its own");
+        let odd = app.send_with("GET", "/health", None, None, &[("x-request-id", "has spaces")]).await;
+        assert_ne!(odd.headers["x-request-id"], "has spaces", "an odd id is replaced");
+        for a in [&made, &app.send("GET", "/nowhere", None, None).await] {
+            assert_eq!(a.headers["x-content-type-options"], "nosniff");
+            assert_eq!(a.headers["x-frame-options"], "DENY");
+            assert_eq!(a.headers["referrer-policy"], "no-referrer");
+            assert_eq!(a.headers["content-security-policy"], "default-src 'none'; frame-ancestors 'none'");
+        }
+        let page = app.send("GET", "/console", None, None).await;
+        let csp = page.headers["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'unsafe-inline'"), "the console keeps its own policy: {csp}");
+        // Without configured origins, no CORS headers: browsers keep other origins out.
+        let a = app.send_with("GET", "/api/v1/events", None, None, &[("origin", "https://app.example.com")]).await;
+        assert!(a.headers.get("access-control-allow-origin").is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_lets_the_configured_origins_in_and_no_other() {
+    use crate::helpers::{Backend, Settings, spawn_app_with};
+    let settings = Settings {
+        env: vec![(
+            "CONVENE_CORS_ORIGINS".into(),
+            "https://app.example.com,https://admin.example.com".into(),
+        )],
+        ..Settings::default()
+    };
+    let app = spawn_app_with(Backend::Sqlite, settings).await.unwrap();
+    let preflight = |origin: &'static str| {
+        let app = &app;
+        async move {
+            app.send_with(
+                "OPTIONS",
+                "/api/v1/events",
+                None,
+                None,
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", "POST"),
+                    (
+                        "access-control-request-headers",
+                        "authorization, content-type",
+                    ),
+                ],
+            )
+            .await
+        }
+    };
+    let ok = preflight("https://app.example.com").await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(
+        ok.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let methods = ok.headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(methods.contains("POST"), "{methods}");
+    assert_eq!(ok.headers["access-control-max-age"], "600");
+    let refused = preflight("https://evil.example.com").await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.body["error"], "forbidden");
+    let a = app
+        .send_with(
+            "GET",
+            "/api/v1/events",
+            None,
+            None,
+            &[("origin", "https://admin.example.com")],
+        )
+        .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.headers["access-control-allow-origin"],
+        "https://admin.example.com"
+    );
+    let exposed = a.headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(exposed.contains("x-request-id"), "{exposed}");
+    // Requests without an Origin (servers, curl) are not CORS requests and pass as before.
+    assert_eq!(
+        app.send("GET", "/api/v1/events", None, None).await.status,
+        200
+    );
+}
