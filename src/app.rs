@@ -66,6 +66,8 @@ pub struct Inner {
     pub metrics: Metrics,
     /// What the operator console's reports keep between calls.
     pub admin: crate::admin::Admin,
+    /// The request rate limits.
+    pub limiter: std::sync::Arc<crate::limits::Limiter>,
     /// The configuration the node started with.
     pub config: Config,
     /// When the node started.

@@ -79,6 +79,20 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// How long browsers may cache a CORS preflight's answer.
     pub cors_max_age_secs: u64,
+    /// Redis, shared by the nodes for the rate limits; unset keeps the limits per node.
+    pub redis_url: Option<Secret>,
+    /// Requests per second the whole cluster takes (0: no limit), and the burst above it.
+    pub rate_limit_global_per_sec: u32,
+    /// See `rate_limit_global_per_sec`.
+    pub rate_limit_global_burst: u32,
+    /// Requests per second one signed-in user may send (0: no limit), and the burst.
+    pub rate_limit_user_per_sec: u32,
+    /// See `rate_limit_user_per_sec`.
+    pub rate_limit_user_burst: u32,
+    /// Requests per second one client address may send (0: no limit), and the burst.
+    pub rate_limit_ip_per_sec: u32,
+    /// See `rate_limit_ip_per_sec`.
+    pub rate_limit_ip_burst: u32,
     /// Node-to-node listener; set (or give seeds) to run as a member of a cluster.
     pub cluster_listen: Option<SocketAddr>,
     /// The host other nodes reach this one at (default: the listener's address, or the
@@ -245,7 +259,9 @@ impl Config {
                 let value = match key.as_str() {
                     "jwt_secret" | "database_url" | "node_name" | "data_dir" | "cookie"
                     | "seeds" | "cors_origins" | "cluster_advertise" | "nats_url"
-                    | "kafka_brokers" | "bus_prefix" | "nats_stream" => Value::from(v),
+                    | "kafka_brokers" | "bus_prefix" | "nats_stream" | "redis_url" => {
+                        Value::from(v)
+                    }
                     _ => value,
                 };
                 prefixed.insert(key, value);

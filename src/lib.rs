@@ -15,6 +15,7 @@ pub mod curator;
 pub mod http;
 pub mod keeper;
 pub mod lease;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod recommend;

@@ -7,7 +7,8 @@
 //! `convene_bridge_messages_total`; the recommendations' `ml_predictions_total`,
 //! `recommendation_latency_seconds`, `ml_model_accuracy` and `convene_recommend_model_version`;
 //! the analytics' `convene_anomalies_total` and `convene_analytics_dropped_total`; the WebSocket
-//! edge's `convene_ws_connections` and `convene_ws_slow_consumer_cutoffs_total`.
+//! edge's `convene_ws_connections` and `convene_ws_slow_consumer_cutoffs_total`; the rate
+//! limits' `convene_rate_limit_decisions_total`.
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -57,6 +58,8 @@ pub struct Metrics {
     pub ws_connections: IntGauge,
     /// `convene_ws_slow_consumer_cutoffs_total`.
     pub ws_slow_consumers: IntCounter,
+    /// `convene_rate_limit_decisions_total{level,decision,backend}`.
+    pub rate_limit_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -194,8 +197,17 @@ impl Metrics {
             "WebSocket connections closed with 4008 for not reading their frames",
         )
         .expect("valid metric");
+        let rate_limit_decisions = IntCounterVec::new(
+            Opts::new(
+                "convene_rate_limit_decisions_total",
+                "Rate limit decisions by level (the refusing one), outcome and where they were made",
+            ),
+            &["level", "decision", "backend"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(bus_commands.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rate_limit_decisions.clone()),
             Box::new(ws_connections.clone()),
             Box::new(ws_slow_consumers.clone()),
             Box::new(anomalies.clone()),
@@ -238,6 +250,7 @@ impl Metrics {
             bus_interactions,
             ws_connections,
             ws_slow_consumers,
+            rate_limit_decisions,
         }
     }
 

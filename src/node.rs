@@ -156,9 +156,9 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: wait rather than spin.
                     tracing::warn!(error = %e, "accept failed");
@@ -182,6 +182,13 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
                 let id = crate::http::request_id(req.headers());
                 let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
                 let handled = async move {
+                    if app.limiter.is_on() && !crate::limits::exempt(req.uri().path()) {
+                        if let Err(refused) =
+                            crate::limits::admit(&app, req.headers(), peer.ip()).await
+                        {
+                            return Ok(warp::Reply::into_response(refused));
+                        }
+                    }
                     if crate::ws::is_upgrade(&req) {
                         Ok(crate::ws::upgrade(app, req))
                     } else {
@@ -409,6 +416,8 @@ impl Node {
             windows.shard(),
             fanout.get_cell(),
         ];
+        let limiter = crate::limits::Limiter::new(&config, &metrics)?;
+        limiter.start_pruning();
         let app = App::new(Inner {
             store,
             auth,
@@ -427,6 +436,7 @@ impl Node {
             draining: AtomicBool::new(false),
             metrics,
             admin: crate::admin::Admin::default(),
+            limiter,
             config: config.clone(),
             started: Instant::now(),
             dummy_hash,

@@ -63,6 +63,18 @@ pub enum ApiError {
     /// A dependency needed for this call is down, or the owner did not answer in time.
     #[error("{0}")]
     Unavailable(String),
+    /// A rate limit refused the request.
+    #[error(
+        "too many requests: the {level} limit is {per_sec} per second; retry in {retry_after_secs} s"
+    )]
+    TooManyRequests {
+        /// `global`, `user` or `ip`.
+        level: &'static str,
+        /// The limit's rate.
+        per_sec: u32,
+        /// When the request would pass.
+        retry_after_secs: u64,
+    },
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -99,6 +111,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -115,6 +128,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Validation(_) => "validation_failed",
             Self::Unavailable(_) => "unavailable",
+            Self::TooManyRequests { .. } => "rate_limited",
         }
     }
 
@@ -148,6 +162,24 @@ impl Reply for ApiError {
                 "retry-after",
                 warp::http::HeaderValue::from_static(RETRY_AFTER_SECS),
             );
+        }
+        if let Self::TooManyRequests {
+            level,
+            per_sec,
+            retry_after_secs,
+        } = self
+        {
+            // The IETF RateLimit header fields: the policy that refused, none left, and when.
+            let headers = [
+                ("retry-after", retry_after_secs.to_string()),
+                ("ratelimit", format!("\"{level}\";r=0;t={retry_after_secs}")),
+                ("ratelimit-policy", format!("\"{level}\";q={per_sec};w=1")),
+            ];
+            for (name, value) in headers {
+                if let Ok(v) = warp::http::HeaderValue::from_str(&value) {
+                    res.headers_mut().insert(name, v);
+                }
+            }
         }
         res
     }

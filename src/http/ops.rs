@@ -128,6 +128,18 @@ pub async fn health(app: App) -> Response {
             }),
         );
     }
+    // Nor is Redis: without it the rate limits count per node.
+    if let Some(up) = app.limiter.probe_redis().await {
+        degraded |= !up;
+        checks.insert(
+            "redis".to_owned(),
+            check(if up {
+                Ok(())
+            } else {
+                Err("unreachable; rate limits count per node".into())
+            }),
+        );
+    }
     let status = match (healthy, degraded) {
         (false, _) => "unhealthy",
         (true, true) => "degraded",

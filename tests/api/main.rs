@@ -15,6 +15,7 @@ mod commands;
 mod console;
 mod curation;
 mod events;
+mod limits;
 mod operations;
 mod recommendations;
 mod registrations;
