@@ -180,7 +180,19 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
                 // else a new one. It is echoed in the answer and carried by every log line
                 // written while the request is handled.
                 let id = crate::http::request_id(req.headers());
-                let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+                // Its trace: the caller's `traceparent` continued, or a new one; carried to the
+                // owners of the entities it reaches on other nodes, and echoed.
+                let traceparent = convene_cluster::trace::continue_or_start(
+                    req.headers()
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok()),
+                );
+                let trace_id = convene_cluster::trace::trace_id(&traceparent)
+                    .unwrap_or_default()
+                    .to_owned();
+                let span = tracing::info_span!("request", id = %id, trace_id = %trace_id, method = %req.method(), path = %req.uri().path());
+                let trace: std::sync::Arc<str> = traceparent.into();
+                let echoed = trace.clone();
                 let handled = async move {
                     if app.limiter.is_on() && !crate::limits::exempt(req.uri().path()) {
                         if let Err(refused) =
@@ -196,9 +208,13 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
                     }
                 };
                 async move {
+                    let handled = convene_cluster::trace::scope(trace, handled);
                     let mut res = tracing::Instrument::instrument(handled, span).await?;
                     if let Ok(value) = warp::http::HeaderValue::from_str(&id) {
                         res.headers_mut().insert("x-request-id", value);
+                    }
+                    if let Ok(value) = warp::http::HeaderValue::from_str(&echoed) {
+                        res.headers_mut().insert("traceparent", value);
                     }
                     Ok::<_, std::convert::Infallible>(res)
                 }

@@ -18,6 +18,7 @@ mod protocol;
 mod registry;
 mod router;
 mod shard;
+pub mod trace;
 pub mod wire;
 
 pub use directory::Ticket;

@@ -44,7 +44,10 @@ impl Actor for PeerActor {
         cluster: &mut Cluster,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            PeerMessage::Forward(kind, key, body, port) => {
+            PeerMessage::Forward(kind, key, body, trace, port) => {
+                if let Some(id) = crate::trace::trace_id(&trace) {
+                    tracing::debug!(trace_id = id, %key, "forwarded message for this node");
+                }
                 forwarded(cluster, &kind, &key, &body, port)
             }
             PeerMessage::Heartbeat(bytes) => match serde_json::from_slice::<Heartbeat>(&bytes) {

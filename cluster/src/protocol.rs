@@ -24,10 +24,11 @@ pub(crate) mod reply {
 /// Messages between the router actors of nodes.
 #[derive(RactorClusterMessage)]
 pub enum PeerMessage {
-    /// An entity message for a key this node should own: kind, key, encoded request. The
-    /// reply's first byte is one of [`reply`]'s codes.
+    /// An entity message for a key this node should own: kind, key, encoded request, the
+    /// sender's `traceparent` (empty when it has none). The reply's first byte is one of
+    /// [`reply`]'s codes.
     #[rpc]
-    Forward(String, String, Vec<u8>, RpcReplyPort<Vec<u8>>),
+    Forward(String, String, Vec<u8>, String, RpcReplyPort<Vec<u8>>),
     /// A member's heartbeat, encoded.
     Heartbeat(Vec<u8>),
     /// A one-way message for a node service of this node: topic, payload.

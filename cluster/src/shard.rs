@@ -227,6 +227,7 @@ impl<F: EntityFactory> ShardState<F> {
                     key: key.clone(),
                     body,
                     deadline: Instant::now() + self.args.settings.timeout,
+                    trace: crate::trace::current(),
                 };
                 tokio::spawn(forward.run(owner, responder));
                 None

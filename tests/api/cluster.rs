@@ -1280,3 +1280,60 @@ async fn an_event_is_searchable_on_every_node_soon_after_its_commit() {
         assert!(gone, "node {node} still finds deleted event {id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_request_carries_its_trace_id_into_the_owners_logs() {
+    let env = vec![(
+        "RUST_LOG".to_owned(),
+        "warn,convene=info,convene_cluster=debug".to_owned(),
+    )];
+    let Some(cluster) = TestCluster::start_with(3, env).await else {
+        return;
+    };
+    let event = cluster.create_event(5).await;
+    let owner = cluster.owner_of(&format!("event/{event}")).await;
+    let edge = (owner + 1) % 3;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let res = cluster
+        .client
+        .get(format!(
+            "{}/api/v1/events/{event}",
+            cluster.nodes[edge].http
+        ))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let echoed = res.headers()["traceparent"].to_str().unwrap().to_owned();
+    assert!(echoed.starts_with(&format!("00-{trace_id}-")), "{echoed}");
+    for (node, what) in [
+        (edge, "forwarding to the owner"),
+        (owner, "forwarded message for this node"),
+    ] {
+        let found = eventually(Duration::from_secs(5), || async {
+            cluster
+                .log(node)
+                .lines()
+                .any(|l| l.contains(trace_id) && l.contains(what))
+        })
+        .await;
+        assert!(
+            found,
+            "node-{node} logs `{what}` with the trace id:\n{}",
+            cluster.log(node)
+        );
+    }
+    // A request without one starts a trace of its own.
+    let res = cluster
+        .client
+        .get(format!(
+            "{}/api/v1/events/{event}",
+            cluster.nodes[edge].http
+        ))
+        .send()
+        .await
+        .unwrap();
+    let fresh = res.headers()["traceparent"].to_str().unwrap().to_owned();
+    assert!(!fresh.contains(trace_id) && fresh.len() == 55, "{fresh}");
+}

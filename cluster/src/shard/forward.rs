@@ -2,6 +2,7 @@
 //! actor, asked again of the owner of the moment when the owner moved, and delivered here when
 //! the key came back to this node meanwhile.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
@@ -36,6 +37,7 @@ pub(crate) fn route<M: Forwardable>(
                     key,
                     body,
                     deadline: Instant::now() + timeout,
+                    trace: crate::trace::current(),
                 };
                 tokio::spawn(forward.run(owner, responder));
                 return true;
@@ -85,6 +87,8 @@ pub(crate) struct Forward<M> {
     pub(crate) key: EntityKey,
     pub(crate) body: Vec<u8>,
     pub(crate) deadline: Instant,
+    /// The sender's trace context, passed to the owner.
+    pub(crate) trace: Option<Arc<str>>,
 }
 
 impl<M: Forwardable> Forward<M> {
@@ -96,6 +100,10 @@ impl<M: Forwardable> Forward<M> {
     pub(crate) async fn run(self, mut owner: String, responder: Responder) {
         let kind = self.key.kind().to_owned();
         let key = self.key.to_string();
+        let trace = self.trace.as_deref().unwrap_or_default().to_owned();
+        if let Some(id) = crate::trace::trace_id(&trace) {
+            tracing::debug!(trace_id = id, %key, %owner, "forwarding to the owner");
+        }
         loop {
             let remaining = self.deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -108,7 +116,13 @@ impl<M: Forwardable> Forward<M> {
                 let call = peer
                     .call(
                         |port| {
-                            PeerMessage::Forward(kind.clone(), key.clone(), self.body.clone(), port)
+                            PeerMessage::Forward(
+                                kind.clone(),
+                                key.clone(),
+                                self.body.clone(),
+                                trace.clone(),
+                                port,
+                            )
                         },
                         Some(remaining),
                     )
