@@ -93,6 +93,10 @@ pub struct Config {
     pub rate_limit_ip_per_sec: u32,
     /// See `rate_limit_ip_per_sec`.
     pub rate_limit_ip_burst: u32,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is believed: the client of a
+    /// request they pass on is the last address in it that is not one of them.
+    #[serde(deserialize_with = "list")]
+    pub trusted_proxies: Vec<String>,
     /// Node-to-node listener; set (or give seeds) to run as a member of a cluster.
     pub cluster_listen: Option<SocketAddr>,
     /// The host other nodes reach this one at (default: the listener's address, or the
@@ -259,9 +263,8 @@ impl Config {
                 let value = match key.as_str() {
                     "jwt_secret" | "database_url" | "node_name" | "data_dir" | "cookie"
                     | "seeds" | "cors_origins" | "cluster_advertise" | "nats_url"
-                    | "kafka_brokers" | "bus_prefix" | "nats_stream" | "redis_url" => {
-                        Value::from(v)
-                    }
+                    | "kafka_brokers" | "bus_prefix" | "nats_stream" | "redis_url"
+                    | "trusted_proxies" => Value::from(v),
                     _ => value,
                 };
                 prefixed.insert(key, value);

@@ -100,6 +100,7 @@ pub struct Refused {
 /// The node's limiter.
 pub struct Limiter {
     limits: Vec<Limit>,
+    trusted: Vec<ipnet::IpNet>,
     redis: Option<SharedCounts>,
     local: Vec<(Level, DefaultKeyedRateLimiter<String>)>,
     decisions: IntCounterVec,
@@ -162,12 +163,47 @@ impl Limiter {
                 (l.level, RateLimiter::keyed(quota))
             })
             .collect();
+        let trusted = config
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!("trusted_proxies: `{p}` is not an address or CIDR block")
+                    })
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Arc::new(Self {
             limits,
+            trusted,
             redis,
             local,
             decisions: metrics.rate_limit_decisions.clone(),
         }))
+    }
+
+    /// The client of a request from `peer`: `peer` itself, unless it is a trusted proxy; then
+    /// the last address of `X-Forwarded-For` that is not a trusted proxy (the first one when
+    /// all are).
+    pub fn client(&self, headers: &warp::http::HeaderMap, peer: IpAddr) -> IpAddr {
+        let trusted = |ip: &IpAddr| self.trusted.iter().any(|net| net.contains(ip));
+        if !trusted(&peer) {
+            return peer;
+        }
+        let hops: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|hop| hop.trim().parse().ok())
+            .collect();
+        hops.iter()
+            .rev()
+            .find(|ip| !trusted(ip))
+            .or(hops.first())
+            .copied()
+            .unwrap_or(peer)
     }
 
     /// Whether any level is set.
@@ -304,6 +340,7 @@ pub async fn admit(
     } else {
         None
     };
+    let ip = limiter.client(headers, ip);
     limiter
         .check(user, Some(ip))
         .await
@@ -387,5 +424,58 @@ impl SharedCounts {
             burst: limit.burst.get(),
             retry_after: Duration::from_millis(retry_ms.max(1) as u64),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    fn limiter(proxies: &str) -> Arc<Limiter> {
+        let env = vec![("CONVENE_TRUSTED_PROXIES".to_owned(), proxies.to_owned())];
+        let config = Config::load(None, env, &Overrides::default()).unwrap();
+        Limiter::new(&config, &Metrics::new()).unwrap()
+    }
+
+    fn forwarded(hops: &str) -> warp::http::HeaderMap {
+        let mut headers = warp::http::HeaderMap::new();
+        headers.insert("x-forwarded-for", hops.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn the_client_is_the_last_hop_that_is_not_a_trusted_proxy() {
+        let l = limiter("10.0.0.0/8,192.168.1.5");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let via_ingress = forwarded("203.0.113.9, 198.51.100.7, 10.1.2.3");
+        // A trusted proxy's header names the client: the last untrusted hop (an address the
+        // client put first could be forged).
+        assert_eq!(l.client(&via_ingress, ip("10.0.0.2")), ip("198.51.100.7"));
+        assert_eq!(
+            l.client(&via_ingress, ip("192.168.1.5")),
+            ip("198.51.100.7")
+        );
+        // Anyone else's header is ignored.
+        assert_eq!(
+            l.client(&via_ingress, ip("198.51.100.1")),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            l.client(&forwarded("10.0.0.7"), ip("10.0.0.2")),
+            ip("10.0.0.7")
+        );
+        let none = warp::http::HeaderMap::new();
+        assert_eq!(l.client(&none, ip("10.0.0.2")), ip("10.0.0.2"));
+        let bad = Config::load(
+            None,
+            vec![(
+                "CONVENE_TRUSTED_PROXIES".to_owned(),
+                "10.0.0.0/33".to_owned(),
+            )],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(Limiter::new(&bad, &Metrics::new()).is_err());
     }
 }
