@@ -162,6 +162,42 @@ crate::both_stores! {
         assert_eq!(audit(&app).await, vec![("passivate".to_owned(), key, admin.id)]);
     }
 
+    async fn the_stream_sends_every_panel_at_most_once_a_second(app) {
+        let admin = app.admin("root@example.com").await;
+        let mut res = app
+            .client
+            .get(app.url("/api/v1/admin/stream"))
+            .bearer_auth(&admin.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        let mut text = String::new();
+        let started = std::time::Instant::now();
+        let window = Duration::from_millis(2500);
+        while started.elapsed() < window {
+            match tokio::time::timeout(window - started.elapsed(), res.chunk()).await {
+                Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => break,
+            }
+        }
+        for panel in ["members", "actors", "rooms", "buses", "requests"] {
+            let events: Vec<&str> = text
+                .split("\n\n")
+                .filter(|block| block.lines().any(|l| l == format!("event:{panel}")))
+                .collect();
+            assert!(
+                (1..=3).contains(&events.len()),
+                "{panel}: {} updates in 2.5 s",
+                events.len()
+            );
+            let data = events[0].lines().find_map(|l| l.strip_prefix("data:")).unwrap();
+            let value: Value = serde_json::from_str(data).unwrap();
+            assert!(value.is_object(), "{panel}: {data}");
+        }
+    }
+
     async fn a_notice_reaches_everyone_in_the_room_and_is_audited(app) {
         let admin = app.admin("root@example.com").await;
         let user = app.sign_up("member@example.com").await;
