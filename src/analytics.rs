@@ -24,6 +24,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::cache::Caches;
 use crate::lease::{Follower, Lease};
 use crate::metrics::Metrics;
 use crate::store::{Interacted, SqlStore};
@@ -55,10 +56,16 @@ pub struct Tracker {
 
 impl Tracker {
     /// Starts the node's tracker, writing through `store` and feeding `windows`.
-    pub fn start(store: SqlStore, windows: Router<AnalyticsMessage>, metrics: Metrics) -> Self {
+    /// The recommendations cached for a user are made stale by what they do.
+    pub fn start(
+        store: SqlStore,
+        windows: Router<AnalyticsMessage>,
+        metrics: Metrics,
+        caches: Arc<Caches>,
+    ) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         let requests = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-        tokio::spawn(run(rx, store, windows, requests.clone()));
+        tokio::spawn(run(rx, store, windows, requests.clone(), caches));
         Self {
             queue,
             requests,
@@ -140,6 +147,7 @@ async fn run(
     store: SqlStore,
     windows: Router<AnalyticsMessage>,
     requests: Arc<[AtomicU64; 2]>,
+    caches: Arc<Caches>,
 ) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -157,16 +165,16 @@ async fn run(
                         }
                     }
                     if pending.len() >= BATCH {
-                        flush(&mut pending, &store, &windows).await;
+                        flush(&mut pending, &store, &windows, &caches).await;
                     }
                 }
                 None => {
-                    flush(&mut pending, &store, &windows).await;
+                    flush(&mut pending, &store, &windows, &caches).await;
                     break;
                 }
             },
             _ = tick.tick() => {
-                flush(&mut pending, &store, &windows).await;
+                flush(&mut pending, &store, &windows, &caches).await;
                 ticks += 1;
                 if ticks % REQUESTS_EVERY == 0 {
                     report_requests(&requests, &windows);
@@ -198,7 +206,12 @@ fn report_requests(requests: &[AtomicU64; 2], windows: &Router<AnalyticsMessage>
     }
 }
 
-async fn flush(pending: &mut Vec<Tracked>, store: &SqlStore, windows: &Router<AnalyticsMessage>) {
+async fn flush(
+    pending: &mut Vec<Tracked>,
+    store: &SqlStore,
+    windows: &Router<AnalyticsMessage>,
+    caches: &Caches,
+) {
     if pending.is_empty() {
         return;
     }
@@ -219,6 +232,13 @@ async fn flush(pending: &mut Vec<Tracked>, store: &SqlStore, windows: &Router<An
             count: 1,
         })
         .collect();
+    if result.is_ok() {
+        // Before anyone hears it is recorded: their next recommendations must see it.
+        let users: std::collections::BTreeSet<i64> = rows.iter().map(|i| i.user).collect();
+        for user in users {
+            caches.user_changed(user).await;
+        }
+    }
     for t in batch {
         if let Some(done) = t.done {
             let _ = done.send(result.clone());

@@ -68,6 +68,10 @@ pub struct Inner {
     pub admin: crate::admin::Admin,
     /// The request rate limits.
     pub limiter: std::sync::Arc<crate::limits::Limiter>,
+    /// The link to Redis, when one is configured.
+    pub redis: Option<Arc<crate::redis_link::RedisLink>>,
+    /// The read caches.
+    pub caches: Arc<crate::cache::Caches>,
     /// The configuration the node started with.
     pub config: Config,
     /// When the node started.

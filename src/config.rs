@@ -79,8 +79,14 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// How long browsers may cache a CORS preflight's answer.
     pub cors_max_age_secs: u64,
-    /// Redis, shared by the nodes for the rate limits; unset keeps the limits per node.
+    /// Redis, shared by the nodes for the rate limits and the caches; unset keeps both per node.
     pub redis_url: Option<Secret>,
+    /// How long an event's details stay in the shared cache (changes make them stale at once).
+    pub cache_event_ttl_secs: u64,
+    /// How long search results stay cached (a change to the index makes them stale at once).
+    pub cache_search_ttl_secs: u64,
+    /// How long a user's recommendations stay cached (what they do makes them stale at once).
+    pub cache_recommendations_ttl_secs: u64,
     /// Requests per second the whole cluster takes (0: no limit), and the burst above it.
     pub rate_limit_global_per_sec: u32,
     /// See `rate_limit_global_per_sec`.

@@ -357,6 +357,17 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
 
+/// A 200 response whose body is JSON already serialised (a cached answer, an actor's kept
+/// bytes).
+fn json_bytes(body: bytes::Bytes) -> Response {
+    let mut res = Response::new(body.into());
+    res.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
 /// A handler's answer as a response.
 fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(Reply::into_response)

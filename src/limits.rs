@@ -8,8 +8,7 @@
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -17,11 +16,7 @@ use prometheus::IntCounterVec;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-
-/// How long a call to Redis may take before the node decides alone.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
-/// After a failed call, Redis is left alone this long.
-const REDIS_BACKOFF: Duration = Duration::from_secs(1);
+use crate::redis_link::RedisLink;
 
 /// Checks every level in `KEYS` (with its emission interval and burst in `ARGV`), on Redis's
 /// clock; records the request in all of them only if every one allows it. Answers
@@ -107,17 +102,17 @@ pub struct Limiter {
 }
 
 struct SharedCounts {
-    client: redis::Client,
-    connection: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    link: Arc<RedisLink>,
     script: redis::Script,
-    /// Milliseconds since `started` before which Redis is not asked.
-    resting_until: AtomicI64,
-    started: Instant,
 }
 
 impl Limiter {
-    /// The limits `config` sets; Redis is used when `redis_url` is set (and answers).
-    pub fn new(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<Self>> {
+    /// The limits `config` sets; shared through `redis` when there is a link (and it answers).
+    pub fn new(
+        config: &Config,
+        metrics: &Metrics,
+        redis: Option<Arc<RedisLink>>,
+    ) -> anyhow::Result<Arc<Self>> {
         let limits: Vec<Limit> = [
             (
                 Level::Global,
@@ -146,16 +141,12 @@ impl Limiter {
             })
         })
         .collect();
-        let redis = match &config.redis_url {
-            Some(url) if !limits.is_empty() => Some(SharedCounts {
-                client: redis::Client::open(url.expose())?,
-                connection: tokio::sync::Mutex::new(None),
+        let redis = redis
+            .filter(|_| !limits.is_empty())
+            .map(|link| SharedCounts {
+                link,
                 script: redis::Script::new(GCRA),
-                resting_until: AtomicI64::new(0),
-                started: Instant::now(),
-            }),
-            _ => None,
-        };
+            });
         let local = limits
             .iter()
             .map(|l| {
@@ -211,11 +202,6 @@ impl Limiter {
         !self.limits.is_empty()
     }
 
-    /// Whether Redis is configured, and whether it answered its last call.
-    pub fn redis_state(&self) -> Option<bool> {
-        self.redis.as_ref().map(|r| !r.resting())
-    }
-
     /// Decides a request of `user` (when signed in) from `ip`.
     pub async fn check(&self, user: Option<i64>, ip: Option<IpAddr>) -> Result<(), Refused> {
         let keys: Vec<(Limit, String)> = self
@@ -266,27 +252,6 @@ impl Limiter {
             }
         }
         Ok(())
-    }
-
-    /// Whether Redis answers a PING now (`None` when it is not configured); a failure keeps it
-    /// out of the decisions for a second, an answer takes it back at once.
-    pub async fn probe_redis(&self) -> Option<bool> {
-        let shared = self.redis.as_ref()?;
-        let ping = async {
-            let mut c = shared.client.get_multiplexed_async_connection().await?;
-            redis::cmd("PING").query_async::<String>(&mut c).await
-        };
-        let up = matches!(
-            tokio::time::timeout(REDIS_TIMEOUT * 2, ping).await,
-            Ok(Ok(_))
-        );
-        if up {
-            // Back: decisions are shared again from the next request on.
-            shared.resting_until.store(0, Ordering::Relaxed);
-        } else {
-            shared.rest("no answer to PING");
-        }
-        Some(up)
     }
 
     /// Forgets, each minute, the local counts of keys quiet long enough to be full again, for
@@ -352,57 +317,18 @@ pub async fn admit(
 }
 
 impl SharedCounts {
-    fn now_ms(&self) -> i64 {
-        self.started.elapsed().as_millis() as i64
-    }
-
-    fn resting(&self) -> bool {
-        self.now_ms() < self.resting_until.load(Ordering::Relaxed)
-    }
-
-    fn rest(&self, why: &str) {
-        let jitter = rand::random::<u64>() % 250;
-        let until = self.now_ms() + (REDIS_BACKOFF.as_millis() as u64 + jitter) as i64;
-        if self.resting_until.swap(until, Ordering::Relaxed) < self.now_ms() {
-            tracing::warn!(
-                reason = why,
-                "Redis did not answer; rate limits are per node for now"
-            );
-        }
-    }
-
     /// The shared decision, or `None` when Redis cannot give one now.
     async fn check(&self, keys: &[(Limit, String)]) -> Option<Result<(), Refused>> {
-        if self.resting() {
-            return None;
-        }
-        match tokio::time::timeout(REDIS_TIMEOUT, self.call(keys)).await {
-            Ok(Ok(answer)) => Some(answer),
-            Ok(Err(e)) => {
-                *self.connection.lock().await = None;
-                self.rest(&e.to_string());
-                None
-            }
-            Err(_) => {
-                *self.connection.lock().await = None;
-                self.rest("timed out");
-                None
-            }
-        }
+        self.link
+            .call(|mut c| async move { self.call(&mut c, keys).await })
+            .await
     }
 
-    async fn call(&self, keys: &[(Limit, String)]) -> redis::RedisResult<Result<(), Refused>> {
-        let mut connection = {
-            let mut slot = self.connection.lock().await;
-            match slot.as_ref() {
-                Some(c) => c.clone(),
-                None => {
-                    let c = self.client.get_multiplexed_async_connection().await?;
-                    *slot = Some(c.clone());
-                    c
-                }
-            }
-        };
+    async fn call(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+        keys: &[(Limit, String)],
+    ) -> redis::RedisResult<Result<(), Refused>> {
         let mut invocation = self.script.prepare_invoke();
         for (limit, key) in keys {
             invocation
@@ -411,7 +337,7 @@ impl SharedCounts {
                 .arg(limit.burst.get());
         }
         let (allowed, retry_ms, _remaining, level): (i64, i64, i64, usize) =
-            invocation.invoke_async(&mut connection).await?;
+            invocation.invoke_async(connection).await?;
         if allowed == 1 {
             return Ok(Ok(()));
         }
@@ -435,7 +361,7 @@ mod tests {
     fn limiter(proxies: &str) -> Arc<Limiter> {
         let env = vec![("CONVENE_TRUSTED_PROXIES".to_owned(), proxies.to_owned())];
         let config = Config::load(None, env, &Overrides::default()).unwrap();
-        Limiter::new(&config, &Metrics::new()).unwrap()
+        Limiter::new(&config, &Metrics::new(), None).unwrap()
     }
 
     fn forwarded(hops: &str) -> warp::http::HeaderMap {
@@ -476,6 +402,6 @@ mod tests {
             &Overrides::default(),
         )
         .unwrap();
-        assert!(Limiter::new(&bad, &Metrics::new()).is_err());
+        assert!(Limiter::new(&bad, &Metrics::new(), None).is_err());
     }
 }

@@ -282,6 +282,14 @@ impl Node {
         )
         .await?;
         let metrics = Metrics::new();
+        let redis = match &config.redis_url {
+            Some(url) => Some(Arc::new(crate::redis_link::RedisLink::new(
+                url.expose(),
+                &metrics,
+            )?)),
+            None => None,
+        };
+        let caches = Arc::new(crate::cache::Caches::new(&config, &metrics, redis.clone()));
         let windows = Router::start(
             cluster.clone(),
             AnalyticsFactory::new(
@@ -297,7 +305,12 @@ impl Node {
             settings,
         )
         .await?;
-        let tracker = Tracker::start(store.clone(), windows.clone(), metrics.clone());
+        let tracker = Tracker::start(
+            store.clone(),
+            windows.clone(),
+            metrics.clone(),
+            caches.clone(),
+        );
         let (fanout, _) = Actor::spawn(None, FanOut, ()).await?;
         cluster.serve(fanout::TOPIC, Arc::new(FanOutService(fanout.clone())));
         // A joiner's first frames must fit its outbound queue: the reply, the presence, and up
@@ -362,6 +375,7 @@ impl Node {
                 store: store.clone(),
                 index: search.clone(),
                 events: events_read.clone(),
+                caches: caches.clone(),
             },
         )
         .await?;
@@ -432,7 +446,7 @@ impl Node {
             windows.shard(),
             fanout.get_cell(),
         ];
-        let limiter = crate::limits::Limiter::new(&config, &metrics)?;
+        let limiter = crate::limits::Limiter::new(&config, &metrics, redis.clone())?;
         limiter.start_pruning();
         let app = App::new(Inner {
             store,
@@ -453,6 +467,8 @@ impl Node {
             metrics,
             admin: crate::admin::Admin::default(),
             limiter,
+            redis,
+            caches,
             config: config.clone(),
             started: Instant::now(),
             dummy_hash,
@@ -466,6 +482,10 @@ impl Node {
             app.clone(),
             inbound_stopped.clone(),
         )];
+        inbound.extend(crate::leaderboard::start(
+            app.clone(),
+            inbound_stopped.clone(),
+        ));
         if let Some(nats) = &app.buses.nats {
             let prefix = config.bus_prefix.clone();
             inbound.push(commands::serve_nats(

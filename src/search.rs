@@ -121,6 +121,8 @@ pub struct SearchIndex {
     ready: AtomicBool,
     /// Events indexed so far by the running rebuild.
     rebuilt: AtomicU64,
+    /// The outbox position searches see (the reader's last reload).
+    searched: Mutex<Option<Position>>,
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -183,7 +185,22 @@ impl SearchIndex {
             dir: dir.to_owned(),
             ready: AtomicBool::new(ready),
             rebuilt: AtomicU64::new(0),
+            searched: Mutex::new(None),
         })
+        .inspect(|i| {
+            if ready {
+                i.set_searched(i.position().ok().flatten());
+            }
+        })
+    }
+
+    fn set_searched(&self, at: Option<Position>) {
+        *self.searched.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
+    /// The outbox position searches answered now reflect at least; `None` while unknown.
+    pub fn searched(&self) -> Option<Position> {
+        *self.searched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether searches can be answered (false while rebuilding).
@@ -239,6 +256,7 @@ impl SearchIndex {
         commit.commit()?;
         drop(guard);
         self.reader.reload()?;
+        self.set_searched(Some(at));
         Ok(())
     }
 
@@ -290,6 +308,7 @@ impl SearchIndex {
         commit.commit()?;
         drop(guard);
         self.reader.reload()?;
+        self.set_searched(Some(at));
         std::fs::write(
             self.dir.join(VERSION_FILE),
             serde_json::to_vec(&VersionFile {

@@ -285,23 +285,40 @@ pub async fn create(
     ))]
 pub async fn get(id: String, app: App, auth: Option<String>) -> Result<Response, ApiError> {
     let event_id = parse_id(&id)?;
-    let event = app
-        .events
-        .ask(event::key(event_id), |reply| EventMessage::Get { reply })
-        .await??;
+    let key = event::key(event_id);
+    // The owner's actor keeps the answer's bytes: the shared cache only saves a hop to another
+    // node, and spreads the reads of a hot event over the cluster.
+    let cached = if app.cluster.is_local(&key) {
+        None
+    } else {
+        app.caches.event(event_id).await
+    };
+    let (version, body) = match cached
+        .as_ref()
+        .and_then(|c| Some((c.version, c.hit.clone()?)))
+    {
+        Some(hit) => hit,
+        None => {
+            let event = app
+                .events
+                .ask(key, |reply| EventMessage::Get { reply })
+                .await??;
+            if let Some(lookup) = &cached {
+                app.caches
+                    .put_event(lookup, event.version, &event.body)
+                    .await;
+            }
+            (event.version, event.body)
+        }
+    };
     if auth.is_some() {
         if let Ok(caller) = app.authenticate(auth.as_deref()).await {
             app.tracker.view(caller.principal.user_id, event_id);
         }
     }
-    let mut res = Response::new(event.body.into());
-    let headers = res.headers_mut();
-    headers.insert(
-        "content-type",
-        warp::http::HeaderValue::from_static("application/json"),
-    );
-    if let Ok(v) = warp::http::HeaderValue::from_str(&format!("\"{}\"", event.version)) {
-        headers.insert("etag", v);
+    let mut res = super::json_bytes(body);
+    if let Ok(v) = warp::http::HeaderValue::from_str(&format!("\"{version}\"")) {
+        res.headers_mut().insert("etag", v);
     }
     Ok(res)
 }
@@ -369,6 +386,7 @@ pub async fn update(
             reply,
         })
         .await??;
+    app.caches.event_changed(event.id).await;
     Ok(json(StatusCode::OK, &EventView::from(event)))
 }
 
@@ -385,9 +403,13 @@ pub async fn delete(id: String, app: App, auth: Option<String>) -> Result<Respon
     let caller = app.authenticate(auth.as_deref()).await?;
     let key = event_key(&id)?;
     let principal = caller.principal;
+    let event_id = key.numeric_id();
     app.events
         .ask(key, |reply| EventMessage::Delete { principal, reply })
         .await??;
+    if let Some(id) = event_id {
+        app.caches.event_changed(id).await;
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

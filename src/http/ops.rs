@@ -128,15 +128,16 @@ pub async fn health(app: App) -> Response {
             }),
         );
     }
-    // Nor is Redis: without it the rate limits count per node.
-    if let Some(up) = app.limiter.probe_redis().await {
+    // Nor is Redis: without it the rate limits count per node and the caches are per node.
+    if let Some(redis) = &app.redis {
+        let up = redis.ping().await;
         degraded |= !up;
         checks.insert(
             "redis".to_owned(),
             check(if up {
                 Ok(())
             } else {
-                Err("unreachable; rate limits count per node".into())
+                Err("unreachable; rate limits and caches are per node".into())
             }),
         );
     }

@@ -128,6 +128,15 @@ pub async fn for_me(app: App, auth: Option<String>, query: String) -> Result<Res
         .ask(user::key(user_id), |reply| UserMessage::Get { reply })
         .await??;
     let home = crate::recommend::home(&account.profile);
+    let model = app.models.current().map_or(0, |l| l.version);
+    let variant = format!(
+        "limit:{limit}:model:{model}:profile:{}",
+        account.updated_at.timestamp_micros()
+    );
+    let cached = app.caches.recommendations(user_id, &variant).await;
+    if let Some(body) = cached.as_ref().and_then(|c| c.hit.clone()) {
+        return Ok(super::json_bytes(body));
+    }
     let answer = ask(&app, |reply| Request::ForUser {
         user_id,
         home,
@@ -136,7 +145,13 @@ pub async fn for_me(app: App, auth: Option<String>, query: String) -> Result<Res
         reply,
     })
     .await??;
-    Ok(json(StatusCode::OK, &answer))
+    let body = bytes::Bytes::from(
+        serde_json::to_vec(&answer).map_err(|e| ApiError::Unavailable(e.to_string()))?,
+    );
+    if let Some(lookup) = &cached {
+        app.caches.put(lookup, &body).await;
+    }
+    Ok(super::json_bytes(body))
 }
 
 /// Events like this one (by who went, by content, by the learnt factors); no token needed.

@@ -116,6 +116,7 @@ pub async fn take_seat(
             ));
         }
     }
+    let event_id = key.numeric_id();
     let outcome = app
         .events
         .ask(key, |reply| EventMessage::Register {
@@ -134,6 +135,9 @@ pub async fn take_seat(
         Err(_) => "error",
     };
     app.metrics.registrations.with_label_values(&[label]).inc();
+    if matches!(label, "created" | "waitlisted") {
+        changed(app, event_id, user_id).await;
+    }
     let (status, registration) = match outcome? {
         RegistrationOutcome::Created(r) => (StatusCode::CREATED, r),
         RegistrationOutcome::Existing(r) => (StatusCode::OK, r),
@@ -156,10 +160,22 @@ pub async fn take_seat(
 
 /// Cancels `user_id`'s registration through the event's actor (404 when there is none).
 pub async fn give_up_seat(app: &App, key: EntityKey, user_id: i64) -> Result<(), ApiError> {
+    let event_id = key.numeric_id();
     app.events
         .ask(key, |reply| EventMessage::Cancel { user_id, reply })
         .await??;
+    changed(app, event_id, user_id).await;
     Ok(())
+}
+
+/// A seat was taken or given up: what the caches hold of the event and of the user's
+/// recommendations is stale from now on, on every node (the indexers confirm it when they reach
+/// the change, a few milliseconds later).
+async fn changed(app: &App, event_id: Option<i64>, user_id: i64) {
+    if let Some(id) = event_id {
+        app.caches.event_changed(id).await;
+    }
+    app.caches.user_changed(user_id).await;
 }
 
 /// Cancels the signed-in user's registration; the oldest waitlisted user takes the seat.

@@ -7,10 +7,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use convene_actors::model::Category;
 use utoipa::IntoParams;
 use warp::Filter;
-use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::{json, raw_query, respond, with_app};
+use super::{json_bytes, raw_query, respond, with_app};
 use crate::app::App;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::search::query::{SearchRequest, SearchResults, Sort, SortKey};
@@ -314,6 +313,17 @@ pub async fn search(app: App, query: String) -> Result<Response, ApiError> {
             index.rebuilt()
         )));
     }
+    // Results depend on the index's position and, through `now`, on time: the position keys
+    // the cache, the TTL bounds the rest.
+    let position = index.searched();
+    let hash = crate::cache::search_hash(&query);
+    let cached = match position {
+        Some(at) => app.caches.search(&hash, at).await,
+        None => None,
+    };
+    if let Some(body) = cached.as_ref().and_then(|c| c.hit.clone()) {
+        return Ok(json_bytes(body));
+    }
     let results = tokio::task::spawn_blocking(move || index.search(&request))
         .await
         .map_err(|e| ApiError::Unavailable(format!("search failed: {e}")))?
@@ -321,5 +331,12 @@ pub async fn search(app: App, query: String) -> Result<Response, ApiError> {
             tracing::error!(error = %e, "search failed");
             ApiError::Unavailable("search failed".into())
         })?;
-    Ok(json(StatusCode::OK, &results))
+    let body = bytes::Bytes::from(
+        serde_json::to_vec(&results)
+            .map_err(|e| ApiError::Unavailable(format!("search failed: {e}")))?,
+    );
+    if let (Some(lookup), Some(at)) = (&cached, position) {
+        app.caches.put_search(lookup, at, &body).await;
+    }
+    Ok(json_bytes(body))
 }

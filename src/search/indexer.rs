@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use super::{Change, SearchIndex};
+use crate::cache::Caches;
 use crate::recommend::serving::EventCache;
 use crate::store::{OutboxWatch, PRUNED, Position, Read, SqlStore};
 
@@ -55,6 +56,8 @@ pub struct IndexerArgs {
     pub index: Arc<SearchIndex>,
     /// The events the recommendations read lately, forgotten as they change.
     pub events: EventCache,
+    /// The read caches, made stale by the changes as they are applied.
+    pub caches: Arc<Caches>,
 }
 
 /// Its state.
@@ -79,6 +82,39 @@ fn wake(indexer: &ActorRef<IndexerMessage>, woken: &AtomicBool) -> bool {
 #[derive(Deserialize)]
 struct EventId {
     event_id: i64,
+}
+
+/// Who a row concerns, for the caches.
+#[derive(Deserialize)]
+struct Concerns {
+    /// An event's own rows carry `id`.
+    id: Option<i64>,
+    event_id: Option<i64>,
+    user_id: Option<i64>,
+}
+
+/// Makes stale what the rows changed: the details of the events they touch, and the
+/// recommendations of the users who registered or cancelled.
+async fn invalidate(caches: &Caches, rows: &Read) {
+    let mut events = BTreeSet::new();
+    let mut users = BTreeSet::new();
+    for row in &rows.rows {
+        let Ok(c) = serde_json::from_str::<Concerns>(row.payload.get()) else {
+            continue;
+        };
+        if row.topic.starts_with("events.") {
+            events.extend(c.event_id.or(c.id));
+        } else if row.topic.starts_with("registrations.") {
+            events.extend(c.event_id);
+            users.extend(c.user_id);
+        }
+    }
+    for id in events {
+        caches.event_changed(id).await;
+    }
+    for id in users {
+        caches.user_changed(id).await;
+    }
 }
 
 /// The changes a batch of outbox rows makes to the index; events whose seats changed are read
@@ -174,6 +210,7 @@ impl IndexerState {
         }
         let index = self.args.index.clone();
         tokio::task::spawn_blocking(move || index.apply(&changes, last)).await??;
+        invalidate(&self.args.caches, &read).await;
         self.position = Some(last);
         Ok((full, read.held_back))
     }

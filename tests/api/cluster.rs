@@ -57,7 +57,7 @@ impl TestCluster {
     }
 
     /// [`Self::start`], with more settings for every node.
-    async fn start_with(n: usize, env: Vec<(String, String)>) -> Option<Self> {
+    pub(crate) async fn start_with(n: usize, env: Vec<(String, String)>) -> Option<Self> {
         let database = fresh_postgres().await?;
         let dir = std::env::temp_dir().join(format!("convene-cluster-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -237,7 +237,7 @@ impl TestCluster {
             .collect()
     }
 
-    async fn sign_up_many(&self, n: usize) -> Vec<(i64, String)> {
+    pub(crate) async fn sign_up_many(&self, n: usize) -> Vec<(i64, String)> {
         let bases = self.bases();
         let futures = (0..n).map(|i| {
             let (base, _) = bases[i % bases.len()].clone();

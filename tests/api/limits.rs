@@ -77,13 +77,13 @@ async fn a_user_past_their_burst_waits_and_others_pass() {
 }
 
 /// A `redis-server` of this test's own on a free port, so it can be killed.
-struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     port: u16,
     child: Option<Child>,
 }
 
 impl PrivateRedis {
-    async fn start(port: Option<u16>) -> Option<Self> {
+    pub(crate) async fn start(port: Option<u16>) -> Option<Self> {
         if which("redis-server").is_none() {
             unavailable(
                 "redis-server",
@@ -119,13 +119,13 @@ impl PrivateRedis {
         })
     }
 
-    async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().await.unwrap();
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 }

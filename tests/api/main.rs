@@ -10,6 +10,7 @@ mod bridge;
 mod brokers;
 mod browser;
 mod bus;
+mod caches;
 mod cluster;
 mod commands;
 mod console;
