@@ -284,7 +284,7 @@ impl Caches {
         let stamp = stamp.unwrap_or((lookup.generation, 0));
         let ttl = self.ttl[&lookup.kind];
         if let Some(redis) = self.shared() {
-            let value = encode(stamp, body);
+            let value = &encode(stamp, body);
             let done = redis
                 .call(|mut c| async move {
                     redis::pipe()

@@ -67,14 +67,17 @@ async fn rewrite(app: &App) {
     };
     let members: Vec<(f64, i64)> = trends.iter().map(|t| (t.score, t.event_id)).collect();
     redis
-        .call(|mut c| async move {
-            let mut pipe = redis::pipe();
-            pipe.atomic().del(KEY).ignore();
-            if !members.is_empty() {
-                pipe.zadd_multiple(KEY, &members).ignore();
-                pipe.pexpire(KEY, KEEP.as_millis() as i64).ignore();
+        .call(|mut c| {
+            let members = members.clone();
+            async move {
+                let mut pipe = redis::pipe();
+                pipe.atomic().del(KEY).ignore();
+                if !members.is_empty() {
+                    pipe.zadd_multiple(KEY, &members).ignore();
+                    pipe.pexpire(KEY, KEEP.as_millis() as i64).ignore();
+                }
+                pipe.query_async::<()>(&mut c).await
             }
-            pipe.query_async::<()>(&mut c).await
         })
         .await;
 }

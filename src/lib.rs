@@ -8,7 +8,6 @@ pub mod analytics;
 pub mod app;
 pub mod auth;
 pub mod backup;
-pub mod breaker;
 pub mod bus;
 pub mod cache;
 pub mod config;

@@ -8,8 +8,7 @@
 //! `recommendation_latency_seconds`, `ml_model_accuracy` and `convene_recommend_model_version`;
 //! the analytics' `convene_anomalies_total` and `convene_analytics_dropped_total`; the WebSocket
 //! edge's `convene_ws_connections` and `convene_ws_slow_consumer_cutoffs_total`; the rate
-//! limits' `convene_rate_limit_decisions_total`; the caches' `convene_cache_lookups_total`; the
-//! circuit breakers' `convene_breaker_open` and `convene_breaker_trips_total`.
+//! limits' `convene_rate_limit_decisions_total`; the caches' `convene_cache_lookups_total`.
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -63,10 +62,6 @@ pub struct Metrics {
     pub rate_limit_decisions: IntCounterVec,
     /// `convene_cache_lookups_total{cache,outcome,backend}`: `hit`, `stale` or `miss`.
     pub cache_lookups: IntCounterVec,
-    /// `convene_breaker_open{dependency}`: 1 while calls to it fail fast.
-    pub breaker_open: IntGaugeVec,
-    /// `convene_breaker_trips_total{dependency}`.
-    pub breaker_trips: IntCounterVec,
 }
 
 impl Metrics {
@@ -220,27 +215,9 @@ impl Metrics {
             &["cache", "outcome", "backend"],
         )
         .expect("valid metric");
-        let breaker_open = IntGaugeVec::new(
-            Opts::new(
-                "convene_breaker_open",
-                "1 while the circuit breaker of a dependency is open (calls fail fast)",
-            ),
-            &["dependency"],
-        )
-        .expect("valid metric");
-        let breaker_trips = IntCounterVec::new(
-            Opts::new(
-                "convene_breaker_trips_total",
-                "Times the circuit breaker of a dependency opened",
-            ),
-            &["dependency"],
-        )
-        .expect("valid metric");
         for c in [
             Box::new(bus_commands.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache_lookups.clone()),
-            Box::new(breaker_open.clone()),
-            Box::new(breaker_trips.clone()),
             Box::new(rate_limit_decisions.clone()),
             Box::new(ws_connections.clone()),
             Box::new(ws_slow_consumers.clone()),
@@ -286,8 +263,6 @@ impl Metrics {
             ws_slow_consumers,
             rate_limit_decisions,
             cache_lookups,
-            breaker_open,
-            breaker_trips,
         }
     }
 

@@ -285,7 +285,7 @@ impl Node {
         let redis = match &config.redis_url {
             Some(url) => Some(Arc::new(crate::redis_link::RedisLink::new(
                 url.expose(),
-                &metrics,
+                cluster.metrics(),
             )?)),
             None => None,
         };
@@ -486,6 +486,10 @@ impl Node {
             app.clone(),
             inbound_stopped.clone(),
         ));
+        inbound.extend(
+            app.store
+                .watch(app.cluster.metrics(), inbound_stopped.clone()),
+        );
         if let Some(nats) = &app.buses.nats {
             let prefix = config.bus_prefix.clone();
             inbound.push(commands::serve_nats(

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
-use crate::breaker::Breaker;
-use crate::metrics::Metrics;
+use convene_cluster::ClusterMetrics;
+use convene_cluster::breaker::{Breaker, retry};
 
 /// How long a call may take before it counts as failed.
 const TIMEOUT: Duration = Duration::from_millis(100);
@@ -22,13 +22,13 @@ pub struct RedisLink {
 
 impl RedisLink {
     /// A link to `url`; nothing is connected before the first call.
-    pub fn new(url: &str, metrics: &Metrics) -> anyhow::Result<Self> {
+    pub fn new(url: &str, metrics: &ClusterMetrics) -> anyhow::Result<Self> {
         Ok(Self {
             client: redis::Client::open(url)?,
             connection: tokio::sync::Mutex::new(None),
             // One failure opens it: a request never waits twice for a Redis that is gone.
             breaker: Breaker::new("redis", 1, Duration::from_secs(1), Duration::from_secs(8))
-                .with_metrics(&metrics.breaker_open, &metrics.breaker_trips),
+                .with_metrics(metrics),
         })
     }
 
@@ -50,19 +50,28 @@ impl RedisLink {
     }
 
     /// Runs `call` on the connection; `None` when the circuit is open, or the call failed or
-    /// timed out (which opens it).
+    /// timed out (which opens it). A connection found broken (Redis restarted) is made again
+    /// and the call tried once more, within the same timeout.
     pub async fn call<T, F, Fut>(&self, call: F) -> Option<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if !self.breaker.allow() {
             return None;
         }
-        let outcome = tokio::time::timeout(TIMEOUT, async {
-            let connection = self.connection().await?;
-            call(connection).await
-        })
+        let dropped = |e: &redis::RedisError| e.is_connection_dropped() || e.is_io_error();
+        let outcome = tokio::time::timeout(
+            TIMEOUT,
+            retry(2, Duration::from_millis(10), dropped, || async {
+                let connection = self.connection().await?;
+                let answer = call(connection).await;
+                if answer.as_ref().is_err_and(dropped) {
+                    *self.connection.lock().await = None;
+                }
+                answer
+            }),
+        )
         .await;
         match outcome {
             Ok(Ok(answer)) => {

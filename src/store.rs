@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use convene_actors::StoreError;
+use convene_cluster::breaker::Breaker;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
@@ -23,20 +24,23 @@ enum Db {
     },
 }
 
-/// Runs `$body` with `$pool` bound to the pool for writes or for reads, whichever the database.
+/// Runs `$body` with `$pool` bound to the pool for writes or for reads, whichever the database,
+/// unless the database's circuit breaker is open: then it returns the store's error at once.
 macro_rules! on_pool {
-    ($db:expr, write, $pool:ident => $body:expr) => {
-        match &$db {
+    ($store:expr, write, $pool:ident => $body:expr) => {{
+        $store.admit()?;
+        match &$store.db {
             Db::Postgres($pool) => $body,
             Db::Sqlite { write: $pool, .. } => $body,
         }
-    };
-    ($db:expr, read, $pool:ident => $body:expr) => {
-        match &$db {
+    }};
+    ($store:expr, read, $pool:ident => $body:expr) => {{
+        $store.admit()?;
+        match &$store.db {
             Db::Postgres($pool) => $body,
             Db::Sqlite { read: $pool, .. } => $body,
         }
-    };
+    }};
 }
 
 /// Rows per multi-row insert, well under either database's limit on bound parameters.
@@ -118,6 +122,23 @@ pub struct SqlStore {
     /// Bumped after every commit that wrote to the outbox, so the outbox's readers on this node
     /// need not poll.
     written: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Open while the database does not answer: queries fail at once instead of each waiting
+    /// for a connection. Fed by [`SqlStore::watch`]'s probe and by [`SqlStore::ping`].
+    breaker: Arc<Breaker>,
+}
+
+/// How often the database is probed, and how long a probe may take.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn breaker() -> Arc<Breaker> {
+    // Two probes in a row without an answer open it; trials come after 1 s, then up to 4 s.
+    Arc::new(Breaker::new(
+        "database",
+        2,
+        Duration::from_secs(1),
+        Duration::from_secs(4),
+    ))
 }
 
 /// Which database a URL names.
@@ -138,6 +159,7 @@ impl SqlStore {
         let store = Self {
             db: Db::Postgres(pool),
             written: Arc::new(tokio::sync::watch::Sender::new(0)),
+            breaker: breaker(),
         };
         store.prepare_analytics().await;
         Ok(store)
@@ -164,6 +186,7 @@ impl SqlStore {
         Ok(Self {
             db: Db::Sqlite { write, read },
             written: Arc::new(tokio::sync::watch::Sender::new(0)),
+            breaker: breaker(),
         })
     }
 
@@ -175,10 +198,77 @@ impl SqlStore {
         }
     }
 
-    /// Whether the database answers.
+    /// Whether the database answers, whatever its breaker says; the answer closes or opens
+    /// the breaker.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        on_pool!(self.db, read, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
-            .map_err(unavailable)
+        let answer = match &self.db {
+            Db::Postgres(pool) => probe(pool).await,
+            Db::Sqlite { read, .. } => probe(read).await,
+        };
+        match &answer {
+            Ok(()) => self.breaker.success(),
+            Err(e) => self.breaker.failure(&e.to_string()),
+        }
+        answer
+    }
+
+    /// Refuses at once while the breaker is open.
+    fn admit(&self) -> Result<(), StoreError> {
+        if self.breaker.is_open() {
+            return Err(StoreError::Unavailable(
+                "the database is not answering; retry shortly".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reports the breaker in `metrics` and, on PostgreSQL, probes the database every second
+    /// (at the breaker's trial times while it is open) until `stop` says so.
+    pub fn watch(
+        &self,
+        metrics: &convene_cluster::ClusterMetrics,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        self.breaker.report_to(metrics);
+        let Db::Postgres(pool) = &self.db else {
+            return None;
+        };
+        let (pool, breaker) = (pool.clone(), self.breaker.clone());
+        Some(tokio::spawn(async move {
+            loop {
+                let wait = if breaker.is_open() {
+                    Duration::from_millis(100)
+                } else {
+                    PROBE_EVERY
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    changed = stop.changed() => if changed.is_err() || *stop.borrow() {
+                        return;
+                    },
+                }
+                if breaker.is_open() && !breaker.allow() {
+                    continue;
+                }
+                match probe(&pool).await {
+                    Ok(()) => breaker.success(),
+                    Err(e) => breaker.failure(&e.to_string()),
+                }
+            }
+        }))
+    }
+}
+
+/// `SELECT 1` within the probe timeout.
+async fn probe<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Result<(), StoreError>
+where
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(_) => Err(StoreError::Unavailable("no answer to SELECT 1".into())),
     }
 }
 

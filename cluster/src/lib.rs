@@ -5,6 +5,7 @@
 //!
 //! [`Router::ask`] is the only way the edges reach an entity, wherever it lives.
 
+pub mod breaker;
 mod calls;
 mod directory;
 mod inspect;

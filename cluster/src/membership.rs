@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::Breaker;
 use crate::metrics::ClusterMetrics;
 use crate::protocol::{Heartbeat, PeerMessage};
 use crate::registry::{LocalKind, NodeService, Registry};
@@ -78,6 +79,8 @@ struct Inner {
     registry: Registry,
     on_change: RwLock<Vec<Box<dyn Fn() + Send + Sync>>>,
     metrics: ClusterMetrics,
+    /// One circuit breaker per member forwarded to.
+    breakers: Mutex<BTreeMap<String, Arc<Breaker>>>,
 }
 
 /// This node's view of the cluster. Cheap to clone.
@@ -132,6 +135,7 @@ impl Cluster {
             registry: Registry::default(),
             on_change: RwLock::new(Vec::new()),
             metrics: ClusterMetrics::new(),
+            breakers: Mutex::new(BTreeMap::new()),
         }));
         cluster.replace_placement();
         cluster
@@ -183,6 +187,26 @@ impl Cluster {
     /// Whether this node owns `key`.
     pub fn is_local(&self, key: &EntityKey) -> bool {
         self.owner(key) == Owner::Local
+    }
+
+    /// The circuit breaker of forwards to member `name`: after five failures in a row (no
+    /// answer in time, or no session), forwards to it fail fast for a second or more, until
+    /// one goes through again.
+    pub(crate) fn breaker(&self, name: &str) -> Arc<Breaker> {
+        lock(&self.0.breakers)
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(
+                    Breaker::new(
+                        format!("peer:{name}"),
+                        5,
+                        Duration::from_secs(1),
+                        Duration::from_secs(8),
+                    )
+                    .with_metrics(&self.0.metrics),
+                )
+            })
+            .clone()
     }
 
     /// The router actor of a member, while a session to it is open.

@@ -29,6 +29,10 @@ pub struct ClusterMetrics {
     pub actor_restarts: IntCounterVec,
     /// `convene_actor_passivations_total{node,kind}`.
     pub actor_passivations: IntCounterVec,
+    /// `convene_breaker_open{dependency}`: 1 while calls to it fail fast.
+    pub breaker_open: IntGaugeVec,
+    /// `convene_breaker_trips_total{dependency}`.
+    pub breaker_trips: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -107,6 +111,22 @@ impl ClusterMetrics {
                 &["node", "kind"],
             )
             .expect("valid metric"),
+            breaker_open: IntGaugeVec::new(
+                Opts::new(
+                    "convene_breaker_open",
+                    "1 while the circuit breaker of a dependency is open (calls fail fast)",
+                ),
+                &["dependency"],
+            )
+            .expect("valid metric"),
+            breaker_trips: IntCounterVec::new(
+                Opts::new(
+                    "convene_breaker_trips_total",
+                    "Times the circuit breaker of a dependency opened",
+                ),
+                &["dependency"],
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -123,6 +143,8 @@ impl ClusterMetrics {
             Box::new(self.actor_active.clone()),
             Box::new(self.actor_restarts.clone()),
             Box::new(self.actor_passivations.clone()),
+            Box::new(self.breaker_open.clone()),
+            Box::new(self.breaker_trips.clone()),
         ]
     }
 }

@@ -25,7 +25,7 @@ pub struct Pin {
 impl SqlStore {
     /// Every pin, by key.
     pub async fn pins(&self) -> Result<Vec<Pin>, StoreError> {
-        let rows: Vec<(String, String, i64, DateTime<Utc>)> = on_pool!(self.db, read, pool => {
+        let rows: Vec<(String, String, i64, DateTime<Utc>)> = on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT entity_key, node, pinned_by, pinned_at FROM placement_pins ORDER BY entity_key",
             )
@@ -46,7 +46,7 @@ impl SqlStore {
 
     /// Pins (or re-pins) an entity, with the action's audit event, in one transaction.
     pub async fn pin(&self, pin: &Pin, audit: &DomainEvent) -> Result<(), StoreError> {
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             sqlx::query(
                 "INSERT INTO placement_pins (entity_key, node, pinned_by, pinned_at) \
@@ -76,7 +76,7 @@ impl SqlStore {
         node: Option<&str>,
         audit: Option<&DomainEvent>,
     ) -> Result<bool, StoreError> {
-        let removed = on_pool!(self.db, write, pool => {
+        let removed = on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             let removed = sqlx::query(
                 "DELETE FROM placement_pins WHERE entity_key = $1 AND (CAST($2 AS TEXT) IS NULL OR node = CAST($2 AS TEXT))",
@@ -101,7 +101,7 @@ impl SqlStore {
 
     /// Records an operator's action.
     pub async fn audit(&self, audit: &DomainEvent) -> Result<(), StoreError> {
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             write_outbox!(tx, [audit]);
             tx.commit().await.map_err(unavailable)?;
@@ -112,7 +112,7 @@ impl SqlStore {
 
     /// Rows the outbox reader `name` has not read yet, and the age in seconds of the oldest.
     pub async fn outbox_lag(&self, name: &str) -> Result<(i64, f64), StoreError> {
-        let (n, oldest): (i64, Option<DateTime<Utc>>) = on_pool!(self.db, read, pool => {
+        let (n, oldest): (i64, Option<DateTime<Utc>>) = on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT COUNT(*), MIN(o.occurred_at) FROM outbox o \
                  JOIN outbox_cursors c ON c.name = $1 WHERE (o.xid, o.id) > (c.xid, c.id)",

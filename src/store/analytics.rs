@@ -164,7 +164,7 @@ impl SqlStore {
     /// Records interactions in one transaction (for the
     /// recommendations and for the analytics windows).
     pub async fn record_interactions(&self, interactions: &[Interacted]) -> Result<(), StoreError> {
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             write_interactions!(tx, interactions);
             tx.commit().await.map_err(unavailable)
@@ -197,7 +197,7 @@ impl SqlStore {
         }
         // What is left before the cutoffs: the default partitions, a partition cut across, or
         // every row on SQLite.
-        let deleted = on_pool!(self.db, write, pool => {
+        let deleted = on_pool!(self, write, pool => {
             let raw = sqlx::query("DELETE FROM analytics_events WHERE timestamp < $1")
                 .bind(raw_before)
                 .execute(pool)
@@ -219,7 +219,7 @@ impl SqlStore {
 
     /// An event's interactions over all the minutes stored, by signal (`view`, `register`…).
     pub async fn event_totals(&self, event_id: i64) -> Result<BTreeMap<String, f64>, StoreError> {
-        let rows: Vec<(String, f64)> = on_pool!(self.db, read, pool => {
+        let rows: Vec<(String, f64)> = on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT metric_name, CAST(SUM(value) AS DOUBLE PRECISION) FROM metric_summaries \
                  WHERE metric_name IN ('event.view', 'event.click', 'event.like', 'event.share', \
@@ -243,7 +243,7 @@ impl SqlStore {
         since: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Anomaly>, StoreError> {
-        let rows: Vec<(Json<Value>,)> = on_pool!(self.db, read, pool => {
+        let rows: Vec<(Json<Value>,)> = on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT event_data FROM analytics_events WHERE event_type = $1 AND timestamp >= $2 \
                  ORDER BY timestamp DESC, id DESC LIMIT $3",
@@ -269,7 +269,7 @@ impl AnalyticsStore for SqlStore {
         since: DateTime<Utc>,
     ) -> Result<Vec<Observation>, StoreError> {
         let rows: Vec<(Option<i64>, String, Json<Value>, DateTime<Utc>)> =
-            on_pool!(self.db, read, pool => {
+            on_pool!(self, read, pool => {
                 sqlx::query_as(
                     "SELECT user_id, event_type, event_data, timestamp FROM analytics_events \
                      WHERE timestamp >= $1 AND event_type <> $2 ORDER BY timestamp",
@@ -284,7 +284,7 @@ impl AnalyticsStore for SqlStore {
     }
 
     async fn load_minutes(&self, since: DateTime<Utc>) -> Result<Vec<MinuteSummary>, StoreError> {
-        let rows: Vec<(String, f64, DateTime<Utc>)> = on_pool!(self.db, read, pool => {
+        let rows: Vec<(String, f64, DateTime<Utc>)> = on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT metric_name, value, timestamp FROM metric_summaries \
                  WHERE timestamp >= $1 AND dimensions = $2 ORDER BY timestamp",
@@ -307,7 +307,7 @@ impl AnalyticsStore for SqlStore {
     }
 
     async fn save_minutes(&self, rows: &[MinuteSummary]) -> Result<(), StoreError> {
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             for chunk in rows.chunks(CHUNK) {
                 let mut qb = sqlx::QueryBuilder::new(
@@ -338,7 +338,7 @@ impl AnalyticsStore for SqlStore {
             payload.clone(),
             Utc::now(),
         );
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             sqlx::query(
                 "INSERT INTO analytics_events (user_id, event_type, event_data, timestamp) \

@@ -146,7 +146,7 @@ impl RegistrationRow {
 impl SqlStore {
     /// Live events matching `filter`, by date then id, after the filter's cursor.
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
-        let rows: Vec<EventRow> = on_pool!(self.db, read, pool => {
+        let rows: Vec<EventRow> = on_pool!(self, read, pool => {
             sqlx::query_as(LIST_EVENTS)
                 .bind(filter.category.map(Category::as_str))
                 .bind(filter.from)
@@ -164,7 +164,7 @@ impl SqlStore {
 
     /// One event as the database holds it, deleted or not; `None` when there is none.
     pub async fn event(&self, id: i64) -> Result<Option<Event>, StoreError> {
-        let row: Option<EventRow> = on_pool!(self.db, read, pool => {
+        let row: Option<EventRow> = on_pool!(self, read, pool => {
             sqlx::query_as(EVENT_BY_ID).bind(id).fetch_optional(pool).await
         })
         .map_err(unavailable)?;
@@ -173,7 +173,7 @@ impl SqlStore {
 
     /// How many live events there are, past and future.
     pub async fn live_events(&self) -> Result<i64, StoreError> {
-        let (n,): (i64,) = on_pool!(self.db, read, pool => {
+        let (n,): (i64,) = on_pool!(self, read, pool => {
             sqlx::query_as("SELECT COUNT(*) FROM events WHERE deleted_at IS NULL")
                 .fetch_one(pool)
                 .await
@@ -184,7 +184,7 @@ impl SqlStore {
 
     /// Live events past and future with an id above `after`, by id: a walk over all of them.
     pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<Event>, StoreError> {
-        let rows: Vec<EventRow> = on_pool!(self.db, read, pool => {
+        let rows: Vec<EventRow> = on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT id, title, description, date, location, latitude, longitude, capacity, \
                  registered_count, category, tags, price_cents, created_by, version, created_at, \
@@ -204,7 +204,7 @@ impl SqlStore {
     pub async fn events_by_ids(&self, ids: &[i64]) -> Result<Vec<Event>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
-            let rows: Vec<EventRow> = on_pool!(self.db, read, pool => {
+            let rows: Vec<EventRow> = on_pool!(self, read, pool => {
                 let mut qb = sqlx::QueryBuilder::new(
                     "SELECT id, title, description, date, location, latitude, longitude, capacity, \
                      registered_count, category, tags, price_cents, created_by, version, created_at, \
@@ -232,7 +232,7 @@ impl SqlStore {
         category: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        let rows: Vec<EventRow> = on_pool!(self.db, read, pool => {
+        let rows: Vec<EventRow> = on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT id, title, description, date, location, latitude, longitude, capacity, \
                  registered_count, category, tags, price_cents, created_by, version, created_at, \
@@ -252,7 +252,7 @@ impl SqlStore {
 
     /// Records what curation says of an event.
     pub async fn save_curation(&self, event_id: i64, c: &Curation) -> Result<(), StoreError> {
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             sqlx::query(
                 "INSERT INTO event_curation (event_id, suggested_category, confidence, \
                  quality_score, flags, flagged, curated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -281,7 +281,7 @@ impl SqlStore {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<(Event, Curation)>, StoreError> {
-        let rows: Vec<FlaggedRow> = on_pool!(self.db, read, pool => {
+        let rows: Vec<FlaggedRow> = on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT c.event_id, c.suggested_category, c.confidence, c.quality_score, c.flags \
                  FROM event_curation c JOIN events e ON e.id = c.event_id \
@@ -313,7 +313,7 @@ impl SqlStore {
 
     /// A user's registrations that are not cancelled, newest first.
     pub async fn user_registrations(&self, user_id: i64) -> Result<Vec<Registration>, StoreError> {
-        let rows: Vec<RegistrationRow> = on_pool!(self.db, read, pool => {
+        let rows: Vec<RegistrationRow> = on_pool!(self, read, pool => {
             sqlx::query_as(USER_REGISTRATIONS).bind(user_id).fetch_all(pool).await
         })
         .map_err(unavailable)?;
@@ -327,7 +327,7 @@ impl SqlStore {
 impl EventStore for SqlStore {
     async fn create_event(&self, e: NewEvent) -> Result<Event, StoreError> {
         let now = Utc::now();
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             let row: EventRow = sqlx::query_as(
                 "INSERT INTO events (title, description, date, location, latitude, longitude, capacity, \
@@ -372,7 +372,7 @@ impl EventStore for SqlStore {
             Vec<RegistrationRow>,
             Vec<(i64, String, Json<Value>)>,
             Option<CurationRow>,
-        ) = on_pool!(self.db, read, pool => {
+        ) = on_pool!(self, read, pool => {
             let row = sqlx::query_as(EVENT_BY_ID).bind(id).fetch_optional(pool).await.map_err(unavailable)?;
             let regs = sqlx::query_as(EVENT_REGISTRATIONS).bind(id).fetch_all(pool).await.map_err(unavailable)?;
             let keys = sqlx::query_as("SELECT user_id, key, outcome FROM idempotency_keys WHERE scope = $1")
@@ -410,7 +410,7 @@ impl EventStore for SqlStore {
     async fn save_event(&self, c: EventCommit<'_>) -> Result<Vec<i64>, StoreError> {
         let e = c.event;
         let scope = format!("event/{}", e.id);
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             // The active rows before this batch: the event's count, which every earlier commit
             // checked. The batch is checked by its own rows, not by recounting the event's.

@@ -86,7 +86,7 @@ impl SqlStore {
         user_id: i64,
         limit: i64,
     ) -> Result<Vec<Interaction>, StoreError> {
-        let rows: Vec<(i64, String, DateTime<Utc>)> = on_pool!(self.db, read, pool => {
+        let rows: Vec<(i64, String, DateTime<Utc>)> = on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT event_id, kind, occurred_at FROM interactions WHERE user_id = $1 \
                  ORDER BY occurred_at DESC, id DESC LIMIT $2",
@@ -115,7 +115,7 @@ impl SqlStore {
         after: i64,
         limit: i64,
     ) -> Result<Vec<(i64, Interaction)>, StoreError> {
-        let rows: Vec<(i64, i64, i64, String, DateTime<Utc>)> = on_pool!(self.db, read, pool => {
+        let rows: Vec<(i64, i64, i64, String, DateTime<Utc>)> = on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT id, user_id, event_id, kind, occurred_at FROM interactions \
                  WHERE id > $1 ORDER BY id LIMIT $2",
@@ -143,7 +143,7 @@ impl SqlStore {
 
     /// The id of `user_id`'s latest interaction (0 when there is none).
     pub async fn last_interaction_of(&self, user_id: i64) -> Result<i64, StoreError> {
-        let (n,): (Option<i64>,) = on_pool!(self.db, read, pool => {
+        let (n,): (Option<i64>,) = on_pool!(self, read, pool => {
             sqlx::query_as("SELECT MAX(id) FROM interactions WHERE user_id = $1")
                 .bind(user_id)
                 .fetch_one(pool)
@@ -176,7 +176,7 @@ impl SqlStore {
 
     /// The id of the latest interaction (0 when there is none).
     pub async fn last_interaction(&self) -> Result<i64, StoreError> {
-        let (n,): (Option<i64>,) = on_pool!(self.db, read, pool => {
+        let (n,): (Option<i64>,) = on_pool!(self, read, pool => {
             sqlx::query_as("SELECT MAX(id) FROM interactions").fetch_one(pool).await
         })
         .map_err(unavailable)?;
@@ -190,7 +190,7 @@ impl SqlStore {
         since: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<(i64, f64)>, StoreError> {
-        on_pool!(self.db, read, pool => {
+        on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT event_id, CAST(SUM(CASE kind WHEN 'register' THEN 5 WHEN 'waitlist' THEN 4 \
                  WHEN 'like' THEN 3 WHEN 'share' THEN 3 WHEN 'click' THEN 2 WHEN 'view' THEN 1 \
@@ -212,7 +212,7 @@ impl SqlStore {
         last_interaction: i64,
         metrics: &serde_json::Value,
     ) -> Result<i64, StoreError> {
-        let (version,): (i64,) = on_pool!(self.db, write, pool => {
+        let (version,): (i64,) = on_pool!(self, write, pool => {
             sqlx::query_as(
                 "INSERT INTO recommendation_models (trained_at, last_interaction, metrics, model) \
                  VALUES ($1, $2, $3, $4) RETURNING version",
@@ -230,7 +230,7 @@ impl SqlStore {
 
     /// The newest model's description, if any.
     pub async fn latest_model(&self) -> Result<Option<ModelInfo>, StoreError> {
-        let row: Option<ModelRow> = on_pool!(self.db, read, pool => {
+        let row: Option<ModelRow> = on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT version, trained_at, last_interaction, metrics FROM recommendation_models \
                  ORDER BY version DESC LIMIT 1",
@@ -244,7 +244,7 @@ impl SqlStore {
 
     /// A model's bytes; `None` when it was deleted meanwhile.
     pub async fn model_bytes(&self, version: i64) -> Result<Option<Vec<u8>>, StoreError> {
-        let row: Option<(Vec<u8>,)> = on_pool!(self.db, read, pool => {
+        let row: Option<(Vec<u8>,)> = on_pool!(self, read, pool => {
             sqlx::query_as("SELECT model FROM recommendation_models WHERE version = $1")
                 .bind(version)
                 .fetch_optional(pool)
@@ -256,7 +256,7 @@ impl SqlStore {
 
     /// Deletes all but the newest `keep` models.
     pub async fn prune_models(&self, keep: i64) -> Result<u64, StoreError> {
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             sqlx::query(
                 "DELETE FROM recommendation_models WHERE version <= \
                  (SELECT MAX(version) FROM recommendation_models) - $1",
@@ -276,7 +276,7 @@ const TRAIN_REQUEST: &str = "recommend-train-request";
 impl SqlStore {
     /// Asks the cluster's trainer to train at its next look.
     pub async fn request_training(&self) -> Result<(), StoreError> {
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             sqlx::query(
                 "INSERT INTO leases (name, holder, expires_at) VALUES ($1, 'requested', $2) \
                  ON CONFLICT (name) DO NOTHING",
@@ -292,7 +292,7 @@ impl SqlStore {
 
     /// Takes the request to train, if there is one.
     pub async fn take_training_request(&self) -> Result<bool, StoreError> {
-        let taken: Option<(String,)> = on_pool!(self.db, write, pool => {
+        let taken: Option<(String,)> = on_pool!(self, write, pool => {
             sqlx::query_as("DELETE FROM leases WHERE name = $1 RETURNING name")
                 .bind(TRAIN_REQUEST)
                 .fetch_optional(pool)

@@ -199,7 +199,7 @@ impl SqlStore {
 
     /// Where the reader `name` stands.
     pub async fn outbox_cursor(&self, name: &str) -> Result<Position, StoreError> {
-        let found: Option<Position> = on_pool!(self.db, read, pool => {
+        let found: Option<Position> = on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT CAST(CAST(xid AS TEXT) AS BIGINT) AS xid, id FROM outbox_cursors \
                  WHERE name = $1",
@@ -253,7 +253,7 @@ impl SqlStore {
 
     /// How many rows the reader `name` has still to take.
     pub async fn outbox_pending(&self, name: &str) -> Result<i64, StoreError> {
-        let (n,): (i64,) = on_pool!(self.db, read, pool => {
+        let (n,): (i64,) = on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT COUNT(*) FROM outbox o JOIN outbox_cursors c ON c.name = $1 \
                  WHERE (o.xid, o.id) > (c.xid, c.id)",
@@ -402,7 +402,7 @@ impl SqlStore {
 
     /// Gives the lease up if `holder` has it, so another node takes it at once.
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
                 .bind(name)
                 .bind(holder)

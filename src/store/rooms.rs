@@ -12,7 +12,7 @@ use super::{CHUNK, Db, SqlStore, unavailable, write_error};
 #[async_trait]
 impl RoomStore for SqlStore {
     async fn load_room(&self, room: &str, keep: i64) -> Result<Vec<RoomMessage>, StoreError> {
-        let rows: Vec<(i64, i64, Json<Value>, DateTime<Utc>)> = on_pool!(self.db, read, pool => {
+        let rows: Vec<(i64, i64, Json<Value>, DateTime<Utc>)> = on_pool!(self, read, pool => {
             sqlx::query_as(
                 "SELECT seq, user_id, body, ts FROM room_messages WHERE room = $1 ORDER BY seq DESC LIMIT $2",
             )
@@ -43,7 +43,7 @@ impl RoomStore for SqlStore {
         let Some(last) = messages.last().map(|m| m.seq) else {
             return Ok(());
         };
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             for chunk in messages.chunks(CHUNK) {
                 let mut qb = sqlx::QueryBuilder::new("INSERT INTO room_messages (room, seq, user_id, body, ts) ");

@@ -45,7 +45,7 @@ impl UserRow {
 impl SqlStore {
     /// The account with this e-mail address and its password hash.
     pub async fn credentials(&self, email: &str) -> Result<Option<(User, String)>, StoreError> {
-        let row: Option<UserRow> = on_pool!(self.db, read, pool => {
+        let row: Option<UserRow> = on_pool!(self, read, pool => {
             sqlx::query_as(USER_BY_EMAIL).bind(email).fetch_optional(pool).await
         })
         .map_err(unavailable)?;
@@ -61,7 +61,7 @@ impl SqlStore {
         &self,
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
-        on_pool!(self.db, read, pool => {
+        on_pool!(self, read, pool => {
             sqlx::query_as("SELECT jti, expires_at FROM token_blacklist WHERE expires_at > $1")
                 .bind(now)
                 .fetch_all(pool)
@@ -73,7 +73,7 @@ impl SqlStore {
     /// Gives the account with this e-mail address a role; `false` when there is no such account.
     pub async fn grant_role(&self, email: &str, role: Role) -> Result<bool, StoreError> {
         let now = Utc::now();
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             let row: Option<(i64,)> = sqlx::query_as(
                 "UPDATE users SET role = $1, version = version + 1, updated_at = $2 WHERE email = $3 RETURNING id",
@@ -103,7 +103,7 @@ impl SqlStore {
 impl UserStore for SqlStore {
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
         let now = Utc::now();
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             let row: UserRow = sqlx::query_as(
                 "INSERT INTO users (email, password_hash, name, role, profile, version, created_at, updated_at) \
@@ -134,7 +134,7 @@ impl UserStore for SqlStore {
     }
 
     async fn load_user(&self, id: i64) -> Result<Option<User>, StoreError> {
-        let row: Option<UserRow> = on_pool!(self.db, read, pool => {
+        let row: Option<UserRow> = on_pool!(self, read, pool => {
             sqlx::query_as(USER_BY_ID).bind(id).fetch_optional(pool).await
         })
         .map_err(unavailable)?;
@@ -147,7 +147,7 @@ impl UserStore for SqlStore {
         expected_version: i64,
         events: &[DomainEvent],
     ) -> Result<(), StoreError> {
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             let done = sqlx::query(
                 "UPDATE users SET name = $1, profile = $2, version = $3, updated_at = $4 WHERE id = $5 AND version = $6",
@@ -172,7 +172,7 @@ impl UserStore for SqlStore {
     }
 
     async fn revoke_token(&self, jti: &str, expires_at: DateTime<Utc>) -> Result<(), StoreError> {
-        on_pool!(self.db, write, pool => {
+        on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             sqlx::query("INSERT INTO token_blacklist (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
                 .bind(jti)

@@ -1337,3 +1337,64 @@ async fn a_forwarded_request_carries_its_trace_id_into_the_owners_logs() {
     let fresh = res.headers()["traceparent"].to_str().unwrap().to_owned();
     assert!(!fresh.contains(trace_id) && fresh.len() == 55, "{fresh}");
 }
+
+fn signal(cluster: &TestCluster, i: usize, signal: &str) {
+    let pid = cluster.nodes[i].child.id().unwrap();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// `convene_breaker_open` of the breaker `dependency` on node `i`.
+async fn breaker_open(cluster: &TestCluster, i: usize, dependency: &str) -> Option<i64> {
+    let text = cluster
+        .client
+        .get(format!("{}/metrics", cluster.nodes[i].http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("convene_breaker_open{{dependency=\"{dependency}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_member_trips_its_breaker_and_is_used_again_once_it_answers() {
+    let Some(cluster) = TestCluster::start(2).await else {
+        return;
+    };
+    let key = |e: i64| format!("event/{e}");
+    let event = loop {
+        let e = cluster.create_event(5).await;
+        if cluster.owner_of(&key(e)).await == 1 {
+            break e;
+        }
+    };
+    let url = format!("{}/api/v1/events/{event}", cluster.nodes[0].http);
+    assert_eq!(cluster.client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(breaker_open(&cluster, 0, "peer:node-1").await, Some(0));
+    signal(&cluster, 1, "STOP");
+    // Reads forwarded to the frozen member wait for their deadline and fail; its breaker
+    // opens, and the member is taken for lost: its keys are served here meanwhile.
+    let waited = futures::future::join_all((0..5).map(|_| cluster.client.get(&url).send())).await;
+    for r in waited {
+        assert_eq!(r.unwrap().status(), 503);
+    }
+    assert_eq!(breaker_open(&cluster, 0, "peer:node-1").await, Some(1));
+    assert_eq!(cluster.client.get(&url).send().await.unwrap().status(), 200);
+    // Thawed, it is a member again, owns its keys, and once a forward goes through (after the
+    // breaker's pause) the breaker closes.
+    signal(&cluster, 1, "CONT");
+    let back = eventually(Duration::from_secs(20), || async {
+        cluster.owner_of(&key(event)).await == 1
+            && cluster.client.get(&url).send().await.unwrap().status() == 200
+            && breaker_open(&cluster, 0, "peer:node-1").await == Some(0)
+    })
+    .await;
+    assert!(back, "the member serves again once it answers");
+}

@@ -147,3 +147,123 @@ async fn cors_lets_the_configured_origins_in_and_no_other() {
         200
     );
 }
+
+/// A TCP proxy to PostgreSQL that the test can cut (every connection closed, new ones
+/// refused) and restore.
+struct CutProxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl CutProxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, l) = (cut.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                l.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { port, cut, links }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `convene_breaker_open{dependency="database"}` of a node.
+async fn database_breaker(app: &crate::helpers::TestApp) -> Option<i64> {
+    let metrics = app.send("GET", "/metrics", None, None).await;
+    metrics.body.as_str().unwrap().lines().find_map(|l| {
+        l.strip_prefix("convene_breaker_open{dependency=\"database\"} ")?
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_fails_requests_fast_and_they_pass_again_when_it_returns() {
+    use std::time::{Duration, Instant};
+
+    use crate::helpers::{Backend, Settings, eventually, fresh_postgres, spawn_app_with};
+
+    let Some(database) = fresh_postgres().await else {
+        return;
+    };
+    // postgres://user@host:port/name → the same through the proxy.
+    let (scheme, rest) = database.split_once("://").unwrap();
+    let (authority, path) = rest.split_once('/').unwrap();
+    let (user, server) = authority
+        .rsplit_once('@')
+        .map_or(("", authority), |(u, s)| (u, s));
+    let server = if server.contains(':') {
+        server.to_owned()
+    } else {
+        format!("{server}:5432")
+    };
+    let proxy = CutProxy::start(server).await;
+    let at = if user.is_empty() {
+        String::new()
+    } else {
+        format!("{user}@")
+    };
+    let url = format!("{scheme}://{at}127.0.0.1:{}/{path}", proxy.port);
+    let settings = Settings {
+        env: vec![("CONVENE_DATABASE_URL".to_owned(), url)],
+        ..Settings::default()
+    };
+    let app = spawn_app_with(Backend::Sqlite, settings).await.unwrap();
+    assert_eq!(
+        app.send("GET", "/api/v1/events", None, None).await.status,
+        200
+    );
+    assert_eq!(database_breaker(&app).await, Some(0));
+
+    proxy.cut();
+    // The probe finds the database gone within a few seconds; meanwhile requests fail slowly.
+    let opened = eventually(Duration::from_secs(20), || async {
+        database_breaker(&app).await == Some(1)
+    })
+    .await;
+    assert!(opened, "the breaker opens");
+    let started = Instant::now();
+    let refused = app.send("GET", "/api/v1/events", None, None).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once, not after waiting for a connection: {:?}",
+        started.elapsed()
+    );
+    let health = app.send("GET", "/health", None, None).await;
+    assert_eq!(health.status, 503);
+    assert_eq!(health.body["checks"]["database"]["status"], "unhealthy");
+
+    proxy.restore();
+    let back = eventually(Duration::from_secs(20), || async {
+        app.send("GET", "/api/v1/events", None, None).await.status == 200
+    })
+    .await;
+    assert!(back, "requests pass again once the database answers");
+    assert_eq!(database_breaker(&app).await, Some(0));
+}

@@ -9,14 +9,17 @@ use ractor::ActorRef;
 use ractor::rpc::CallResult;
 
 use super::ShardMessage;
+use crate::breaker::jittered;
 use crate::directory::Directory;
 use crate::membership::Owner;
 use crate::protocol::{PeerMessage, reply};
 use crate::wire::{Forwardable, Responder};
 use crate::{Cluster, EntityKey};
 
-/// How long a forward waits before asking again when the owner moved or could not be reached.
+/// How long a forward waits before asking again when the owner moved or could not be reached
+/// (jittered), doubling up to `RETRY_MAX`.
 const RETRY_AFTER: Duration = Duration::from_millis(25);
+const RETRY_MAX: Duration = Duration::from_millis(400);
 
 /// Delivers `msg` to the owner of `key`: the local shard, or the member that owns it. False
 /// when the local shard is gone.
@@ -96,7 +99,8 @@ impl<M: Forwardable> Forward<M> {
     /// says it no longer owns the key, or the message could not be sent at all, it asks the
     /// owner of the moment again, until the deadline. A message that reached an owner which
     /// then vanished is not sent again (it may have been handled): the caller sees the entity
-    /// as unavailable and may retry.
+    /// as unavailable and may retry. While the breaker of an owner is open, messages for it
+    /// fail at once instead of waiting for their deadline.
     pub(crate) async fn run(self, mut owner: String, responder: Responder) {
         let kind = self.key.kind().to_owned();
         let key = self.key.to_string();
@@ -104,12 +108,17 @@ impl<M: Forwardable> Forward<M> {
         if let Some(id) = crate::trace::trace_id(&trace) {
             tracing::debug!(trace_id = id, %key, %owner, "forwarding to the owner");
         }
+        let mut wait = RETRY_AFTER;
         loop {
             let remaining = self.deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return;
             }
             if let Some(peer) = self.cluster.peer(&owner) {
+                let breaker = self.cluster.breaker(&owner);
+                if !breaker.allow() {
+                    return;
+                }
                 let sent = Instant::now();
                 let metrics = self.cluster.metrics();
                 metrics.forwarded.inc();
@@ -131,23 +140,34 @@ impl<M: Forwardable> Forward<M> {
                     .forward_latency
                     .observe(sent.elapsed().as_secs_f64());
                 match call {
-                    Ok(CallResult::Success(answer)) => match answer.first() {
-                        Some(&reply::ANSWER) => {
-                            responder(&answer[1..]);
-                            return;
+                    Ok(CallResult::Success(answer)) => {
+                        breaker.success();
+                        match answer.first() {
+                            Some(&reply::ANSWER) => {
+                                responder(&answer[1..]);
+                                return;
+                            }
+                            Some(&reply::MOVED) => {}
+                            _ => return,
                         }
-                        Some(&reply::MOVED) => {}
-                        _ => return,
-                    },
-                    Ok(CallResult::Timeout) => return,
+                    }
+                    Ok(CallResult::Timeout) => {
+                        breaker.failure("no answer in time");
+                        return;
+                    }
                     Ok(CallResult::SenderError) => {
+                        breaker.failure("the session closed");
                         self.cluster.lost(&owner);
                         return;
                     }
-                    Err(_) => self.cluster.lost(&owner),
+                    Err(_) => {
+                        breaker.failure("unreachable");
+                        self.cluster.lost(&owner);
+                    }
                 }
             }
-            tokio::time::sleep(RETRY_AFTER.min(remaining)).await;
+            tokio::time::sleep(jittered(wait).min(remaining)).await;
+            wait = (wait * 2).min(RETRY_MAX);
             match remote_owner::<M>(&self.cluster, &self.key) {
                 Some(next) => owner = next,
                 None => return self.deliver_here(responder).await,

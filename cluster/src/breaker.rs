@@ -5,10 +5,12 @@
 //! or opens it again. Also: retries with jittered exponential backoff for idempotent calls.
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounterVec, IntGaugeVec};
+
+use crate::ClusterMetrics;
 
 /// Where a breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,37 +25,50 @@ enum Phase {
 
 /// One dependency's breaker.
 pub struct Breaker {
-    name: &'static str,
+    name: String,
     threshold: u32,
     base: Duration,
     max: Duration,
     phase: Mutex<Phase>,
-    open: Option<IntGaugeVec>,
-    trips: Option<IntCounterVec>,
+    metrics: OnceLock<(IntGaugeVec, IntCounterVec)>,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker")
+            .field("name", &self.name)
+            .field("phase", &*self.phase())
+            .finish()
+    }
 }
 
 impl Breaker {
     /// A closed breaker for `name`, opening after `threshold` failures in a row.
-    pub fn new(name: &'static str, threshold: u32, base: Duration, max: Duration) -> Self {
+    pub fn new(name: impl Into<String>, threshold: u32, base: Duration, max: Duration) -> Self {
         Self {
-            name,
+            name: name.into(),
             threshold: threshold.max(1),
             base,
             max: max.max(base),
             phase: Mutex::new(Phase::Closed { failures: 0 }),
-            open: None,
-            trips: None,
+            metrics: OnceLock::new(),
         }
     }
 
     /// Reports its state in `convene_breaker_open{dependency}` and its trips in
     /// `convene_breaker_trips_total{dependency}`.
-    pub fn with_metrics(mut self, open: &IntGaugeVec, trips: &IntCounterVec) -> Self {
-        open.with_label_values(&[self.name]).set(0);
-        trips.with_label_values(&[self.name]);
-        self.open = Some(open.clone());
-        self.trips = Some(trips.clone());
+    pub fn with_metrics(self, metrics: &ClusterMetrics) -> Self {
+        self.report_to(metrics);
         self
+    }
+
+    /// [`Self::with_metrics`] for a breaker made before the metrics (the first call counts).
+    pub fn report_to(&self, metrics: &ClusterMetrics) {
+        let (open, trips) = (&metrics.breaker_open, &metrics.breaker_trips);
+        open.with_label_values(&[&self.name])
+            .set(i64::from(self.is_open()));
+        trips.with_label_values(&[&self.name]);
+        let _ = self.metrics.set((open.clone(), trips.clone()));
     }
 
     fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
@@ -86,9 +101,9 @@ impl Breaker {
     pub fn success(&self) {
         let mut phase = self.phase();
         if !matches!(*phase, Phase::Closed { .. }) {
-            tracing::info!(dependency = self.name, "answering again; circuit closed");
-            if let Some(g) = &self.open {
-                g.with_label_values(&[self.name]).set(0);
+            tracing::info!(dependency = %self.name, "answering again; circuit closed");
+            if let Some((open, _)) = self.metrics.get() {
+                open.with_label_values(&[&self.name]).set(0);
             }
         }
         *phase = Phase::Closed { failures: 0 };
@@ -116,11 +131,9 @@ impl Breaker {
                 reason = why,
                 "failing; circuit open"
             );
-            if let Some(g) = &self.open {
-                g.with_label_values(&[self.name]).set(1);
-            }
-            if let Some(t) = &self.trips {
-                t.with_label_values(&[self.name]).inc();
+            if let Some((open, trips)) = self.metrics.get() {
+                open.with_label_values(&[&self.name]).set(1);
+                trips.with_label_values(&[&self.name]).inc();
             }
         }
         *phase = Phase::Open {
