@@ -81,6 +81,9 @@ pub struct Config {
     pub cors_max_age_secs: u64,
     /// Redis, shared by the nodes for the rate limits and the caches; unset keeps both per node.
     pub redis_url: Option<Secret>,
+    /// Where spans are exported by OTLP/HTTP (an OpenTelemetry collector's traces URL, such as
+    /// `http://otel-collector:4318/v1/traces`); unset exports nothing.
+    pub otlp_endpoint: Option<String>,
     /// How long an event's details stay in the shared cache (changes make them stale at once).
     pub cache_event_ttl_secs: u64,
     /// How long search results stay cached (a change to the index makes them stale at once).
@@ -270,7 +273,7 @@ impl Config {
                     "jwt_secret" | "database_url" | "node_name" | "data_dir" | "cookie"
                     | "seeds" | "cors_origins" | "cluster_advertise" | "nats_url"
                     | "kafka_brokers" | "bus_prefix" | "nats_stream" | "redis_url"
-                    | "trusted_proxies" => Value::from(v),
+                    | "otlp_endpoint" | "trusted_proxies" => Value::from(v),
                     _ => value,
                 };
                 prefixed.insert(key, value);

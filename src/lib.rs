@@ -25,5 +25,6 @@ pub mod redis_link;
 pub mod revocations;
 pub mod search;
 pub mod store;
+pub mod telemetry;
 pub mod validation;
 pub mod ws;

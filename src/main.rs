@@ -294,8 +294,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = Config::load(cli.config.as_deref(), std::env::vars(), &overrides)
         .context("loading configuration")?;
-    init_tracing(&config.log_format);
-    match cli.command {
+    let telemetry = convene::telemetry::init(&config).context("setting up logs and traces")?;
+    let outcome = match cli.command {
         Command::Serve { .. } => serve(config).await,
         Command::Cluster {
             command: ClusterCommand::Status { url, token, key },
@@ -395,7 +395,10 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-    }
+    };
+    // Sending the last spans waits on the runtime's tasks: not from one of its workers.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    outcome
 }
 
 fn recommend(config: &Config, command: RecommendCommand) -> anyhow::Result<()> {
@@ -551,17 +554,4 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // ractor_cluster narrates every session at info; its warnings and our own cluster log
-        // (members, refusals) are what operators need.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ractor_cluster=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

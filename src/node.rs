@@ -182,15 +182,13 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
                 let id = crate::http::request_id(req.headers());
                 // Its trace: the caller's `traceparent` continued, or a new one; carried to the
                 // owners of the entities it reaches on other nodes, and echoed.
-                let traceparent = convene_cluster::trace::continue_or_start(
+                let span = tracing::info_span!("request", id = %id, trace_id = tracing::field::Empty, method = %req.method(), path = %req.uri().path());
+                let traceparent = convene_cluster::trace::enter(
+                    &span,
                     req.headers()
                         .get("traceparent")
                         .and_then(|v| v.to_str().ok()),
                 );
-                let trace_id = convene_cluster::trace::trace_id(&traceparent)
-                    .unwrap_or_default()
-                    .to_owned();
-                let span = tracing::info_span!("request", id = %id, trace_id = %trace_id, method = %req.method(), path = %req.uri().path());
                 let trace: std::sync::Arc<str> = traceparent.into();
                 let echoed = trace.clone();
                 let handled = async move {

@@ -45,10 +45,13 @@ impl Actor for PeerActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             PeerMessage::Forward(kind, key, body, trace, port) => {
-                if let Some(id) = crate::trace::trace_id(&trace) {
-                    tracing::debug!(trace_id = id, %key, "forwarded message for this node");
+                let span =
+                    tracing::info_span!("forwarded", %kind, %key, trace_id = tracing::field::Empty);
+                if crate::trace::trace_id(&trace).is_some() {
+                    crate::trace::enter(&span, Some(&trace));
+                    span.in_scope(|| tracing::debug!(%key, "forwarded message for this node"));
                 }
-                forwarded(cluster, &kind, &key, &body, port)
+                forwarded(cluster, &kind, &key, &body, port, span)
             }
             PeerMessage::Heartbeat(bytes) => match serde_json::from_slice::<Heartbeat>(&bytes) {
                 Ok(hb) => {
@@ -77,7 +80,14 @@ impl Actor for PeerActor {
 
 /// Delivers a forwarded message to the local shard of its kind and answers when the entity
 /// does, without holding up the router actor.
-fn forwarded(cluster: &Cluster, kind: &str, key: &str, body: &[u8], port: RpcReplyPort<Vec<u8>>) {
+fn forwarded(
+    cluster: &Cluster,
+    kind: &str,
+    key: &str,
+    body: &[u8],
+    port: RpcReplyPort<Vec<u8>>,
+    span: tracing::Span,
+) {
     let Ok(key) = cluster.parse_key(key) else {
         let _ = port.send(vec![reply::BAD_REQUEST]);
         return;
@@ -92,7 +102,7 @@ fn forwarded(cluster: &Cluster, kind: &str, key: &str, body: &[u8], port: RpcRep
     };
     match local.deliver(key, body) {
         Ok(answer) => {
-            tokio::spawn(async move {
+            let answered = async move {
                 let out = match answer.await {
                     Some(bytes) => {
                         let mut out = Vec::with_capacity(bytes.len() + 1);
@@ -103,7 +113,8 @@ fn forwarded(cluster: &Cluster, kind: &str, key: &str, body: &[u8], port: RpcRep
                     None => vec![reply::UNAVAILABLE],
                 };
                 let _ = port.send(out);
-            });
+            };
+            tokio::spawn(tracing::Instrument::instrument(answered, span));
         }
         Err(e) => {
             tracing::warn!(error = %e, "undecodable forwarded message");

@@ -2,9 +2,37 @@
 //! (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`): set by an edge for the task that
 //! handles a request, taken along when a message is forwarded to its owner on another node, and
 //! logged on both sides, so one request's log lines share its trace id across the cluster.
+//! When spans are exported, the program installs [`on_span`] so the request's span and the
+//! forwarded message's span join the trace, and the `traceparent` carried on is the span's own.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// Makes a span the child of a `traceparent` and answers the span's own `traceparent`.
+pub type Join = fn(&tracing::Span, &str) -> Option<String>;
+
+static JOIN: OnceLock<Join> = OnceLock::new();
+
+/// Installs the exporter's `join` (once per process).
+pub fn on_span(join: Join) {
+    let _ = JOIN.set(join);
+}
+
+/// The trace context of the work `span` covers: `given` continued (or a new trace), with
+/// `span` joined to it when spans are exported. Records the trace id in the span's `trace_id`
+/// field.
+pub fn enter(span: &tracing::Span, given: Option<&str>) -> String {
+    let given = given.filter(|g| trace_id(g).is_some());
+    let own = JOIN
+        .get()
+        .and_then(|join| join(span, given.unwrap_or_default()))
+        .filter(|own| trace_id(own).is_some())
+        .unwrap_or_else(|| continue_or_start(given));
+    if let Some(id) = trace_id(&own) {
+        span.record("trace_id", id);
+    }
+    own
+}
 
 tokio::task_local! {
     static CURRENT: Arc<str>;

@@ -188,10 +188,23 @@ pub fn serve_nats(
                 break;
             };
             let (app, client, prefix) = (app.clone(), client.clone(), prefix.clone());
-            tokio::spawn(async move {
-                answer(&app, &client, &prefix, request).await;
+            // The command joins the trace its `traceparent` header names, as a request does.
+            let span = tracing::info_span!("command", bus = "nats", subject = %request.subject, trace_id = tracing::field::Empty);
+            let given = request
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("traceparent"))
+                .map(|v| v.as_str().to_owned());
+            let trace: Arc<str> = convene_cluster::trace::enter(&span, given.as_deref()).into();
+            let echoed = trace.clone();
+            let work = async move {
+                answer(&app, &client, &prefix, request, &echoed).await;
                 drop(permit);
-            });
+            };
+            tokio::spawn(tracing::Instrument::instrument(
+                convene_cluster::trace::scope(trace, work),
+                span,
+            ));
         }
     })
 }
@@ -201,6 +214,7 @@ async fn answer(
     client: &async_nats::Client,
     prefix: &str,
     request: async_nats::Message,
+    traceparent: &str,
 ) {
     let Some(reply_to) = request.reply.clone() else {
         tracing::debug!(subject = %request.subject, "a command without a reply subject is ignored");
@@ -232,6 +246,7 @@ async fn answer(
         .inc();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(STATUS_HEADER, status.as_str());
+    headers.insert("traceparent", traceparent);
     if let Err(e) = client.publish_with_headers(reply_to, headers, body).await {
         tracing::warn!(error = %e, "a command's reply was not sent");
     }

@@ -229,7 +229,22 @@ pub fn serve_kafka(
                     continue;
                 }
             };
-            let status = match carry_out(&app, m.payload()).await {
+            // The command joins the trace its `traceparent` header names.
+            let given = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "traceparent")
+                    .and_then(|h| std::str::from_utf8(h.value?).ok())
+                    .map(str::to_owned)
+            });
+            let span = tracing::info_span!(
+                "command",
+                bus = "kafka",
+                topic = m.topic(),
+                trace_id = tracing::field::Empty
+            );
+            let trace = convene_cluster::trace::enter(&span, given.as_deref());
+            let carried = convene_cluster::trace::scope(trace.into(), carry_out(&app, m.payload()));
+            let status = match tracing::Instrument::instrument(carried, span).await {
                 Outcome::Done(status) => status.as_str().to_owned(),
                 Outcome::Dead(reason) => {
                     bury(&kafka, DEAD_LETTERS_TOPIC, &m, &reason).await;

@@ -1398,3 +1398,139 @@ async fn a_frozen_member_trips_its_breaker_and_is_used_again_once_it_answers() {
     .await;
     assert!(back, "the member serves again once it answers");
 }
+
+/// A span an OTLP receiver got: name, trace id, span id, parent span id, node.
+type Received = (String, String, String, String, String);
+
+/// An OTLP/HTTP traces endpoint (protobuf `ExportTraceServiceRequest`s, as a collector takes
+/// them) on a free port; what it received.
+async fn otlp_receiver() -> (u16, Arc<Mutex<Vec<Received>>>) {
+    use prost::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let sink = spans.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                length = value.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    stream.read_exact(&mut body).await.unwrap();
+                    let request = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+                    for resource in request.resource_spans {
+                        let node = resource
+                            .resource
+                            .iter()
+                            .flat_map(|r| &r.attributes)
+                            .find(|a| a.key == "service.instance.id")
+                            .and_then(|a| a.value.as_ref())
+                            .map(|v| format!("{:?}", v.value))
+                            .unwrap_or_default();
+                        for scope in resource.scope_spans {
+                            for span in scope.spans {
+                                sink.lock().unwrap().push((
+                                    span.name,
+                                    hex(&span.trace_id),
+                                    hex(&span.span_id),
+                                    hex(&span.parent_span_id),
+                                    node.clone(),
+                                ));
+                            }
+                        }
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                    if stream.get_mut().write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, spans)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_a_forwarded_request_reach_the_collector_as_one_trace() {
+    let (port, received) = otlp_receiver().await;
+    let env = vec![(
+        "CONVENE_OTLP_ENDPOINT".to_owned(),
+        format!("http://127.0.0.1:{port}/v1/traces"),
+    )];
+    let Some(cluster) = TestCluster::start_with(2, env).await else {
+        return;
+    };
+    let event = cluster.create_event(5).await;
+    let owner = cluster.owner_of(&format!("event/{event}")).await;
+    let edge = 1 - owner;
+    let (trace, caller) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let res = cluster
+        .client
+        .get(format!(
+            "{}/api/v1/events/{event}",
+            cluster.nodes[edge].http
+        ))
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let echoed = res.headers()["traceparent"].to_str().unwrap().to_owned();
+    let request_span = echoed.split('-').nth(2).unwrap().to_owned();
+    assert!(echoed.starts_with(&format!("00-{trace}-")), "{echoed}");
+    assert_ne!(
+        request_span, caller,
+        "the edge's span is a child of the caller's"
+    );
+    let found = |name: &str, parent: &str, node: &str| {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(n, t, _, p, at)| n == name && t == trace && p == parent && at.contains(node))
+    };
+    let exported = eventually(Duration::from_secs(15), || async {
+        found("request", caller, &cluster.nodes[edge].name)
+            && found("forwarded", &request_span, &cluster.nodes[owner].name)
+    })
+    .await;
+    assert!(
+        exported,
+        "both nodes' spans in one trace: {:?}",
+        received.lock().unwrap()
+    );
+    let request = received
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(n, t, ..)| n == "request" && t == trace)
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        request.2, request_span,
+        "the echoed traceparent names the exported span"
+    );
+}

@@ -56,6 +56,11 @@ async fn request(
     if let Some(t) = token {
         headers.insert("Authorization", format!("Bearer {t}").as_str());
     }
+    let trace = format!("{:032x}", rand::random::<u128>() | 1);
+    headers.insert(
+        "traceparent",
+        format!("00-{trace}-00f067aa0ba902b7-01").as_str(),
+    );
     let m = tokio::time::timeout(
         Duration::from_secs(30),
         client.request_with_headers(subject, headers, body.to_string().into()),
@@ -71,6 +76,16 @@ async fn request(
         .as_str()
         .parse()
         .unwrap();
+    let traced = m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("traceparent"))
+        .expect("every reply carries the command's trace")
+        .to_string();
+    assert!(
+        traced.starts_with(&format!("00-{trace}-")),
+        "the command's trace is continued: {traced}"
+    );
     let body = if m.payload.is_empty() {
         Value::Null
     } else {
