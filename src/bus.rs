@@ -55,6 +55,8 @@ pub struct Outgoing {
     pub id: Uuid,
     /// The serialised envelope.
     pub body: Bytes,
+    /// The trace context of the work that wrote it, for the `traceparent` header.
+    pub traceparent: Option<String>,
 }
 
 impl Outgoing {
@@ -71,6 +73,7 @@ impl Outgoing {
             kind: row.topic,
             entity: row.entity,
             id: row.message_id,
+            traceparent: row.traceparent,
             body: Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default()),
             envelope: Arc::new(envelope),
         }

@@ -83,14 +83,15 @@ macro_rules! write_outbox {
         let events: Vec<&DomainEvent> = $events.into_iter().collect();
         for chunk in events.chunks(CHUNK) {
             let mut qb = sqlx::QueryBuilder::new(
-                "INSERT INTO outbox (message_id, topic, entity_key, payload, occurred_at) ",
+                "INSERT INTO outbox (message_id, topic, entity_key, payload, occurred_at, traceparent) ",
             );
             qb.push_values(chunk, |mut row, event| {
                 row.push_bind(event.message_id)
                     .push_bind(event.topic.clone())
                     .push_bind(event.key.clone())
                     .push_bind(Json(event.payload.clone()))
-                    .push_bind(event.occurred_at);
+                    .push_bind(event.occurred_at)
+                    .push_bind(event.traceparent.clone());
             });
             qb.build().execute(&mut *$tx).await.map_err(unavailable)?;
         }

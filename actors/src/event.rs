@@ -2,6 +2,7 @@
 //! decides every registration and commits bursts of them in one transaction (group commit): a
 //! caller is answered only after its row is committed.
 
+use convene_cluster::trace::within;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -35,11 +36,15 @@ convene_cluster::entity_messages! {
                 patch: EventPatch,
                 /// The version the caller saw (`If-Match`), if it sent one.
                 if_match: Option<i64>,
+                /// The caller's trace context, for the domain events.
+                trace: Option<String>,
             } -> Result<Event, EntityError>,
             /// Delete the event.
             Delete {
                 /// Who asks.
                 principal: Principal,
+                /// The caller's trace context, for the domain events.
+                trace: Option<String>,
             } -> Result<(), EntityError>,
             /// Register a user; answers the outcome once it is committed.
             Register {
@@ -49,12 +54,16 @@ convene_cluster::entity_messages! {
                 waitlist: bool,
                 /// The caller's `Idempotency-Key`, if any.
                 idempotency_key: Option<String>,
+                /// The caller's trace context, for the domain events.
+                trace: Option<String>,
             } -> Result<RegistrationOutcome, EntityError>,
             /// Cancel a user's registration; the oldest waitlisted user takes the seat, and the
             /// answer is the registration promoted, if any.
             Cancel {
                 /// The user.
                 user_id: i64,
+                /// The caller's trace context, for the domain events.
+                trace: Option<String>,
             } -> Result<Option<Registration>, EntityError>,
             /// Registrations that are not cancelled, first come first.
             ListRegistrations {
@@ -139,6 +148,7 @@ struct Pending {
     user_id: i64,
     waitlist: bool,
     idempotency_key: Option<String>,
+    trace: Option<String>,
     reply: Reply<RegistrationOutcome>,
 }
 
@@ -225,6 +235,7 @@ impl Actor for EventActor {
                 user_id,
                 waitlist,
                 idempotency_key,
+                trace,
                 reply,
             } => {
                 if let Err(e) = state.live() {
@@ -242,6 +253,7 @@ impl Actor for EventActor {
                     user_id,
                     waitlist,
                     idempotency_key,
+                    trace,
                     reply,
                 });
                 if !state.flush_scheduled {
@@ -255,19 +267,32 @@ impl Actor for EventActor {
                 }
             }
             EventMessage::Flush => state.flush().await,
-            EventMessage::Cancel { user_id, reply } => {
-                let _ = reply.send(state.cancel(user_id).await);
+            EventMessage::Cancel {
+                user_id,
+                trace,
+                reply,
+            } => {
+                let answer = within(trace.as_deref(), state.cancel(user_id)).await;
+                let _ = reply.send(answer);
             }
             EventMessage::Update {
                 principal,
                 patch,
                 if_match,
+                trace,
                 reply,
             } => {
-                let _ = reply.send(state.update(&principal, patch, if_match).await);
+                let answer =
+                    within(trace.as_deref(), state.update(&principal, patch, if_match)).await;
+                let _ = reply.send(answer);
             }
-            EventMessage::Delete { principal, reply } => {
-                let _ = reply.send(state.delete(&principal).await);
+            EventMessage::Delete {
+                principal,
+                trace,
+                reply,
+            } => {
+                let answer = within(trace.as_deref(), state.delete(&principal)).await;
+                let _ = reply.send(answer);
             }
             EventMessage::ListRegistrations { principal, reply } => {
                 let answer = state.live().and_then(|e| {

@@ -356,10 +356,14 @@ pub struct DomainEvent {
     pub payload: Value,
     /// When it happened.
     pub occurred_at: DateTime<Utc>,
+    /// The W3C trace context of the work that made it happen, when it had one: the buses carry
+    /// it as the `traceparent` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl DomainEvent {
-    /// A new domain event with a fresh message id.
+    /// A new domain event with a fresh message id, in the trace of the running task.
     pub fn new(topic: &str, key: impl Into<String>, payload: Value, at: DateTime<Utc>) -> Self {
         Self {
             message_id: Uuid::new_v4(),
@@ -367,6 +371,15 @@ impl DomainEvent {
             key: key.into(),
             payload,
             occurred_at: at,
+            traceparent: convene_cluster::trace::carried(),
         }
+    }
+
+    /// The same, in the trace `traceparent` names (when it names one).
+    pub fn traced(mut self, traceparent: Option<&str>) -> Self {
+        if let Some(t) = traceparent {
+            self.traceparent = Some(t.to_owned());
+        }
+        self
     }
 }

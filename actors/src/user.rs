@@ -26,6 +26,8 @@ convene_cluster::entity_messages! {
                 name: Option<String>,
                 /// New profile object (replaces the old one).
                 profile: Option<Value>,
+                /// The caller's trace context, for the domain events.
+                trace: Option<String>,
             } -> Result<User, EntityError>,
             /// Refuse a token of this user from now on.
             RevokeToken {
@@ -207,9 +209,13 @@ impl Actor for UserActor {
             UserMessage::Update {
                 name,
                 profile,
+                trace,
                 reply,
             } => {
-                let _ = reply.send(state.update(name, profile).await);
+                let answer =
+                    convene_cluster::trace::within(trace.as_deref(), state.update(name, profile))
+                        .await;
+                let _ = reply.send(answer);
             }
             UserMessage::RevokeToken {
                 jti,

@@ -43,6 +43,19 @@ pub async fn scope<F: Future>(traceparent: Arc<str>, work: F) -> F::Output {
     CURRENT.scope(traceparent, work).await
 }
 
+/// Runs `work` with `traceparent` as its trace context when there is one.
+pub async fn within<F: Future>(traceparent: Option<&str>, work: F) -> F::Output {
+    match traceparent {
+        Some(t) => CURRENT.scope(Arc::from(t), work).await,
+        None => work.await,
+    }
+}
+
+/// The trace context of the running task, owned, to put in a message.
+pub fn carried() -> Option<String> {
+    current().map(|t| t.to_string())
+}
+
 /// The trace context of the running task, if it has one.
 pub fn current() -> Option<Arc<str>> {
     CURRENT.try_with(Arc::clone).ok()

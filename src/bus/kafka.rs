@@ -178,7 +178,7 @@ impl Publisher for Kafka {
                     }
                 };
                 let id = m.id.hyphenated().encode_lower(&mut id);
-                let headers = OwnedHeaders::new()
+                let mut headers = OwnedHeaders::new()
                     .insert(Header {
                         key: "message_id",
                         value: Some(&*id),
@@ -187,6 +187,12 @@ impl Publisher for Kafka {
                         key: "type",
                         value: Some(m.kind.as_str()),
                     });
+                if let Some(t) = &m.traceparent {
+                    headers = headers.insert(Header {
+                        key: "traceparent",
+                        value: Some(t.as_str()),
+                    });
+                }
                 let record = FutureRecord::to(topic)
                     .key(m.entity_id())
                     .payload(m.body.as_ref())

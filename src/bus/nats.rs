@@ -133,6 +133,9 @@ impl Publisher for Nats {
                     m.id.to_string().as_str(),
                 );
                 headers.insert("Convene-Entity", m.entity.as_str());
+                if let Some(t) = &m.traceparent {
+                    headers.insert("traceparent", t.as_str());
+                }
                 let subject = format!("{}{}", self.prefix, m.kind);
                 let ack = self
                     .js
@@ -168,6 +171,7 @@ mod tests {
             entity: entity.into(),
             payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
             occurred_at: chrono::Utc::now(),
+            traceparent: None,
         })
     }
 

@@ -383,6 +383,7 @@ pub async fn update(
             principal,
             patch,
             if_match,
+            trace: convene_cluster::trace::carried(),
             reply,
         })
         .await??;
@@ -405,7 +406,11 @@ pub async fn delete(id: String, app: App, auth: Option<String>) -> Result<Respon
     let principal = caller.principal;
     let event_id = key.numeric_id();
     app.events
-        .ask(key, |reply| EventMessage::Delete { principal, reply })
+        .ask(key, |reply| EventMessage::Delete {
+            principal,
+            trace: convene_cluster::trace::carried(),
+            reply,
+        })
         .await??;
     if let Some(id) = event_id {
         app.caches.event_changed(id).await;

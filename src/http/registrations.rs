@@ -123,6 +123,7 @@ pub async fn take_seat(
             user_id,
             waitlist,
             idempotency_key,
+            trace: convene_cluster::trace::carried(),
             reply,
         })
         .await?;
@@ -162,7 +163,11 @@ pub async fn take_seat(
 pub async fn give_up_seat(app: &App, key: EntityKey, user_id: i64) -> Result<(), ApiError> {
     let event_id = key.numeric_id();
     app.events
-        .ask(key, |reply| EventMessage::Cancel { user_id, reply })
+        .ask(key, |reply| EventMessage::Cancel {
+            user_id,
+            trace: convene_cluster::trace::carried(),
+            reply,
+        })
         .await??;
     changed(app, event_id, user_id).await;
     Ok(())

@@ -129,6 +129,7 @@ pub async fn update_me(
             UserMessage::Update {
                 name,
                 profile,
+                trace: convene_cluster::trace::carried(),
                 reply,
             }
         })

@@ -36,6 +36,8 @@ pub struct Pending {
     pub payload: Box<RawValue>,
     /// When it happened.
     pub occurred_at: DateTime<Utc>,
+    /// The trace context of the work that wrote it, if it had one.
+    pub traceparent: Option<String>,
 }
 
 /// What a read of the outbox found.
@@ -57,6 +59,7 @@ struct OutboxRow {
     entity_key: String,
     payload: Json<Box<RawValue>>,
     occurred_at: DateTime<Utc>,
+    traceparent: Option<String>,
 }
 
 /// Wakes a reader of the outbox: after each commit on this node that wrote rows, on
@@ -143,7 +146,7 @@ impl SqlStore {
                     // Qualified names: a bare `xid` in ORDER BY would be the output column, a
                     // bigint no index serves.
                     "SELECT o.xid::text::bigint AS xid, o.id, o.message_id, o.topic, o.entity_key, \
-                     o.payload, o.occurred_at FROM outbox o \
+                     o.payload, o.occurred_at, o.traceparent FROM outbox o \
                      WHERE (o.xid, o.id) > ($1::bigint::text::xid8, $2) \
                      AND o.xid < pg_snapshot_xmin(pg_current_snapshot()) \
                      ORDER BY o.xid, o.id LIMIT $3",
@@ -156,8 +159,8 @@ impl SqlStore {
             }
             Db::Sqlite { read, .. } => {
                 sqlx::query_as(
-                    "SELECT xid, id, message_id, topic, entity_key, payload, occurred_at \
-                     FROM outbox WHERE id > $1 ORDER BY id LIMIT $2",
+                    "SELECT xid, id, message_id, topic, entity_key, payload, occurred_at, \
+                     traceparent FROM outbox WHERE id > $1 ORDER BY id LIMIT $2",
                 )
                 .bind(after.id)
                 .bind(limit)
@@ -179,6 +182,7 @@ impl SqlStore {
                 entity: r.entity_key,
                 payload: r.payload.0,
                 occurred_at: r.occurred_at,
+                traceparent: r.traceparent,
             })
             .collect();
         let held_back = match &self.db {

@@ -68,7 +68,12 @@ async fn authenticate(app: &App, socket: &mut Socket, token: Option<String>) -> 
     Some(caller.principal.user_id)
 }
 
-pub(super) async fn serve(app: App, mut socket: Socket, token: Option<String>) {
+pub(super) async fn serve(
+    app: App,
+    mut socket: Socket,
+    token: Option<String>,
+    trace: Option<Arc<str>>,
+) {
     let Some(user_id) = authenticate(&app, &mut socket, token).await else {
         let _ = socket.send(close(CLOSE_UNAUTHORIZED, "unauthorized")).await;
         return;
@@ -85,7 +90,15 @@ pub(super) async fn serve(app: App, mut socket: Socket, token: Option<String>) {
     let writer = tokio::spawn(write(sink, rx, conn.clone(), heartbeat));
     let mut joined = Vec::new();
     let mut stream = stream;
-    read(&app, &mut stream, &conn, &mut joined, heartbeat).await;
+    read(
+        &app,
+        &mut stream,
+        &conn,
+        &mut joined,
+        heartbeat,
+        trace.as_deref(),
+    )
+    .await;
     for room in joined {
         leave(&app, &room, conn.id);
     }
@@ -183,6 +196,7 @@ async fn read(
     conn: &Arc<Conn>,
     joined: &mut Vec<String>,
     heartbeat: Duration,
+    trace: Option<&str>,
 ) {
     let per_sec = NonZeroU32::new(app.config.ws_publish_per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
     // Made at the first publish: a connection that only listens does without.
@@ -229,7 +243,12 @@ async fn read(
                     per_sec,
                     publishing: &mut publishing,
                 };
-                session.handle(frame).await;
+                // Each frame is a span of the connection's trace, carried to the room's owner.
+                let span =
+                    tracing::info_span!("frame", conn = conn.id, trace_id = tracing::field::Empty);
+                let own = convene_cluster::trace::enter(&span, trace);
+                let handled = convene_cluster::trace::scope(own.into(), session.handle(frame));
+                tracing::Instrument::instrument(handled, span).await;
             }
             Err(e) => {
                 conn.push(ServerFrame::error(e.reference, e.reason, e.message).encode());

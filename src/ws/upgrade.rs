@@ -59,6 +59,8 @@ pub fn upgrade(app: App, mut req: Request<Incoming>) -> Response {
             })
     });
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // The upgrade request's trace: each frame of the connection is a span in it.
+    let trace = convene_cluster::trace::current();
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
@@ -73,7 +75,7 @@ pub fn upgrade(app: App, mut req: Request<Incoming>) -> Response {
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        serve(app, socket, token).await;
+        serve(app, socket, token, trace).await;
     });
     let mut res = warp::reply().into_response();
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
@@ -114,6 +115,7 @@ pub(crate) struct Seen {
     id: String,
     entity: String,
     envelope: Value,
+    traceparent: String,
 }
 
 /// Every message in the stream, in stream order.
@@ -136,6 +138,7 @@ pub(crate) async fn read_stream(client: &async_nats::Client, stream: &str) -> Ve
             id: header("Nats-Msg-Id"),
             entity: header("Convene-Entity"),
             envelope: serde_json::from_slice(&m.payload).unwrap(),
+            traceparent: header("traceparent"),
         });
     }
     seen
@@ -222,10 +225,17 @@ async fn read_kafka(
         let key = std::str::from_utf8(m.key().unwrap()).unwrap();
         assert_eq!(entity.rsplit('/').next().unwrap(), key, "key = entity id");
         distinct.insert(id.clone());
+        let traceparent = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "traceparent"))
+            .and_then(|h| std::str::from_utf8(h.value?).ok())
+            .unwrap_or_default()
+            .to_owned();
         seen.push(Seen {
             id,
             entity: format!("{entity} {}", m.topic()),
             envelope,
+            traceparent,
         });
     }
     seen
@@ -262,17 +272,28 @@ pub(crate) fn check_schema(envelope: &Value) {
 
 /// A user, an event and its whole life: registrations, a waitlist, a promotion, an update, a
 /// deletion, a profile change.
+/// The trace ids the first registration and the change of the event are sent in.
+const REGISTERED_IN: &str = "5bf92f3577b34da6a3ce929d0e0e4736";
+const CHANGED_IN: &str = "6bf92f3577b34da6a3ce929d0e0e4736";
+
 async fn lifecycle(app: &TestApp) {
     let owner = app.sign_up("owner@example.com").await;
     let guests = app.sign_up_many("guest", 2).await;
     let event = app.create_event(&owner, 1).await;
-    for g in &guests {
+    for (i, g) in guests.iter().enumerate() {
+        let trace = format!("00-{REGISTERED_IN}-00f067aa0ba902b7-01");
+        let headers: &[(&str, &str)] = if i == 0 {
+            &[("traceparent", &trace)]
+        } else {
+            &[]
+        };
         let a = app
-            .send(
+            .send_with(
                 "POST",
                 &format!("/api/v1/events/{event}/registrations"),
                 Some(&g.token),
                 Some(json!({"waitlist": true})),
+                headers,
             )
             .await;
         assert!(a.status == 201 || a.status == 202, "{}", a.body);
@@ -287,11 +308,15 @@ async fn lifecycle(app: &TestApp) {
         .await;
     assert!(a.status < 300, "{}", a.body);
     let a = app
-        .send(
+        .send_with(
             "PATCH",
             &format!("/api/v1/events/{event}"),
             Some(&owner.token),
             Some(json!({"title": "Rust in Lyon, again"})),
+            &[(
+                "traceparent",
+                &format!("00-{CHANGED_IN}-00f067aa0ba902b7-01"),
+            )],
         )
         .await;
     assert!(a.status < 300, "{}", a.body);
@@ -519,6 +544,30 @@ async fn relays_to_both(backend: Backend) {
 
     let from_kafka = read_kafka(&brokers, &prefix, &rows).await;
     check_exactly_once_in_order(&per_topic(&prefix, &rows), &from_kafka);
+    // Each domain event carries the trace of the request that made it happen.
+    for (bus, seen) in [("nats", &seen), ("kafka", &from_kafka)] {
+        for (kind, trace) in [
+            ("registrations.created", REGISTERED_IN),
+            ("events.updated", CHANGED_IN),
+        ] {
+            assert!(
+                seen.iter().any(|s| s.envelope["type"] == kind
+                    && s.traceparent.starts_with(&format!("00-{trace}-"))),
+                "{bus}: {kind} in trace {trace}: {:?}",
+                seen.iter()
+                    .map(|s| (&s.envelope["type"], &s.traceparent))
+                    .collect::<Vec<_>>()
+            );
+        }
+        assert!(
+            seen.iter().all(|s| s.traceparent.len() == 55),
+            "{bus}: every domain event made by a request carries its trace: {:?}",
+            seen.iter()
+                .filter(|s| s.traceparent.len() != 55)
+                .map(|s| &s.envelope["type"])
+                .collect::<Vec<_>>()
+        );
+    }
 
     let metrics = app.send("GET", "/metrics", None, None).await;
     let text = metrics.body.as_str().unwrap();

@@ -1336,6 +1336,43 @@ async fn a_forwarded_request_carries_its_trace_id_into_the_owners_logs() {
         .unwrap();
     let fresh = res.headers()["traceparent"].to_str().unwrap().to_owned();
     assert!(!fresh.contains(trace_id) && fresh.len() == 55, "{fresh}");
+
+    // A WebSocket connection's frames are in the trace of its upgrade request, and travel with
+    // it to the room's owner.
+    let mut i = 0;
+    let room = loop {
+        let room = format!("room:traced-{i}");
+        if cluster.owner_of(&format!("room/{room}")).await != edge {
+            break room;
+        }
+        i += 1;
+    };
+    let ws_trace = "7bf92f3577b34da6a3ce929d0e0e4736";
+    let (_, token) = cluster.sign_up_many(1).await.remove(0);
+    let mut client = Client::connect_traced(
+        &cluster.nodes[edge].http,
+        &token,
+        &format!("00-{ws_trace}-00f067aa0ba902b7-01"),
+    )
+    .await;
+    client
+        .send(json!({"op": "join", "room": room, "ref": 1}))
+        .await;
+    let joined = reply_to(&mut client, 1, &mut Vec::new()).await;
+    assert_eq!(joined["status"], "ok", "{joined}");
+    let owner = cluster.owner_of(&format!("room/{room}")).await;
+    let found = eventually(Duration::from_secs(5), || async {
+        cluster
+            .log(owner)
+            .lines()
+            .any(|l| l.contains(ws_trace) && l.contains("forwarded message for this node"))
+    })
+    .await;
+    assert!(
+        found,
+        "the room's owner logs the frame's trace id:\n{}",
+        cluster.log(owner)
+    );
 }
 
 fn signal(cluster: &TestCluster, i: usize, signal: &str) {

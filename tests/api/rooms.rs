@@ -31,6 +31,20 @@ impl Client {
         Self { ws }
     }
 
+    /// A connection whose upgrade request carries `traceparent`.
+    pub(crate) async fn connect_traced(base: &str, token: &str, traceparent: &str) -> Self {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}/ws?token={token}", base.replacen("http://", "ws://", 1));
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connects");
+        Self { ws }
+    }
+
     pub(crate) async fn send(&mut self, v: Value) {
         self.ws.send(Message::text(v.to_string())).await.unwrap();
     }

@@ -109,12 +109,15 @@ impl EventState {
                                     RegistrationOutcome::Waitlisted,
                                 ),
                             };
-                        batch.events.push(DomainEvent::new(
-                            topic,
-                            self.key.to_string(),
-                            json!({"event_id": event.id, "user_id": p.user_id, "status": status.as_str()}),
-                            at,
-                        ));
+                        batch.events.push(
+                            DomainEvent::new(
+                                topic,
+                                self.key.to_string(),
+                                json!({"event_id": event.id, "user_id": p.user_id, "status": status.as_str()}),
+                                at,
+                            )
+                            .traced(p.trace.as_deref()),
+                        );
                         batch.writes.push(write);
                         in_batch.insert(p.user_id, batch.writes.len() - 1);
                         Answer::Written {
