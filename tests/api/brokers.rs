@@ -11,15 +11,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{TempDir, eventually, unavailable};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::helpers::{TempDir, eventually, free_port, unavailable};
 
 /// A NATS server of the test's own, on a free port, with its JetStream store in `dir`.
 pub struct OwnNats {

@@ -15,20 +15,11 @@ use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{TempDir, event_body, eventually, fresh_postgres};
+use crate::helpers::{TempDir, event_body, eventually, free_port, fresh_postgres};
 use crate::rooms::{Client, reply_to};
 
 const SECRET: &str = "a cluster test secret of at least thirty-two bytes";
 const REQUEST_TIMEOUT_MS: u64 = 3000;
-
-/// A free port on 127.0.0.1 (the listener is closed again before the node binds it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 pub(crate) struct Proc {
     pub(crate) name: String,

@@ -419,6 +419,23 @@ pub fn event_body(capacity: i64) -> Value {
     })
 }
 
+/// A free port on 127.0.0.1 for a server another process will bind. It is taken at random below
+/// the kernel's range of ephemeral ports, so the ports of outgoing connections and of `:0`
+/// listeners (which come from that range) cannot take it before the server binds it.
+pub fn free_port() -> u16 {
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000.min(start / 2);
+    loop {
+        let port = rand::random_range(low..start);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Polls `check` until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
