@@ -205,69 +205,31 @@ impl Caches {
     /// cache is not kept now.
     async fn read(&self, kind: Kind, id: &str, field: String, position: Stamp) -> Option<Lookup> {
         let key = Self::key(kind, id);
-        if let Some(redis) = self.shared() {
-            let got: Option<(Option<i64>, Option<Vec<u8>>)> = redis
-                .call(|mut c| {
-                    let (key, field) = (key.clone(), field.clone());
-                    async move {
-                        redis::cmd("HMGET")
-                            .arg(&key)
-                            .arg("generation")
-                            .arg(&field)
-                            .query_async(&mut c)
-                            .await
+        let (generation, entry, backend) = match self.read_shared(&key, &field).await {
+            Some((generation, entry)) => (generation, entry, "redis"),
+            None => {
+                let local = self.local(kind)?;
+                let (generation, entry) = match local.get(&key) {
+                    Some(hash) => {
+                        let hash = hash.lock().unwrap_or_else(|e| e.into_inner());
+                        (hash.generation, hash.fields.get(&field).cloned())
                     }
-                })
-                .await;
-            if let Some((generation, raw)) = got {
-                let generation = generation.unwrap_or(0);
-                let hit = raw
-                    .as_deref()
-                    .and_then(decode)
-                    .filter(|(stamp, _)| fresh(kind, *stamp, generation, position));
-                let version = hit.as_ref().map_or(0, |(stamp, _)| stamp.1);
-                let hit = hit.map(|(_, body)| body);
-                self.count(
-                    kind,
-                    match (&hit, &raw) {
-                        (Some(_), _) => "hit",
-                        (None, Some(_)) => "stale",
-                        (None, None) => "miss",
-                    },
-                    "redis",
-                );
-                return Some(Lookup {
-                    kind,
-                    key,
-                    field,
-                    generation,
-                    hit,
-                    version,
-                });
+                    None => (0, None),
+                };
+                (generation, entry, "local")
             }
-        }
-        let local = self.local(kind)?;
-        let (generation, entry) = match local.get(&key) {
-            Some(hash) => {
-                let hash = hash.lock().unwrap_or_else(|e| e.into_inner());
-                (hash.generation, hash.fields.get(&field).cloned())
-            }
-            None => (0, None),
         };
         let hit = entry
             .as_ref()
             .filter(|(stamp, _)| fresh(kind, *stamp, generation, position));
         let version = hit.map_or(0, |(stamp, _)| stamp.1);
         let hit = hit.map(|(_, body)| body.clone());
-        self.count(
-            kind,
-            match (&hit, &entry) {
-                (Some(_), _) => "hit",
-                (None, Some(_)) => "stale",
-                (None, None) => "miss",
-            },
-            "local",
-        );
+        let outcome = match (&hit, &entry) {
+            (Some(_), _) => "hit",
+            (None, Some(_)) => "stale",
+            (None, None) => "miss",
+        };
+        self.count(kind, outcome, backend);
         Some(Lookup {
             kind,
             key,
@@ -276,6 +238,23 @@ impl Caches {
             hit,
             version,
         })
+    }
+
+    /// The generation of `key` and its entry `field` in Redis; `None` when Redis is not used
+    /// now or did not answer.
+    async fn read_shared(&self, key: &str, field: &str) -> Option<(i64, Option<(Stamp, Bytes)>)> {
+        let redis = self.shared()?;
+        let (generation, raw): (Option<i64>, Option<Vec<u8>>) = redis
+            .call(|mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg("generation")
+                    .arg(field)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Some((generation.unwrap_or(0), raw.as_deref().and_then(decode)))
     }
 
     /// Keeps `body` as the answer `lookup` missed, stamped with `stamp` (search) or the
