@@ -13,7 +13,6 @@ use convene_actors::rules::Principal;
 use convene_actors::user::UserMessage;
 use convene_cluster::{Cluster, Router};
 use ractor::ActorRef;
-use ractor::factory::FactoryRef;
 
 use crate::analytics::Tracker;
 use crate::auth::{Auth, Claims, TokenError};
@@ -21,7 +20,7 @@ use crate::bus::Buses;
 use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
-use crate::recommend::serving::{Models, Request};
+use crate::recommend::serving::{Models, Recommender};
 use crate::revocations::Revocations;
 use crate::search::SearchIndex;
 use crate::store::SqlStore;
@@ -57,7 +56,7 @@ pub struct Inner {
     /// The recommendation model this node serves.
     pub models: Arc<Models>,
     /// The workers that answer recommendation requests on this node.
-    pub recommender: FactoryRef<(), Request>,
+    pub recommender: Recommender,
     /// The members of the cluster and the owner of each key.
     pub cluster: Cluster,
     /// Set when the node is leaving: health answers 503 so load balancers stop sending work.

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::curator::{CuratorActor, CuratorArgs, CuratorMessage};
 use crate::keeper::{Keeper, KeeperMessage};
 use crate::metrics::Metrics;
-use crate::recommend::serving::{self as recommend, EventCache, Models, Recommender};
+use crate::recommend::serving::{self as recommend, EventCache, Models, Sources};
 use crate::recommend::trainer::{Trainer, TrainerArgs, TrainerMessage, TrainerSettings};
 use crate::revocations::Revocations;
 use crate::search::SearchIndex;
@@ -423,7 +423,7 @@ impl Node {
         )
         .await?;
         let recommender = recommend::start(
-            Recommender {
+            Sources {
                 store: store.clone(),
                 models: models.clone(),
                 metrics: metrics.clone(),
@@ -431,6 +431,7 @@ impl Node {
                 events: events_read,
             },
             config.recommend_workers,
+            Duration::from_millis(config.request_timeout_ms),
         )
         .await?;
         let network = match network {
@@ -626,11 +627,7 @@ impl Node {
         for shard in &self.shards {
             let _ = shard.drain_and_wait(Some(Duration::from_secs(5))).await;
         }
-        let _ = self
-            .app
-            .recommender
-            .stop_and_wait(None, Some(Duration::from_secs(5)))
-            .await;
+        self.app.recommender.stop().await;
         let _ = self
             .indexer
             .stop_and_wait(None, Some(Duration::from_secs(5)))

@@ -2,8 +2,6 @@
 //! like one event (`/events/{id}/similar`), interactions recorded by clients
 //! (`POST /interactions`), and the model's status and a retraining request for admins.
 
-use std::time::Duration;
-
 use convene_actors::event::EventMessage;
 use convene_actors::recommend::Kind;
 use convene_actors::rules::permissions;
@@ -19,7 +17,7 @@ use super::error::{ApiError, ErrorBody};
 use super::events::event_key;
 use super::{bearer, body, json, parse_json, raw_query, respond, with_app};
 use crate::app::App;
-use crate::recommend::serving::{self, Recommendations, Request};
+use crate::recommend::serving::Recommendations;
 
 /// The most a list may hold.
 const MAX_LIMIT: usize = 50;
@@ -92,22 +90,6 @@ fn limit(query: &str) -> Result<usize, ApiError> {
     }
 }
 
-/// The workers' answer within the request timeout.
-async fn ask<T: Send + 'static>(
-    app: &App,
-    request: impl FnOnce(ractor::RpcReplyPort<T>) -> Request,
-) -> Result<T, ApiError> {
-    serving::ask(
-        &app.recommender,
-        request,
-        Duration::from_millis(app.config.request_timeout_ms),
-    )
-    .await
-    .ok_or_else(|| {
-        ApiError::Unavailable("the recommendation workers are busy; retry shortly".into())
-    })
-}
-
 /// Events for the signed-in user: the hybrid engine's, or what is popular near them when they
 /// have no history yet (`cold_start`).
 #[utoipa::path(get, path = "/api/v1/users/me/recommendations", tag = "recommendations",
@@ -137,14 +119,10 @@ pub async fn for_me(app: App, auth: Option<String>, query: String) -> Result<Res
     if let Some(body) = cached.as_ref().and_then(|c| c.hit.clone()) {
         return Ok(super::json_bytes(body));
     }
-    let answer = ask(&app, |reply| Request::ForUser {
-        user_id,
-        home,
-        profile_at: account.updated_at,
-        limit,
-        reply,
-    })
-    .await??;
+    let answer = app
+        .recommender
+        .for_user(user_id, home, account.updated_at, limit)
+        .await?;
     let body = bytes::Bytes::from(
         serde_json::to_vec(&answer).map_err(|e| ApiError::Unavailable(e.to_string()))?,
     );
@@ -165,13 +143,11 @@ pub async fn for_me(app: App, auth: Option<String>, query: String) -> Result<Res
 pub async fn similar(id: String, app: App, query: String) -> Result<Response, ApiError> {
     let event_id = super::parse_id(&id)?;
     let limit = limit(&query)?;
-    let answer = ask(&app, |reply| Request::Similar {
-        event_id,
-        limit,
-        reply,
-    })
-    .await??
-    .ok_or(ApiError::NotFound)?;
+    let answer = app
+        .recommender
+        .similar(event_id, limit)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(json(StatusCode::OK, &answer))
 }
 

@@ -23,7 +23,7 @@ use ractor::factory::{
     DiscardMode, DiscardSettings, Factory, FactoryArguments, FactoryMessage, FactoryRef, Job,
     Worker, WorkerId, worker_builder,
 };
-use ractor::{Actor, ActorProcessingErr, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -41,9 +41,9 @@ const TRENDING: chrono::TimeDelta = chrono::TimeDelta::minutes(30);
 const PRECOMPUTED: &str = "precomputed";
 /// Events worked out per user at training time (see [`Model::precompute`]).
 pub const PICKS: usize = 60;
-/// Events read for recommendations are kept this long at most (the indexer forgets those that
-/// change before).
-const EVENTS_FOR: Duration = Duration::from_secs(5);
+/// Events read for recommendations are kept this long at most: the indexer forgets each one as
+/// soon as it changes, so this only bounds what a missed change could leave.
+const EVENTS_FOR: Duration = Duration::from_secs(60);
 /// Events kept.
 const EVENTS_KEPT: u64 = 100_000;
 /// Requests queued for the workers beyond which new ones are refused.
@@ -107,8 +107,9 @@ impl Strategy {
 /// One recommended event.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Recommended {
-    /// The event.
-    pub event: Event,
+    /// The event (shared with the node's cache of events read lately).
+    #[schema(value_type = Event)]
+    pub event: Arc<Event>,
     /// Its score, higher is better.
     pub score: f32,
     /// Why: the engines that contributed (`collaborative`, `content`, `factorisation`), or
@@ -130,37 +131,14 @@ pub struct Recommendations {
     pub items: Vec<Recommended>,
 }
 
-/// A request to the pool.
-pub enum Request {
-    /// Recommendations for a user.
-    ForUser {
-        /// Who.
-        user_id: i64,
-        /// Their home, when they set one.
-        home: Option<(f64, f64)>,
-        /// When their profile last changed.
-        profile_at: DateTime<Utc>,
-        /// How many.
-        limit: usize,
-        /// The answer.
-        reply: RpcReplyPort<Result<Recommendations, StoreError>>,
-    },
-    /// Events like an event; `None` when there is no such event.
-    Similar {
-        /// The event.
-        event_id: i64,
-        /// How many.
-        limit: usize,
-        /// The answer.
-        reply: RpcReplyPort<Result<Option<Recommendations>, StoreError>>,
-    },
-}
+/// Work for the pool: a ranking on a model, run to its end by one worker. Store reads never
+/// hold a worker: they happen in the asking task, before and after.
+pub struct Ranking(Box<dyn FnOnce() + Send>);
 
-impl ractor::Message for Request {}
+impl ractor::Message for Ranking {}
 
-/// What every worker shares.
-#[derive(Clone)]
-pub struct Recommender {
+/// What serving reads.
+pub struct Sources {
     /// Interactions, registrations and events.
     pub store: SqlStore,
     /// The model served.
@@ -171,6 +149,20 @@ pub struct Recommender {
     pub windows: Router<AnalyticsMessage>,
     /// Events read lately.
     pub events: EventCache,
+}
+
+/// Answers recommendation requests on this node: reads in the asking task, rankings on the
+/// pool of workers.
+#[derive(Clone)]
+pub struct Recommender {
+    store: SqlStore,
+    models: Arc<Models>,
+    metrics: Metrics,
+    windows: Router<AnalyticsMessage>,
+    events: EventCache,
+    pool: FactoryRef<(), Ranking>,
+    /// How long a ranking may wait for a worker and run.
+    timeout: Duration,
 }
 
 /// A node's events read lately by the recommendations, kept a few seconds; the search indexer,
@@ -201,8 +193,61 @@ fn live(e: &Event, now: DateTime<Utc>) -> bool {
 }
 
 impl Recommender {
-    /// Recommendations for `user_id`.
+    /// Recommendations for `user_id`, counted by how they were made.
     pub async fn for_user(
+        &self,
+        user_id: i64,
+        home: Option<(f64, f64)>,
+        profile_at: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Recommendations, StoreError> {
+        let answer = self.answer_user(user_id, home, profile_at, limit).await;
+        let strategy = answer.as_ref().map_or("hybrid", |r| r.strategy.as_str());
+        self.count(strategy, answer.is_ok());
+        answer
+    }
+
+    /// Events like `event_id`, counted; `None` when it does not exist.
+    pub async fn similar(
+        &self,
+        event_id: i64,
+        limit: usize,
+    ) -> Result<Option<Recommendations>, StoreError> {
+        let answer = self.answer_similar(event_id, limit).await;
+        self.count(Strategy::Similar.as_str(), answer.is_ok());
+        answer
+    }
+
+    /// Stops the pool (the node is leaving).
+    pub async fn stop(&self) {
+        let _ = self
+            .pool
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+    }
+
+    /// Runs `ranking` on a worker; unavailable when none took it and finished within the
+    /// timeout (the pool is overloaded or stopping).
+    async fn on_pool<T: Send + 'static>(
+        &self,
+        ranking: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let busy =
+            || StoreError::Unavailable("the recommendation workers are busy; retry shortly".into());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Ranking(Box::new(move || {
+            let _ = tx.send(ranking());
+        }));
+        self.pool
+            .cast(FactoryMessage::Dispatch(Job::new((), job)))
+            .map_err(|_| busy())?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(answer)) => Ok(answer),
+            _ => Err(busy()),
+        }
+    }
+
+    async fn answer_user(
         &self,
         user_id: i64,
         home: Option<(f64, f64)>,
@@ -236,7 +281,7 @@ impl Recommender {
                     .map(|r| r.event_id)
                     .collect();
                 let out = self
-                    .scored(user_id, home, &registered, loaded.as_deref(), limit)
+                    .scored(user_id, home, &registered, loaded.as_ref(), limit)
                     .await?;
                 algorithm = out.strategy.as_str();
                 out
@@ -248,7 +293,7 @@ impl Recommender {
         if out.items.len() < limit {
             // Too little from the history (or none): what is popular near the user fills in.
             let seen: HashSet<i64> = out.items.iter().map(|r| r.event.id).collect();
-            let popular = self.popular_near(home, loaded.as_deref(), limit * 3, |e| {
+            let popular = self.popular_near(home, loaded.as_ref(), limit * 3, |e| {
                 eligible(e) && !seen.contains(&e.id)
             });
             out.items.extend(popular.await?);
@@ -264,8 +309,7 @@ impl Recommender {
         Ok(out)
     }
 
-    /// Events like `event_id`; `None` when it does not exist.
-    pub async fn similar(
+    async fn answer_similar(
         &self,
         event_id: i64,
         limit: usize,
@@ -282,13 +326,18 @@ impl Recommender {
         let now = Utc::now();
         let horizon = now.timestamp();
         let loaded = self.models.current();
-        let scored = loaded
-            .as_ref()
-            .and_then(|l| {
-                l.model
-                    .similar(event_id, limit * 3 + 20, |_, m| m.date > horizon)
-            })
-            .unwrap_or_default();
+        let scored = match &loaded {
+            Some(l) => {
+                let l = Arc::clone(l);
+                self.on_pool(move || {
+                    l.model
+                        .similar(event_id, limit * 3 + 20, |_, m| m.date > horizon)
+                })
+                .await?
+                .unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
         let events = self.events(scored.iter().map(|s| s.event_id)).await?;
         let mut items: Vec<Recommended> = scored
             .into_iter()
@@ -312,7 +361,7 @@ impl Recommender {
                 more.into_iter()
                     .filter(|e| e.id != event_id && !seen.contains(&e.id))
                     .map(|event| Recommended {
-                        event,
+                        event: Arc::new(event),
                         score: 0.0,
                         reasons: vec!["popular"],
                     }),
@@ -332,20 +381,21 @@ impl Recommender {
     async fn events(
         &self,
         ids: impl Iterator<Item = i64>,
-    ) -> Result<HashMap<i64, Event>, StoreError> {
+    ) -> Result<HashMap<i64, Arc<Event>>, StoreError> {
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         for id in ids {
             match self.events.0.get(&id) {
                 Some(e) => {
-                    found.insert(id, Event::clone(&e));
+                    found.insert(id, e);
                 }
                 None => missing.push(id),
             }
         }
         if !missing.is_empty() {
             for e in self.store.events_by_ids(&missing).await? {
-                self.events.0.insert(e.id, Arc::new(e.clone()));
+                let e = Arc::new(e);
+                self.events.0.insert(e.id, Arc::clone(&e));
                 found.insert(e.id, e);
             }
         }
@@ -393,7 +443,7 @@ impl Recommender {
         user_id: i64,
         home: Option<(f64, f64)>,
         registered: &HashSet<i64>,
-        loaded: Option<&Loaded>,
+        loaded: Option<&Arc<Loaded>>,
         limit: usize,
     ) -> Result<Recommendations, StoreError> {
         let history = self.store.user_interactions(user_id, HISTORY).await?;
@@ -416,11 +466,18 @@ impl Recommender {
             home,
         };
         let horizon = Utc::now().timestamp();
-        let scored = l
-            .model
-            .rank(Engine::Hybrid, &profile, limit * 3 + 20, |_, m| {
-                m.date > horizon && m.created_by != user_id && !registered.contains(&m.event_id)
-            });
+        let (model, registered) = (Arc::clone(l), registered.clone());
+        let scored = self
+            .on_pool(move || {
+                model
+                    .model
+                    .rank(Engine::Hybrid, &profile, limit * 3 + 20, |_, m| {
+                        m.date > horizon
+                            && m.created_by != user_id
+                            && !registered.contains(&m.event_id)
+                    })
+            })
+            .await?;
         let events = self.events(scored.iter().map(|s| s.event_id)).await?;
         let items = scored
             .into_iter()
@@ -472,7 +529,7 @@ impl Recommender {
     async fn popular_near(
         &self,
         home: Option<(f64, f64)>,
-        loaded: Option<&Loaded>,
+        loaded: Option<&Arc<Loaded>>,
         want: usize,
         keep: impl Fn(&Event) -> bool,
     ) -> Result<Vec<Recommended>, StoreError> {
@@ -484,12 +541,15 @@ impl Recommender {
             .collect();
         if ranked.len() < want {
             if let Some(l) = loaded {
-                let now = Utc::now().timestamp();
-                let popular =
-                    l.model
-                        .rank(Engine::Popularity, &Profile::default(), want * 4, |_, m| {
-                            m.date > now
-                        });
+                let (now, l) = (Utc::now().timestamp(), Arc::clone(l));
+                let popular = self
+                    .on_pool(move || {
+                        l.model
+                            .rank(Engine::Popularity, &Profile::default(), want * 4, |_, m| {
+                                m.date > now
+                            })
+                    })
+                    .await?;
                 ranked.extend(
                     popular
                         .into_iter()
@@ -520,7 +580,7 @@ impl Recommender {
                     .filter(|e| keep(e) && !ids.contains(&e.id))
                     .map(|event| Recommended {
                         score: event.registered_count as f32,
-                        event,
+                        event: Arc::new(event),
                         reasons: vec!["popular"],
                     }),
             );
@@ -557,19 +617,19 @@ impl Recommender {
     }
 }
 
-/// One worker of the pool.
-pub struct RecommendWorker(Recommender);
+/// One worker of the pool: runs rankings, one at a time.
+pub struct RankWorker;
 
-impl Worker for RecommendWorker {
+impl Worker for RankWorker {
     type Key = ();
-    type Message = Request;
+    type Message = Ranking;
     type State = ();
     type Arguments = ();
 
     async fn pre_start(
         &self,
         _wid: WorkerId,
-        _factory: &FactoryRef<(), Request>,
+        _factory: &FactoryRef<(), Ranking>,
         _args: (),
     ) -> Result<(), ActorProcessingErr> {
         Ok(())
@@ -578,55 +638,29 @@ impl Worker for RecommendWorker {
     async fn handle(
         &self,
         _wid: WorkerId,
-        _factory: &FactoryRef<(), Request>,
-        job: Job<(), Request>,
+        _factory: &FactoryRef<(), Ranking>,
+        job: Job<(), Ranking>,
         _state: &mut (),
     ) -> Result<(), ActorProcessingErr> {
-        match job.msg {
-            Request::ForUser {
-                user_id,
-                home,
-                profile_at,
-                limit,
-                reply,
-            } => {
-                let answer = self.0.for_user(user_id, home, profile_at, limit).await;
-                let strategy = answer.as_ref().map_or("hybrid", |r| r.strategy.as_str());
-                self.0.count(strategy, answer.is_ok());
-                let _ = reply.send(answer);
-            }
-            Request::Similar {
-                event_id,
-                limit,
-                reply,
-            } => {
-                let answer = self.0.similar(event_id, limit).await;
-                self.0.count(Strategy::Similar.as_str(), answer.is_ok());
-                let _ = reply.send(answer);
-            }
-        }
+        (job.msg.0)();
         // The job's key, `()`, tells the factory this worker is free again.
         Ok(())
     }
 }
 
-type Pool = Factory<
-    (),
-    Request,
-    (),
-    RecommendWorker,
-    QueuerRouting<(), Request>,
-    DefaultQueue<(), Request>,
->;
+type Pool =
+    Factory<(), Ranking, (), RankWorker, QueuerRouting<(), Ranking>, DefaultQueue<(), Ranking>>;
 
-/// Starts the pool of `workers` on this node; a worker that fails is replaced by the factory.
+/// Starts the pool of `workers` on this node (a worker that fails is replaced by the factory)
+/// and the recommender that uses it; a ranking not done within `timeout` answers unavailable.
 pub async fn start(
-    recommender: Recommender,
+    sources: Sources,
     workers: usize,
-) -> Result<FactoryRef<(), Request>, ractor::SpawnErr> {
+    timeout: Duration,
+) -> Result<Recommender, ractor::SpawnErr> {
     let args = FactoryArguments::builder()
         .worker_builder(Box::new(worker_builder(move |_wid: WorkerId| {
-            (RecommendWorker(recommender.clone()), ())
+            (RankWorker, ())
         })))
         .queue(DefaultQueue::default())
         .router(QueuerRouting::default())
@@ -637,23 +671,20 @@ pub async fn start(
         })
         .build();
     let (pool, _) = Actor::spawn(None, Pool::default(), args).await?;
-    Ok(pool)
-}
-
-/// Asks the pool; `None` when it did not answer within `timeout` (overloaded or stopping).
-pub async fn ask<T: Send + 'static>(
-    pool: &FactoryRef<(), Request>,
-    request: impl FnOnce(RpcReplyPort<T>) -> Request,
-    timeout: Duration,
-) -> Option<T> {
-    match pool
-        .call(
-            |reply| FactoryMessage::Dispatch(Job::new((), request(reply))),
-            Some(timeout),
-        )
-        .await
-    {
-        Ok(ractor::rpc::CallResult::Success(answer)) => Some(answer),
-        _ => None,
-    }
+    let Sources {
+        store,
+        models,
+        metrics,
+        windows,
+        events,
+    } = sources;
+    Ok(Recommender {
+        store,
+        models,
+        metrics,
+        windows,
+        events,
+        pool,
+        timeout,
+    })
 }
