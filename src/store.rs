@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use convene_actors::StoreError;
 use convene_cluster::breaker::Breaker;
+use futures::FutureExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
@@ -131,6 +132,8 @@ pub struct SqlStore {
 /// How often the database is probed, and how long a probe may take.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A pooled PostgreSQL connection idle this long is pinged before it is used again.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 fn breaker() -> Arc<Breaker> {
     // Two probes in a row without an answer open it; trials come after 1 s, then up to 4 s.
@@ -154,6 +157,19 @@ impl SqlStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            // A ping before every query doubled the round trips of the hot paths: only a
+            // connection left idle a while is checked. A busy one that broke fails its query,
+            // is dropped when released (sqlx pings on release), and the probe sees an outage.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                }
+                .boxed()
+            })
             .connect_with(options)
             .await?;
         sqlx::migrate!("./schema/postgres").run(&pool).await?;
