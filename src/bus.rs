@@ -109,16 +109,25 @@ impl BusError {
     }
 }
 
+/// The acknowledgements of a batch sent: `Ok` once the bus acknowledged every message.
+pub type Acks = std::pin::Pin<Box<dyn Future<Output = Result<(), BusError>> + Send>>;
+
 /// A bus the relay publishes to.
 #[async_trait::async_trait]
 pub trait Publisher: Send + Sync {
     /// `nats` or `kafka`: its label in metrics and health.
     fn name(&self) -> &'static str;
 
-    /// Publishes the batch, in order for each entity; `Ok` once the bus acknowledged every
-    /// message. A batch that failed is sent again whole, and the bus or its consumers drop
-    /// the repeats by id.
-    async fn publish(&self, batch: &[Outgoing]) -> Result<(), BusError>;
+    /// Sends the batch, in order for each entity, and returns its acknowledgements. A bus
+    /// that keeps each entity's order across batches in flight (Kafka's idempotent producer)
+    /// returns before they arrive, so the next batch goes out meanwhile; one that must wait
+    /// for them to keep that order (NATS) returns them settled. A batch that failed is sent
+    /// again whole, with every batch after it, and the bus or its consumers drop the
+    /// repeats by id.
+    async fn send(&self, batch: &[Outgoing]) -> Result<Acks, BusError>;
+
+    /// A batch's acknowledgements failed: the bus mends its client if it has to.
+    fn failed(&self) {}
 
     /// Whether the bus is reachable, as last seen; checks it again when `probe` is set.
     async fn up(&self, probe: bool) -> bool;

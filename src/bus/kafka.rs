@@ -15,7 +15,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::OnceCell;
 
-use super::{BusError, Outgoing, Publisher};
+use super::{Acks, BusError, Outgoing, Publisher};
 
 const BUS: &str = "kafka";
 
@@ -160,9 +160,9 @@ impl Publisher for Kafka {
         BUS
     }
 
-    async fn publish(&self, batch: &[Outgoing]) -> Result<(), BusError> {
+    async fn send(&self, batch: &[Outgoing]) -> Result<Acks, BusError> {
         let producer = self.producer();
-        let result = async {
+        let sent = async {
             self.ensure_topics().await?;
             let mut deliveries = Vec::with_capacity(batch.len());
             // A batch holds a handful of families: each topic name is made once.
@@ -202,30 +202,46 @@ impl Publisher for Kafka {
                     .map_err(|(e, _)| BusError::new(BUS, e))?;
                 deliveries.push(delivery);
             }
-            for delivery in deliveries {
-                match delivery.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(BusError::new(BUS, e)),
-                    Err(_) => return Err(BusError::new(BUS, "the producer went away")),
-                }
-            }
-            Ok(())
+            Ok(deliveries)
         }
         .await;
-        if result.is_err() {
-            self.recover();
-        }
-        self.up.store(result.is_ok(), Ordering::Relaxed);
-        result
+        let deliveries = match sent {
+            Ok(deliveries) => deliveries,
+            Err(e) => {
+                self.failed();
+                return Err(e);
+            }
+        };
+        let up = Arc::clone(&self.up);
+        Ok(Box::pin(async move {
+            for delivery in deliveries {
+                let failure = match delivery.await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err((e, _))) => BusError::new(BUS, e),
+                    Err(_) => BusError::new(BUS, "the producer went away"),
+                };
+                up.store(false, Ordering::Relaxed);
+                return Err(failure);
+            }
+            up.store(true, Ordering::Relaxed);
+            Ok(())
+        }))
+    }
+
+    fn failed(&self) {
+        self.recover();
+        self.up.store(false, Ordering::Relaxed);
     }
 
     async fn up(&self, probe: bool) -> bool {
         if probe {
             let producer = self.producer();
+            // One topic's metadata: the whole cluster's grows with every topic it holds.
+            let topic = self.topic("events");
             let reached = tokio::task::spawn_blocking(move || {
                 producer
                     .client()
-                    .fetch_metadata(None, Duration::from_secs(1))
+                    .fetch_metadata(Some(&topic), Duration::from_secs(1))
                     .is_ok()
             })
             .await

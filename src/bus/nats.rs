@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use tokio::sync::OnceCell;
 
-use super::{BusError, Outgoing, Publisher};
+use super::{Acks, BusError, Outgoing, Publisher};
 
 const BUS: &str = "nats";
 
@@ -122,7 +122,7 @@ impl Publisher for Nats {
         BUS
     }
 
-    async fn publish(&self, batch: &[Outgoing]) -> Result<(), BusError> {
+    async fn send(&self, batch: &[Outgoing]) -> Result<Acks, BusError> {
         self.ensure_stream().await?;
         for wave in waves(batch) {
             let mut acks = Vec::with_capacity(wave.len());
@@ -148,7 +148,7 @@ impl Publisher for Nats {
                 ack.await.map_err(|e| BusError::new(BUS, e))?;
             }
         }
-        Ok(())
+        Ok(Box::pin(std::future::ready(Ok(()))))
     }
 
     async fn up(&self, _probe: bool) -> bool {

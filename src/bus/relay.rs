@@ -1,10 +1,11 @@
 //! The outbox relay, an actor on every node of which one at a time (the holder of the `relay`
 //! lease) publishes: it wakes on each local commit, on PostgreSQL's NOTIFY for commits on other
 //! nodes, and once a second besides; reads the rows past its cursor in commit order, publishes
-//! them to every bus, and moves the cursor only when every bus acknowledged them. A bus that
-//! fails makes it back off with jitter and retry; the rows wait in the outbox.
+//! them to every bus (the next batch is read, and sent, while the last ones are acknowledged),
+//! and moves the cursor only past batches every bus acknowledged. A bus that fails makes it
+//! back off with jitter and retry; the rows wait in the outbox.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::Rng;
 use tokio::task::JoinHandle;
 
-use super::{Buses, Outgoing};
+use super::{Acks, Buses, Outgoing, Publisher};
 use crate::lease::{Lease, Renewal};
 use crate::metrics::Metrics;
 use crate::store::{OutboxWatch, Position, Read, SqlStore};
@@ -37,6 +38,10 @@ const HELD_MIN: Duration = Duration::from_millis(2);
 const HELD_MAX: Duration = Duration::from_millis(200);
 /// The buses are probed, and the backlog counted, every this many ticks.
 const PROBE_EVERY: u64 = 5;
+/// Batches sent and not yet acknowledged, at most, while the outbox has more.
+const IN_FLIGHT: usize = 4;
+/// How long a stopping relay waits for the acknowledgements of what it sent.
+const SETTLE_ON_STOP: Duration = Duration::from_secs(5);
 
 /// What the relay is given.
 #[derive(Clone)]
@@ -97,6 +102,10 @@ pub struct RelayState {
     read: Position,
     /// The next batch, being read.
     prefetch: Option<JoinHandle<Result<Read, StoreError>>>,
+    /// Batches sent and awaiting acknowledgements, oldest first.
+    in_flight: VecDeque<Sent>,
+    /// The backlog count and the buses' probes, when running.
+    probing: Option<JoinHandle<()>>,
     /// The wait before looking again at rows held back by an open transaction.
     held: Duration,
     waker: JoinHandle<()>,
@@ -121,6 +130,15 @@ async fn watch(relay: ActorRef<RelayMessage>, store: SqlStore, woken: Arc<Atomic
     }
 }
 
+/// A batch sent to every bus, until they all acknowledge it.
+struct Sent {
+    /// Its last row.
+    last: Position,
+    out: Vec<Outgoing>,
+    acks: Vec<(Arc<dyn Publisher>, Acks)>,
+    started: Instant,
+}
+
 impl RelayState {
     /// Publishes one batch; the number of rows it took, and whether rows are held back by an
     /// open transaction. While a batch is published the next is read. The cursor moves only
@@ -138,15 +156,74 @@ impl RelayState {
         let result = self.publish_next().await;
         if result.is_err() {
             self.forget_reads();
-            self.read = sent;
+            self.read = self.sent.unwrap_or(sent);
         }
         result
     }
 
-    /// Drops the batch being read ahead.
+    /// Drops the batch being read ahead and the batches awaiting acknowledgements (they are
+    /// sent again from the cursor).
     fn forget_reads(&mut self) {
         if let Some(read) = self.prefetch.take() {
             read.abort();
+        }
+        self.in_flight.clear();
+    }
+
+    /// Waits for the acknowledgements of the oldest batches until at most `keep` are in
+    /// flight, then moves the cursor past those every bus acknowledged.
+    async fn settle(&mut self, keep: usize) -> anyhow::Result<()> {
+        let args = &self.args;
+        let mut done: Vec<Sent> = Vec::new();
+        let mut failure = None;
+        while self.in_flight.len() > keep {
+            let Some(mut sent) = self.in_flight.pop_front() else {
+                break;
+            };
+            for (bus, acks) in sent.acks.drain(..) {
+                let up = args.metrics.bus_up.with_label_values(&[bus.name()]);
+                if let Err(e) = acks.await {
+                    bus.failed();
+                    up.set(0);
+                    failure = Some(e);
+                    break;
+                }
+                up.set(1);
+                args.metrics
+                    .bus_publish_seconds
+                    .with_label_values(&[bus.name()])
+                    .observe(sent.started.elapsed().as_secs_f64());
+                let mut per_kind: HashMap<&str, u64> = HashMap::new();
+                for m in &sent.out {
+                    *per_kind.entry(m.kind.as_str()).or_default() += 1;
+                }
+                for (kind, n) in &per_kind {
+                    args.metrics
+                        .bus_published
+                        .with_label_values(&[bus.name(), kind])
+                        .inc_by(*n);
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+            done.push(sent);
+        }
+        // What was acknowledged before a failure stays published.
+        if let Some(last) = done.last().map(|s| s.last) {
+            args.store.advance_outbox_cursor(LEASE, last).await?;
+            self.sent = Some(last);
+            for sent in done {
+                args.metrics.outbox_pending.sub(sent.out.len() as i64);
+                for m in sent.out {
+                    // Nobody listening in this process is not an error.
+                    let _ = args.buses.local.send(m.envelope);
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
         }
     }
 
@@ -157,49 +234,43 @@ impl RelayState {
             None => self.args.store.outbox(self.read, batch).await?,
         };
         let Some(last) = rows.last().map(|r| r.position) else {
+            self.settle(0).await?;
             return Ok((0, held_back));
         };
         self.read = last;
-        if rows.len() == batch {
+        let full = rows.len() == batch;
+        if full {
             let (store, after) = (self.args.store.clone(), self.read);
             self.prefetch = Some(tokio::spawn(
                 async move { store.outbox(after, batch).await },
             ));
         }
         let out: Vec<Outgoing> = rows.into_iter().map(Outgoing::new).collect();
-        let mut per_kind: HashMap<&str, u64> = HashMap::new();
-        for m in &out {
-            *per_kind.entry(m.kind.as_str()).or_default() += 1;
-        }
-        let args = &self.args;
-        for bus in &args.buses.publishers() {
-            let started = Instant::now();
-            let result = bus.publish(&out).await;
-            let up = args.metrics.bus_up.with_label_values(&[bus.name()]);
-            if let Err(e) = result {
-                up.set(0);
-                return Err(e.into());
-            }
-            up.set(1);
-            args.metrics
-                .bus_publish_seconds
-                .with_label_values(&[bus.name()])
-                .observe(started.elapsed().as_secs_f64());
-            for (kind, n) in &per_kind {
-                args.metrics
-                    .bus_published
-                    .with_label_values(&[bus.name(), kind])
-                    .inc_by(*n);
+        let started = Instant::now();
+        let mut acks = Vec::new();
+        for bus in self.args.buses.publishers() {
+            match bus.send(&out).await {
+                Ok(a) => acks.push((bus, a)),
+                Err(e) => {
+                    self.args
+                        .metrics
+                        .bus_up
+                        .with_label_values(&[bus.name()])
+                        .set(0);
+                    return Err(e.into());
+                }
             }
         }
-        args.store.advance_outbox_cursor(LEASE, last).await?;
-        self.sent = Some(last);
         let n = out.len();
-        args.metrics.outbox_pending.sub(n as i64);
-        for m in out {
-            // Nobody listening in this process is not an error.
-            let _ = args.buses.local.send(m.envelope);
-        }
+        self.in_flight.push_back(Sent {
+            last,
+            out,
+            acks,
+            started,
+        });
+        // More rows wait: keep sending while earlier batches are acknowledged. Caught up:
+        // settle everything, so the cursor is current.
+        self.settle(if full { IN_FLIGHT - 1 } else { 0 }).await?;
         Ok((n, held_back))
     }
 
@@ -212,19 +283,35 @@ impl RelayState {
             self.sent = None;
         }
         let args = &self.args;
-        let probe = self.ticks % PROBE_EVERY == 0;
+        let probe = self.ticks % PROBE_EVERY == 0
+            && self.probing.as_ref().is_none_or(JoinHandle::is_finished);
         self.ticks += 1;
-        // A count over the rows past the cursor: cheap when the relay keeps up, a scan of the
-        // backlog when a bus is down; so not on every tick.
-        if probe && let Ok(n) = args.store.outbox_pending(LEASE).await {
-            args.metrics.outbox_pending.set(n);
-        }
-        for bus in &args.buses.publishers() {
-            let up = bus.up(probe).await;
-            args.metrics
-                .bus_up
-                .with_label_values(&[bus.name()])
-                .set(i64::from(up));
+        if probe {
+            // A count over the rows past the cursor (cheap when the relay keeps up, a scan of
+            // the backlog when a bus is down) and a round trip to each bus: not on every tick,
+            // and off the relay's own path, so publishing never waits for them.
+            let (store, buses, metrics) =
+                (args.store.clone(), args.buses.clone(), args.metrics.clone());
+            self.probing = Some(tokio::spawn(async move {
+                if let Ok(n) = store.outbox_pending(LEASE).await {
+                    metrics.outbox_pending.set(n);
+                }
+                for bus in &buses.publishers() {
+                    let up = bus.up(true).await;
+                    metrics
+                        .bus_up
+                        .with_label_values(&[bus.name()])
+                        .set(i64::from(up));
+                }
+            }));
+        } else {
+            for bus in &args.buses.publishers() {
+                let up = bus.up(false).await;
+                args.metrics
+                    .bus_up
+                    .with_label_values(&[bus.name()])
+                    .set(i64::from(up));
+            }
         }
         if !self.lease.held() {
             return;
@@ -280,6 +367,8 @@ impl Actor for Relay {
             sent: None,
             read: Position::default(),
             prefetch: None,
+            in_flight: VecDeque::new(),
+            probing: None,
             held: HELD_MIN,
             waker,
             ticker,
@@ -293,6 +382,13 @@ impl Actor for Relay {
     ) -> Result<(), ActorProcessingErr> {
         state.waker.abort();
         state.ticker.abort();
+        if let Some(probing) = state.probing.take() {
+            probing.abort();
+        }
+        if state.lease.held() {
+            // What is sent already is acknowledged soon: the cursor moves past it.
+            let _ = tokio::time::timeout(SETTLE_ON_STOP, state.settle(0)).await;
+        }
         state.forget_reads();
         state.lease.release().await;
         Ok(())
