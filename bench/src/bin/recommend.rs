@@ -334,6 +334,21 @@ async fn serve(
         r.rate() / b.rate(),
         r.p99.as_secs_f64() / b.p99.as_secs_f64().max(1e-9)
     );
+    // The recommender's own share of an answer (no edge, no cache): its latency histogram.
+    for algorithm in ["precomputed", "hybrid", "popular_near_you"] {
+        let h = node
+            .app
+            .metrics
+            .recommendation_latency
+            .with_label_values(&[algorithm]);
+        let n = h.get_sample_count();
+        if n > 0 {
+            println!(
+                "  inside the recommender, {algorithm}: {n} answers, mean {:.2} ms",
+                h.get_sample_sum() * 1000.0 / n as f64
+            );
+        }
+    }
     node.shutdown().await;
     pool.close().await;
     drop_postgres(base, &url).await;
