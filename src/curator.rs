@@ -108,6 +108,7 @@ impl CuratorState {
         if self.curator.is_none() || (coming > 0 && self.since_training + coming >= due) {
             self.train().await?;
         }
+        let mut curated = Vec::new();
         for row in &read.rows {
             let curator = self.curator.as_mut().expect("trained above");
             match row.topic.as_str() {
@@ -116,12 +117,8 @@ impl CuratorState {
                         tracing::warn!(message_id = %row.message_id, "an event the curator cannot read; skipped");
                         continue;
                     };
-                    let curation = curator.curate(&e);
+                    curated.push((e.id, curator.curate(&e)));
                     self.since_training += 1;
-                    store.save_curation(e.id, &curation).await?;
-                    let _ = self
-                        .events
-                        .tell(event::key(e.id), EventMessage::Curated { curation });
                 }
                 topics::EVENT_DELETED => {
                     if let Ok(e) = serde_json::from_str::<EventId>(row.payload.get()) {
@@ -130,6 +127,13 @@ impl CuratorState {
                 }
                 _ => {}
             }
+        }
+        // One commit for the round; each event's actor shows its curation once it is stored.
+        store.save_curations(&curated).await?;
+        for (id, curation) in curated {
+            let _ = self
+                .events
+                .tell(event::key(id), EventMessage::Curated { curation });
         }
         self.follower.advance(last).await?;
         Ok(read.rows.len() == BATCH)

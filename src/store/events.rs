@@ -250,27 +250,35 @@ impl SqlStore {
         rows.into_iter().map(EventRow::into_event).collect()
     }
 
-    /// Records what curation says of an event.
-    pub async fn save_curation(&self, event_id: i64, c: &Curation) -> Result<(), StoreError> {
-        on_pool!(self, write, pool => {
-            sqlx::query(
-                "INSERT INTO event_curation (event_id, suggested_category, confidence, \
-                 quality_score, flags, flagged, curated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (event_id) DO UPDATE SET suggested_category = EXCLUDED.suggested_category, \
-                 confidence = EXCLUDED.confidence, quality_score = EXCLUDED.quality_score, \
-                 flags = EXCLUDED.flags, flagged = EXCLUDED.flagged, curated_at = EXCLUDED.curated_at",
-            )
-            .bind(event_id)
-            .bind(c.suggested_category.as_deref())
-            .bind(c.confidence)
-            .bind(c.quality_score)
-            .bind(Json(&c.flags))
-            .bind(!c.flags.is_empty())
-            .bind(Utc::now())
-            .execute(pool)
-            .await
-            .map(|_| ())
-        })
+    /// Records what curation says of events `(id, curation)`, in one transaction.
+    pub async fn save_curations(&self, curations: &[(i64, Curation)]) -> Result<(), StoreError> {
+        if curations.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now();
+        on_pool!(self, write, pool => async {
+            let mut tx = pool.begin().await?;
+            for (event_id, c) in curations {
+                sqlx::query(
+                    "INSERT INTO event_curation (event_id, suggested_category, confidence, \
+                     quality_score, flags, flagged, curated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (event_id) DO UPDATE SET suggested_category = EXCLUDED.suggested_category, \
+                     confidence = EXCLUDED.confidence, quality_score = EXCLUDED.quality_score, \
+                     flags = EXCLUDED.flags, flagged = EXCLUDED.flagged, curated_at = EXCLUDED.curated_at",
+                )
+                .bind(event_id)
+                .bind(c.suggested_category.as_deref())
+                .bind(c.confidence)
+                .bind(c.quality_score)
+                .bind(Json(&c.flags))
+                .bind(!c.flags.is_empty())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        }
+        .await)
         .map_err(unavailable)
     }
 
