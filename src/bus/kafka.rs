@@ -235,8 +235,14 @@ impl Publisher for Kafka {
 
     async fn up(&self, probe: bool) -> bool {
         if probe {
+            // One topic's metadata (the whole cluster's grows with every topic it holds), and
+            // only once it exists: asking for a missing one could have the broker create it
+            // with its own partition count.
+            if self.ensure_topics().await.is_err() {
+                self.up.store(false, Ordering::Relaxed);
+                return false;
+            }
             let producer = self.producer();
-            // One topic's metadata: the whole cluster's grows with every topic it holds.
             let topic = self.topic("events");
             let reached = tokio::task::spawn_blocking(move || {
                 producer

@@ -180,6 +180,10 @@ impl RelayState {
             let Some(mut sent) = self.in_flight.pop_front() else {
                 break;
             };
+            let mut per_kind: HashMap<&str, u64> = HashMap::new();
+            for m in &sent.out {
+                *per_kind.entry(m.kind.as_str()).or_default() += 1;
+            }
             for (bus, acks) in sent.acks.drain(..) {
                 let up = args.metrics.bus_up.with_label_values(&[bus.name()]);
                 if let Err(e) = acks.await {
@@ -193,10 +197,6 @@ impl RelayState {
                     .bus_publish_seconds
                     .with_label_values(&[bus.name()])
                     .observe(sent.started.elapsed().as_secs_f64());
-                let mut per_kind: HashMap<&str, u64> = HashMap::new();
-                for m in &sent.out {
-                    *per_kind.entry(m.kind.as_str()).or_default() += 1;
-                }
                 for (kind, n) in &per_kind {
                     args.metrics
                         .bus_published

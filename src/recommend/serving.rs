@@ -228,7 +228,7 @@ impl Recommender {
 
     /// Runs `ranking` on a worker; unavailable when none took it and finished within the
     /// timeout (the pool is overloaded or stopping).
-    async fn on_pool<T: Send + 'static>(
+    async fn on_workers<T: Send + 'static>(
         &self,
         ranking: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -329,7 +329,7 @@ impl Recommender {
         let scored = match &loaded {
             Some(l) => {
                 let l = Arc::clone(l);
-                self.on_pool(move || {
+                self.on_workers(move || {
                     l.model
                         .similar(event_id, limit * 3 + 20, |_, m| m.date > horizon)
                 })
@@ -468,7 +468,7 @@ impl Recommender {
         let horizon = Utc::now().timestamp();
         let (model, registered) = (Arc::clone(l), registered.clone());
         let scored = self
-            .on_pool(move || {
+            .on_workers(move || {
                 model
                     .model
                     .rank(Engine::Hybrid, &profile, limit * 3 + 20, |_, m| {
@@ -543,7 +543,7 @@ impl Recommender {
             if let Some(l) = loaded {
                 let (now, l) = (Utc::now().timestamp(), Arc::clone(l));
                 let popular = self
-                    .on_pool(move || {
+                    .on_workers(move || {
                         l.model
                             .rank(Engine::Popularity, &Profile::default(), want * 4, |_, m| {
                                 m.date > now
