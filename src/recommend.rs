@@ -1,8 +1,10 @@
 //! Recommendations in the running program: the offline evaluation the command line prints,
 //! the CSV files it reads, and (in submodules) the trainer that publishes models, the pool of
-//! workers that serves them on every node, and the store of interactions they learn from.
+//! workers that serves them on every node, the follower that tells them who interacted since
+//! the model, and the store of interactions they learn from.
 
 pub mod files;
+pub mod recent;
 pub mod serving;
 pub mod trainer;
 

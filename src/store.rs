@@ -49,9 +49,10 @@ const CHUNK: usize = 500;
 
 /// Writes interactions ([`Interacted`]) inside the transaction `$tx`, to
 /// `interactions` (what the recommendations learn from) and to `analytics_events` (what the
-/// analytics windows count), many rows per statement.
+/// analytics windows count), many rows per statement; the users are marked in `$store`'s
+/// [`Touched`] at once.
 macro_rules! write_interactions {
-    ($tx:expr, $interactions:expr) => {
+    ($store:expr, $tx:expr, $interactions:expr) => {
         for chunk in $interactions.chunks(CHUNK) {
             let mut qb = sqlx::QueryBuilder::new(
                 "INSERT INTO interactions (user_id, event_id, kind, occurred_at) ",
@@ -62,7 +63,15 @@ macro_rules! write_interactions {
                     .push_bind(i.kind.as_str())
                     .push_bind(i.at);
             });
-            qb.build().execute(&mut *$tx).await.map_err(unavailable)?;
+            qb.push(" RETURNING id, user_id");
+            let written: Vec<(i64, i64)> = qb
+                .build_query_as()
+                .fetch_all(&mut *$tx)
+                .await
+                .map_err(unavailable)?;
+            // Known before the commit: a transaction that rolls back leaves a user marked who
+            // did nothing, which only costs them a live scoring.
+            $store.touched.touch(written);
             let mut qb = sqlx::QueryBuilder::new(
                 "INSERT INTO analytics_events (user_id, event_type, event_data, timestamp) ",
             );
@@ -80,7 +89,7 @@ macro_rules! write_interactions {
 /// Writes `events` to the outbox inside the transaction `$tx`, many rows per statement, and
 /// the interactions among them (registrations and their changes) with `write_interactions!`.
 macro_rules! write_outbox {
-    ($tx:expr, $events:expr) => {
+    ($store:expr, $tx:expr, $events:expr) => {
         let events: Vec<&DomainEvent> = $events.into_iter().collect();
         for chunk in events.chunks(CHUNK) {
             let mut qb = sqlx::QueryBuilder::new(
@@ -100,7 +109,7 @@ macro_rules! write_outbox {
             .iter()
             .filter_map(|e| $crate::store::interactions::interaction_of(e))
             .collect();
-        write_interactions!($tx, &interactions);
+        write_interactions!($store, $tx, &interactions);
     };
 }
 
@@ -114,7 +123,7 @@ mod users;
 
 pub use admin::Pin;
 pub use events::EventFilter;
-pub use interactions::{Interacted, ModelInfo};
+pub use interactions::{Interacted, ModelInfo, Touched};
 pub use outbox::{OutboxWatch, PRUNED, Pending, Position, Read};
 
 /// The store. Cheap to clone.
@@ -124,6 +133,8 @@ pub struct SqlStore {
     /// Bumped after every commit that wrote to the outbox, so the outbox's readers on this node
     /// need not poll.
     written: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Users who interacted since the model, as this node knows them.
+    touched: Arc<Touched>,
     /// Open while the database does not answer: queries fail at once instead of each waiting
     /// for a connection. Fed by [`SqlStore::watch`]'s probe and by [`SqlStore::ping`].
     breaker: Arc<Breaker>,
@@ -176,6 +187,7 @@ impl SqlStore {
         let store = Self {
             db: Db::Postgres(pool),
             written: Arc::new(tokio::sync::watch::Sender::new(0)),
+            touched: Arc::default(),
             breaker: breaker(),
         };
         store.prepare_analytics().await;
@@ -203,6 +215,7 @@ impl SqlStore {
         Ok(Self {
             db: Db::Sqlite { write, read },
             written: Arc::new(tokio::sync::watch::Sender::new(0)),
+            touched: Arc::default(),
             breaker: breaker(),
         })
     }

@@ -8,7 +8,7 @@ use convene::node::Node;
 use serde_json::{Value, json};
 
 /// What one load run measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Run {
     /// Requests that got the expected answer.
     pub ok: usize,
@@ -20,9 +20,25 @@ pub struct Run {
     pub p50: Duration,
     /// 99th percentile time of one request.
     pub p99: Duration,
+    /// The time of every request.
+    pub times: Vec<Duration>,
 }
 
 impl Run {
+    /// Runs of one side taken as one: their requests and wall times added, the percentiles
+    /// over every request of them.
+    pub fn merge(runs: &[Run]) -> Run {
+        let mut times: Vec<Duration> = runs.iter().flat_map(|r| r.times.iter().copied()).collect();
+        Run {
+            ok: runs.iter().map(|r| r.ok).sum(),
+            failed: runs.iter().map(|r| r.failed).sum(),
+            elapsed: runs.iter().map(|r| r.elapsed).sum(),
+            p50: quantile(&mut times, 0.5),
+            p99: quantile(&mut times, 0.99),
+            times,
+        }
+    }
+
     /// Successful requests per second.
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
@@ -95,6 +111,7 @@ where
         elapsed: Duration::ZERO,
         p50: Duration::ZERO,
         p99: Duration::ZERO,
+        times: Vec::new(),
     };
     let mut times = Vec::new();
     for w in futures::future::join_all(workers).await {
@@ -106,6 +123,7 @@ where
     run.elapsed = start.elapsed();
     run.p50 = quantile(&mut times, 0.5);
     run.p99 = quantile(&mut times, 0.99);
+    run.times = times;
     run
 }
 

@@ -2,7 +2,8 @@
 //! lease) publishes: it wakes on each local commit, on PostgreSQL's NOTIFY for commits on other
 //! nodes, and once a second besides; reads the rows past its cursor in commit order, publishes
 //! them to every bus (the next batch is read, and sent, while the last ones are acknowledged),
-//! and moves the cursor only past batches every bus acknowledged. A bus that fails makes it
+//! and moves the cursor only past batches every bus acknowledged (a task of its own stores it,
+//! so publishing never waits for that write). A bus that fails makes it
 //! back off with jitter and retry; the rows wait in the outbox.
 
 use std::collections::{HashMap, VecDeque};
@@ -106,6 +107,9 @@ pub struct RelayState {
     in_flight: VecDeque<Sent>,
     /// The backlog count and the buses' probes, when running.
     probing: Option<JoinHandle<()>>,
+    /// Where the cursor is to be stored: the writer stores the latest, off the relay's path.
+    cursor: tokio::sync::watch::Sender<Option<Position>>,
+    cursor_writer: JoinHandle<()>,
     /// The wait before looking again at rows held back by an open transaction.
     held: Duration,
     waker: JoinHandle<()>,
@@ -126,6 +130,31 @@ async fn watch(relay: ActorRef<RelayMessage>, store: SqlStore, woken: Arc<Atomic
         outbox.next().await;
         if !wake(&relay, &woken) {
             break;
+        }
+    }
+}
+
+/// Stores the cursor as it moves, the latest position each time, so publishing never waits for
+/// the write. A write that fails is tried again; until then a relay that takes over reads a few
+/// published rows again, which the buses drop by id.
+async fn write_cursor(store: SqlStore, mut cursor: tokio::sync::watch::Receiver<Option<Position>>) {
+    let mut wait = BACKOFF_MIN;
+    while cursor.changed().await.is_ok() {
+        loop {
+            let Some(at) = *cursor.borrow_and_update() else {
+                break;
+            };
+            match store.advance_outbox_cursor(LEASE, at).await {
+                Ok(()) => {
+                    wait = BACKOFF_MIN;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "the relay's cursor was not stored");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(BACKOFF_MAX);
+                }
+            }
         }
     }
 }
@@ -211,8 +240,8 @@ impl RelayState {
         }
         // What was acknowledged before a failure stays published.
         if let Some(last) = done.last().map(|s| s.last) {
-            args.store.advance_outbox_cursor(LEASE, last).await?;
             self.sent = Some(last);
+            self.cursor.send_replace(Some(last));
             for sent in done {
                 args.metrics.outbox_pending.sub(sent.out.len() as i64);
                 for m in sent.out {
@@ -350,6 +379,8 @@ impl Actor for Relay {
         let period = (args.settings.lease / 5).max(Duration::from_millis(20));
         let ticker = myself.send_interval(period, || RelayMessage::Tick);
         myself.cast(RelayMessage::Tick)?;
+        let (cursor, stored) = tokio::sync::watch::channel(None);
+        let cursor_writer = tokio::spawn(write_cursor(args.store.clone(), stored));
         let lease = Lease::new(
             args.store.clone(),
             LEASE,
@@ -369,6 +400,8 @@ impl Actor for Relay {
             prefetch: None,
             in_flight: VecDeque::new(),
             probing: None,
+            cursor,
+            cursor_writer,
             held: HELD_MIN,
             waker,
             ticker,
@@ -385,9 +418,16 @@ impl Actor for Relay {
         if let Some(probing) = state.probing.take() {
             probing.abort();
         }
+        state.cursor_writer.abort();
         if state.lease.held() {
-            // What is sent already is acknowledged soon: the cursor moves past it.
+            // What is sent already is acknowledged soon: the cursor moves past it, stored here
+            // before the lease is given up.
             let _ = tokio::time::timeout(SETTLE_ON_STOP, state.settle(0)).await;
+            if let Some(sent) = state.sent
+                && let Err(e) = state.args.store.advance_outbox_cursor(LEASE, sent).await
+            {
+                tracing::warn!(error = %e, "the relay's cursor was not stored as it stopped");
+            }
         }
         state.forget_reads();
         state.lease.release().await;

@@ -25,6 +25,7 @@ use ractor::factory::{
 };
 use ractor::{Actor, ActorProcessingErr};
 use serde::Serialize;
+use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
 use crate::metrics::Metrics;
@@ -46,6 +47,10 @@ pub const PICKS: usize = 60;
 const EVENTS_FOR: Duration = Duration::from_secs(60);
 /// Events kept.
 const EVENTS_KEPT: u64 = 100_000;
+/// The upcoming events of the model served are read into the cache this often (and as soon as
+/// a newer model is served), so answers rarely wait for the store; events read per query.
+const WARM_EVERY: Duration = Duration::from_secs(30);
+const WARM_CHUNK: usize = 1_000;
 /// Requests queued for the workers beyond which new ones are refused.
 const QUEUE_LIMIT: usize = 10_000;
 
@@ -163,10 +168,14 @@ pub struct Recommender {
     pool: FactoryRef<(), Ranking>,
     /// How long a ranking may wait for a worker and run.
     timeout: Duration,
+    /// Follow who interacted since the model, and keep its events read.
+    upkeep: Arc<[JoinHandle<()>; 2]>,
 }
 
-/// A node's events read lately by the recommendations, kept a few seconds; the search indexer,
-/// which follows every change in the outbox, forgets an event as soon as it changes.
+/// A node's events for the recommendations: the upcoming events of the model served, read
+/// ahead, and any other as it is read; each kept a minute at most. The search indexer, which
+/// follows every change in the outbox, forgets an event as soon as it changes (a read that
+/// crossed a change can leave the older copy until the next read ahead).
 #[derive(Clone)]
 pub struct EventCache(moka::sync::Cache<i64, Arc<Event>>);
 
@@ -186,6 +195,77 @@ impl EventCache {
     pub fn forget(&self, id: i64) {
         self.0.invalidate(&id);
     }
+
+    /// Reads the upcoming events the model served can offer into the cache, each time a newer
+    /// model is served and every [`WARM_EVERY`] (which also renews what a missed change could
+    /// have left), until aborted.
+    async fn keep_warm(self, models: Arc<Models>, store: SqlStore) {
+        let mut warmed: Option<(i64, Instant)> = None;
+        let mut failing = false;
+        loop {
+            if let Some(l) = models.current()
+                && warmed.is_none_or(|(v, at)| v != l.version || at.elapsed() >= WARM_EVERY)
+            {
+                let now = Utc::now().timestamp();
+                let ids: Vec<i64> = l
+                    .model
+                    .items
+                    .iter()
+                    .filter(|m| m.date > now)
+                    .map(|m| m.event_id)
+                    .take(EVENTS_KEPT as usize)
+                    .collect();
+                let mut read = Ok(());
+                for chunk in ids.chunks(WARM_CHUNK) {
+                    match store.events_by_ids(chunk).await {
+                        Ok(found) => {
+                            for e in found {
+                                self.0.insert(e.id, Arc::new(e));
+                            }
+                        }
+                        Err(e) => {
+                            read = Err(e);
+                            break;
+                        }
+                    }
+                }
+                match read {
+                    Ok(()) => {
+                        warmed = Some((l.version, Instant::now()));
+                        failing = false;
+                    }
+                    Err(e) if !failing => {
+                        tracing::warn!(error = %e, "the model's events were not read ahead");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Whether the first `limit` places of `diversify(items)` are taken, so that items after these
+/// could not change them: `limit` items fit the per-category rule within the window, which
+/// `diversify` fills in order. Never for more than the window.
+fn settled<T>(items: &[T], category: impl Fn(&T) -> &str, limit: usize) -> bool {
+    if limit > WINDOW {
+        return false;
+    }
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let mut placed = 0;
+    for item in items {
+        let n = counts.entry(category(item)).or_default();
+        if *n < PER_CATEGORY {
+            *n += 1;
+            placed += 1;
+            if placed >= limit {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 fn live(e: &Event, now: DateTime<Utc>) -> bool {
@@ -218,8 +298,11 @@ impl Recommender {
         answer
     }
 
-    /// Stops the pool (the node is leaving).
+    /// Stops the pool and its upkeep (the node is leaving).
     pub async fn stop(&self) {
+        for task in self.upkeep.iter() {
+            task.abort();
+        }
         let _ = self
             .pool
             .stop_and_wait(None, Some(Duration::from_secs(5)))
@@ -258,7 +341,10 @@ impl Recommender {
         let now = Utc::now();
         let loaded = self.models.current();
         let picked = match &loaded {
-            Some(l) => self.picked(user_id, profile_at, l, limit).await?,
+            Some(l) => {
+                let keep = |e: &Event| live(e, now) && e.created_by != user_id;
+                self.picked(user_id, profile_at, l, limit, keep).await?
+            }
             None => None,
         };
         // Picks hold only for a user who did nothing since the model: their registrations are
@@ -402,38 +488,51 @@ impl Recommender {
         Ok(found)
     }
 
-    /// The picks worked out at training time, with their events, when they still hold: the
-    /// user did nothing and changed no profile since the model was trained.
+    /// The picks worked out at training time that `keep` keeps, with their events, when they
+    /// still hold: the user did nothing and changed no profile since the model was trained (as
+    /// this node's follower of the interactions knows, or else as the store says). Events are
+    /// looked up a few picks at a time, only until the first `limit` places of the diversified
+    /// list are settled.
     async fn picked(
         &self,
         user_id: i64,
         profile_at: DateTime<Utc>,
         loaded: &Loaded,
         limit: usize,
+        keep: impl Fn(&Event) -> bool,
     ) -> Result<Option<Vec<Recommended>>, StoreError> {
         let Some(picks) = loaded.model.picks(user_id) else {
             return Ok(None);
         };
-        // As many as live scoring would look at.
-        let picks = &picks[..picks.len().min(limit * 3 + 20)];
-        if profile_at > loaded.trained_at
-            || self.store.last_interaction_of(user_id).await? > loaded.last_interaction
-        {
+        if profile_at > loaded.trained_at {
             return Ok(None);
         }
-        let events = self.events(picks.iter().map(|p| p.event_id)).await?;
-        Ok(Some(
-            picks
-                .iter()
-                .filter_map(|p| {
-                    Some(Recommended {
-                        event: events.get(&p.event_id)?.clone(),
-                        score: p.score,
-                        reasons: p.engines.iter().map(|e| e.as_str()).collect(),
-                    })
+        let learnt = loaded.last_interaction;
+        let acted = match self.store.touched().after(user_id, learnt) {
+            Some(acted) => acted,
+            None => self.store.last_interaction_of(user_id).await? > learnt,
+        };
+        if acted {
+            return Ok(None);
+        }
+        // As many as live scoring would look at.
+        let picks = &picks[..picks.len().min(limit * 3 + 20)];
+        let mut items = Vec::new();
+        for chunk in picks.chunks(limit.clamp(1, WINDOW) + PER_CATEGORY) {
+            let events = self.events(chunk.iter().map(|p| p.event_id)).await?;
+            items.extend(chunk.iter().filter_map(|p| {
+                let event = events.get(&p.event_id).filter(|e| keep(e))?.clone();
+                Some(Recommended {
+                    event,
+                    score: p.score,
+                    reasons: p.engines.iter().map(|e| e.as_str()).collect(),
                 })
-                .collect(),
-        ))
+            }));
+            if settled(&items, |r| r.event.category.as_str(), limit) {
+                break;
+            }
+        }
+        Ok(Some(items))
     }
 
     /// The hybrid's answer from the user's history as it is now (the newest [`HISTORY`]
@@ -678,7 +777,12 @@ pub async fn start(
         windows,
         events,
     } = sources;
+    let upkeep = Arc::new([
+        super::recent::follow(store.clone(), models.clone()),
+        tokio::spawn(events.clone().keep_warm(models.clone(), store.clone())),
+    ]);
     Ok(Recommender {
+        upkeep,
         store,
         models,
         metrics,
@@ -687,4 +791,41 @@ pub async fn start(
         pool,
         timeout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whenever a prefix is settled, diversifying it gives the same first places as
+    /// diversifying the whole list.
+    #[test]
+    fn a_settled_prefix_diversifies_like_the_whole_list() {
+        let categories = ["tech", "arts", "sports", "food"];
+        let mut seed: u64 = 7;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        let mut checked = 0;
+        for _ in 0..500 {
+            // Skewed towards one category, so that some lists never settle.
+            let all: Vec<(usize, &str)> = (0..next() % 50)
+                .map(|i| (i, categories[(next() % 7).min(3)]))
+                .collect();
+            let limit = 1 + next() % 12;
+            let whole = diversify(all.clone(), |x| x.1, PER_CATEGORY, WINDOW);
+            for n in 0..=all.len() {
+                if settled(&all[..n], |x| x.1, limit) {
+                    let prefix = diversify(all[..n].to_vec(), |x| x.1, PER_CATEGORY, WINDOW);
+                    assert_eq!(prefix[..limit], whole[..limit], "{all:?}, limit {limit}");
+                    checked += 1;
+                    break;
+                }
+            }
+        }
+        assert!(checked > 100, "only {checked} lists settled");
+    }
 }

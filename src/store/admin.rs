@@ -61,7 +61,7 @@ impl SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
-            write_outbox!(tx, [audit]);
+            write_outbox!(self, tx, [audit]);
             tx.commit().await.map_err(unavailable)?;
         });
         self.outbox_written();
@@ -88,7 +88,7 @@ impl SqlStore {
             .map_err(unavailable)?
             .rows_affected();
             if removed > 0 {
-                write_outbox!(tx, audit);
+                write_outbox!(self, tx, audit);
             }
             tx.commit().await.map_err(unavailable)?;
             removed > 0
@@ -103,7 +103,7 @@ impl SqlStore {
     pub async fn audit(&self, audit: &DomainEvent) -> Result<(), StoreError> {
         on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
-            write_outbox!(tx, [audit]);
+            write_outbox!(self, tx, [audit]);
             tx.commit().await.map_err(unavailable)?;
         });
         self.outbox_written();

@@ -166,7 +166,7 @@ impl SqlStore {
     pub async fn record_interactions(&self, interactions: &[Interacted]) -> Result<(), StoreError> {
         on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
-            write_interactions!(tx, interactions);
+            write_interactions!(self, tx, interactions);
             tx.commit().await.map_err(unavailable)
         })
     }
@@ -350,7 +350,7 @@ impl AnalyticsStore for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
-            write_outbox!(tx, [&event]);
+            write_outbox!(self, tx, [&event]);
             tx.commit().await.map_err(unavailable)?;
             self.outbox_written();
             Ok(())

@@ -366,7 +366,7 @@ impl EventStore for SqlStore {
                 serde_json::to_value(&event).unwrap_or_default(),
                 now,
             );
-            write_outbox!(tx, [&created]);
+            write_outbox!(self, tx, [&created]);
             tx.commit().await.map_err(unavailable)?;
             self.outbox_written();
             Ok(event)
@@ -586,7 +586,7 @@ impl EventStore for SqlStore {
                 .await
                 .map_err(unavailable)?;
             }
-            write_outbox!(tx, c.events.iter());
+            write_outbox!(self, tx, c.events.iter());
             tx.commit().await.map_err(unavailable)?;
             self.outbox_written();
             Ok(ids)

@@ -3,13 +3,101 @@
 //! the trainer stores and every node loads.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use convene_actors::StoreError;
 use convene_actors::model::{DomainEvent, topics};
 use convene_actors::recommend::{Interaction, Kind};
 
-use super::{Db, SqlStore, unavailable};
+use super::outbox::horizon;
+use super::{Db, Position, SqlStore, unavailable};
+
+/// How long the follower of the interactions may go without reading before what this node
+/// knows of them is no longer trusted.
+const FOLLOWED_WITHIN: Duration = Duration::from_secs(2);
+
+/// Users who interacted lately, as this node knows them: each user's newest interaction id,
+/// for the interactions newer than the model served. This node's own writes are marked as
+/// they are made; the other nodes' as the follower of the interactions reads them (within its
+/// period). It lets recommendations tell, without a query, whether a user did anything since
+/// the model was trained; when it cannot tell, it says so and the store is asked.
+#[derive(Debug)]
+pub struct Touched {
+    users: RwLock<HashMap<i64, i64>>,
+    /// Every interaction with an id above this is known (`i64::MAX` until the interactions
+    /// past a model were read).
+    complete_after: AtomicI64,
+    /// Interactions up to this id were let go.
+    forgotten: AtomicI64,
+    /// When the follower last read the interactions.
+    followed: Mutex<Option<Instant>>,
+}
+
+impl Default for Touched {
+    fn default() -> Self {
+        Self {
+            users: RwLock::default(),
+            complete_after: AtomicI64::new(i64::MAX),
+            forgotten: AtomicI64::new(0),
+            followed: Mutex::new(None),
+        }
+    }
+}
+
+impl Touched {
+    /// Marks interactions, as `(id, user)`.
+    pub fn touch(&self, interactions: impl IntoIterator<Item = (i64, i64)>) {
+        let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
+        for (id, user) in interactions {
+            let newest = users.entry(user).or_insert(id);
+            *newest = (*newest).max(id);
+        }
+    }
+
+    /// Whether `user` has an interaction with an id above `interaction`; `None` when this node
+    /// cannot tell (the follower is behind, or has not read that far back).
+    pub fn after(&self, user: i64, interaction: i64) -> Option<bool> {
+        let followed = *self.followed.lock().unwrap_or_else(|e| e.into_inner());
+        if interaction < self.complete_after.load(Ordering::Acquire)
+            || interaction < self.forgotten.load(Ordering::Acquire)
+            || followed.is_none_or(|at| at.elapsed() > FOLLOWED_WITHIN)
+        {
+            return None;
+        }
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        Some(users.get(&user).is_some_and(|id| *id > interaction))
+    }
+
+    /// The interactions above `after`, as `(id, user)`, were all read: every later one is
+    /// known from now on.
+    pub fn complete(&self, after: i64, interactions: Vec<(i64, i64)>) {
+        self.touch(interactions);
+        self.complete_after.fetch_min(after, Ordering::AcqRel);
+    }
+
+    /// Every interaction with an id above this is known (`i64::MAX` before the first model).
+    pub fn complete_after(&self) -> i64 {
+        self.complete_after.load(Ordering::Acquire)
+    }
+
+    /// Lets go of the users whose newest interaction is at or below `interaction` (a model
+    /// learnt from them).
+    pub fn forget_up_to(&self, interaction: i64) {
+        self.forgotten.fetch_max(interaction, Ordering::AcqRel);
+        self.users
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, id| *id > interaction);
+    }
+
+    /// The follower has read the interactions committed until now.
+    pub fn followed(&self) {
+        *self.followed.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+}
 
 /// The interaction a domain event is, if it is one: registrations, waitlistings, promotions
 /// and cancellations; its id is the domain event's.
@@ -139,6 +227,77 @@ impl SqlStore {
                 ))
             })
             .collect()
+    }
+
+    /// Users who interacted since the model, as this node knows them.
+    pub fn touched(&self) -> &Touched {
+        &self.touched
+    }
+
+    /// Where a follower of the interactions starts: every interaction at or before it is in
+    /// what a read made from now on sees, and every later one is past it.
+    pub async fn interactions_head(&self) -> Result<Position, StoreError> {
+        match &self.db {
+            Db::Postgres(pool) => horizon(pool).await,
+            Db::Sqlite { read, .. } => {
+                let (id,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM interactions")
+                    .fetch_one(read)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(Position { xid: 0, id })
+            }
+        }
+    }
+
+    /// Interactions committed past `after`, in commit order, at most `limit`: their place and
+    /// `(id, user)`. On PostgreSQL only those below the snapshot horizon, so none committed
+    /// later can sort before them (as the outbox is read).
+    pub async fn interactions_since(
+        &self,
+        after: Position,
+        limit: i64,
+    ) -> Result<Vec<(Position, i64, i64)>, StoreError> {
+        let rows: Vec<(i64, i64, i64)> =
+            match &self.db {
+                Db::Postgres(pool) => {
+                    sqlx::query_as(
+                        "SELECT i.xid::text::bigint AS xid, i.id, i.user_id FROM interactions i \
+                     WHERE (i.xid, i.id) > ($1::bigint::text::xid8, $2) \
+                     AND i.xid < pg_snapshot_xmin(pg_current_snapshot()) \
+                     ORDER BY i.xid, i.id LIMIT $3",
+                    )
+                    .bind(after.xid)
+                    .bind(after.id)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+                }
+                Db::Sqlite { read, .. } => sqlx::query_as(
+                    "SELECT 0, id, user_id FROM interactions WHERE id > $1 ORDER BY id LIMIT $2",
+                )
+                .bind(after.id)
+                .bind(limit)
+                .fetch_all(read)
+                .await,
+            }
+            .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|(xid, id, user)| (Position { xid, id }, id, user))
+            .collect())
+    }
+
+    /// Each user's newest interaction with an id above `after`, as `(id, user)`.
+    pub async fn users_interacted_after(&self, after: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+        on_pool!(self, read, pool => {
+            sqlx::query_as(
+                "SELECT MAX(id), user_id FROM interactions WHERE id > $1 GROUP BY user_id",
+            )
+            .bind(after)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(unavailable)
     }
 
     /// The id of `user_id`'s latest interaction (0 when there is none).

@@ -274,17 +274,7 @@ impl SqlStore {
     /// or before it is reflected in what such a read sees, and every later row is past it.
     pub async fn outbox_head(&self) -> Result<Position, StoreError> {
         match &self.db {
-            Db::Postgres(pool) => {
-                let (horizon,): (i64,) =
-                    sqlx::query_as("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-                        .fetch_one(pool)
-                        .await
-                        .map_err(unavailable)?;
-                Ok(Position {
-                    xid: horizon - 1,
-                    id: i64::MAX,
-                })
-            }
+            Db::Postgres(pool) => horizon(pool).await,
             Db::Sqlite { read, .. } => {
                 let (id,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM outbox")
                     .fetch_one(read)
@@ -416,4 +406,18 @@ impl SqlStore {
         })
         .map_err(unavailable)
     }
+}
+
+/// The position just before the oldest transaction that may still be running: every row
+/// written by an older one is there to read, and every row written later sorts after it.
+pub(super) async fn horizon(pool: &sqlx::PgPool) -> Result<Position, StoreError> {
+    let (horizon,): (i64,) =
+        sqlx::query_as("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(pool)
+            .await
+            .map_err(unavailable)?;
+    Ok(Position {
+        xid: horizon - 1,
+        id: i64::MAX,
+    })
 }

@@ -91,7 +91,7 @@ impl SqlStore {
                 json!({"user_id": id, "role": role.as_str()}),
                 now,
             );
-            write_outbox!(tx, [&event]);
+            write_outbox!(self, tx, [&event]);
             tx.commit().await.map_err(unavailable)?;
             self.outbox_written();
             Ok(true)
@@ -126,7 +126,7 @@ impl UserStore for SqlStore {
                 json!({"user_id": user.id, "email": user.email, "name": user.name}),
                 now,
             );
-            write_outbox!(tx, [&event]);
+            write_outbox!(self, tx, [&event]);
             tx.commit().await.map_err(unavailable)?;
             self.outbox_written();
             Ok(user)
@@ -164,7 +164,7 @@ impl UserStore for SqlStore {
             if done.rows_affected() != 1 {
                 return Err(StoreError::Conflict);
             }
-            write_outbox!(tx, events.iter());
+            write_outbox!(self, tx, events.iter());
             tx.commit().await.map_err(unavailable)?;
             self.outbox_written();
             Ok(())

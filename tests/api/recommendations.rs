@@ -1,7 +1,8 @@
 //! Recommendations end to end: interactions recorded (by clients, by reads, by registrations),
 //! a trained model that puts tech events near Berlin first for a user who went to such events,
 //! popular-near-you for a user without history, similar events, the admin endpoints, a model
-//! swap under load that loses no request, a restarted node that serves the stored model
+//! swap under load that loses no request, an interaction on one node seen by another within a
+//! second, a restarted node that serves the stored model
 //! without training, and a trainer that is restarted after a crash.
 
 use std::collections::HashSet;
@@ -474,6 +475,100 @@ async fn a_new_node_serves_the_stored_model_without_training() {
     assert!(ok, "the second node did not load model {version}");
     let latest = app.node.app.store.latest_model().await.unwrap().unwrap();
     assert_eq!(latest.version, version, "a model was trained again");
+    second.shutdown().await;
+}
+
+/// Two nodes on one database: an interaction recorded on one ends that user's picks on the
+/// other within a second (the other node follows the interactions; it does not ask the store
+/// on every request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interaction_on_one_node_ends_the_picks_on_another_within_a_second() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let w = world(&app).await;
+    let version = trained(&app, &w.admin).await;
+    let mut config = app.node.app.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.node_name = "second".into();
+    config.data_dir = app.dir.0.join("second");
+    // The same signing secret, so the first node's tokens hold on the second.
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    let secret = app.node.app.config.data_dir.join("jwt_secret");
+    std::fs::copy(&secret, config.data_dir.join("jwt_secret")).unwrap();
+    let second = convene::node::Node::start(config).await.unwrap();
+    let ok = eventually(Duration::from_secs(10), || async {
+        second.app.models.version() == version
+    })
+    .await;
+    assert!(ok, "the second node did not load model {version}");
+    // Once its follower has read past the model, the second node knows who acted since.
+    let learnt = second.app.models.current().unwrap().last_interaction;
+    let ok = eventually(Duration::from_secs(5), || async {
+        second.app.store.touched().after(w.user.id, learnt) == Some(false)
+    })
+    .await;
+    assert!(ok, "the second node did not follow the interactions");
+    let base = second.url();
+    // Each ask with its own limit, so no cached answer stands in for the recommender.
+    let limit = std::sync::atomic::AtomicU32::new(4);
+    let ask = || async {
+        let n = limit.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let r = app
+            .client
+            .get(format!("{base}/api/v1/users/me/recommendations?limit={n}"))
+            .bearer_auth(&w.user.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    let served = |algorithm: &'static str| {
+        let (client, base) = (&app.client, &base);
+        async move {
+            let text = client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let line = format!("recommendation_latency_seconds_count{{algorithm=\"{algorithm}\"}}");
+            crate::commands::metric(&text, &line)
+        }
+    };
+    let first = ask().await;
+    assert_eq!(first["strategy"], "hybrid", "{first}");
+    assert_eq!(
+        (served("precomputed").await, served("hybrid").await),
+        (1, 0)
+    );
+    let liked = first["items"][0]["event"]["id"].as_i64().unwrap();
+    let a = app
+        .send(
+            "POST",
+            "/api/v1/interactions",
+            Some(&w.user.token),
+            Some(json!({"event_id": liked, "kind": "like"})),
+        )
+        .await;
+    assert_eq!(a.status, 204, "{}", a.body);
+    let started = std::time::Instant::now();
+    let ok = eventually(Duration::from_secs(1), || async {
+        ask().await;
+        served("hybrid").await > 0
+    })
+    .await;
+    assert!(
+        ok,
+        "the second node still served the picks a second after the user acted on the first"
+    );
+    println!(
+        "the second node scored the user live {} ms after the interaction",
+        started.elapsed().as_millis()
+    );
     second.shutdown().await;
 }
 

@@ -93,10 +93,10 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..2 {
         let b = load(&bare_url, &args).await;
         let c = load(&convene_url, &args).await;
-        if best.0.is_none_or(|x| b.rate() > x.rate()) {
+        if best.0.as_ref().is_none_or(|x| b.rate() > x.rate()) {
             best.0 = Some(b);
         }
-        if best.1.is_none_or(|x| c.rate() > x.rate()) {
+        if best.1.as_ref().is_none_or(|x| c.rate() > x.rate()) {
             best.1 = Some(c);
         }
     }
