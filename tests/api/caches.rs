@@ -224,15 +224,7 @@ async fn get(cluster: &TestCluster, node: usize, event: i64) -> (Value, String) 
 }
 
 async fn node_lookups(cluster: &TestCluster, node: usize, outcome: &str) -> u64 {
-    let text = cluster
-        .client
-        .get(format!("{}/metrics", cluster.nodes[node].http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = crate::helpers::metrics_text(&cluster.client, &cluster.nodes[node].http).await;
     lookups(&text, "event", "redis", outcome)
 }
 

@@ -1377,15 +1377,7 @@ fn signal(cluster: &TestCluster, i: usize, signal: &str) {
 
 /// `convene_breaker_open` of the breaker `dependency` on node `i`.
 async fn breaker_open(cluster: &TestCluster, i: usize, dependency: &str) -> Option<i64> {
-    let text = cluster
-        .client
-        .get(format!("{}/metrics", cluster.nodes[i].http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = crate::helpers::metrics_text(&cluster.client, &cluster.nodes[i].http).await;
     let prefix = format!("convene_breaker_open{{dependency=\"{dependency}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())

@@ -426,26 +426,12 @@ async fn kafka_commands_resume_after_a_restart_and_poison_goes_to_the_dead_lette
         eventually(Duration::from_secs(60), || async { seats().await == 40 }).await,
         "the restarted consumer carries out the rest"
     );
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::helpers::metrics_text(&client, &base).await;
     // A repeat answers as the first did (201), with no second effect. Resumed from the
     // committed offset: twenty new commands and five repeats, none of the first twenty again.
     assert!(
         eventually(Duration::from_secs(10), || async {
-            let m = client
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = crate::helpers::metrics_text(&client, &base).await;
             metric(
                 &m,
                 "convene_bus_commands_total{bus=\"kafka\",status=\"201\"}",
@@ -455,14 +441,7 @@ async fn kafka_commands_resume_after_a_restart_and_poison_goes_to_the_dead_lette
         "{metrics}"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::helpers::metrics_text(&client, &base).await;
     assert_eq!(
         metric(
             &metrics,

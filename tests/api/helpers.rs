@@ -35,6 +35,18 @@ impl Drop for TempDir {
     }
 }
 
+/// The metrics page of the node at `base`.
+pub async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// An event's `registered_count` as the node at `base` shows it.
 pub async fn registered_count(client: &reqwest::Client, base: &str, event: i64) -> i64 {
     let r: Value = client

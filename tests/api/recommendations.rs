@@ -454,6 +454,25 @@ async fn recommendations_status(app: &TestApp, user: &TestUser, query: &str) -> 
     .status
 }
 
+/// A second node on `app`'s database (its own data directory, the same signing secret, so
+/// tokens hold on both), once it serves model `version`.
+async fn second_node(app: &TestApp, version: i64) -> convene::node::Node {
+    let mut config = app.node.app.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.node_name = "second".into();
+    config.data_dir = app.dir.0.join("second");
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    let secret = app.node.app.config.data_dir.join("jwt_secret");
+    std::fs::copy(&secret, config.data_dir.join("jwt_secret")).unwrap();
+    let second = convene::node::Node::start(config).await.unwrap();
+    let ok = eventually(Duration::from_secs(10), || async {
+        second.app.models.version() == version
+    })
+    .await;
+    assert!(ok, "the second node did not load model {version}");
+    second
+}
+
 /// A node started on the database of another serves the stored model at once, without
 /// training one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,16 +482,7 @@ async fn a_new_node_serves_the_stored_model_without_training() {
     };
     let w = world(&app).await;
     let version = trained(&app, &w.admin).await;
-    let mut config = app.node.app.config.clone();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.node_name = "second".into();
-    config.data_dir = app.dir.0.join("second");
-    let second = convene::node::Node::start(config).await.unwrap();
-    let ok = eventually(Duration::from_secs(10), || async {
-        second.app.models.version() == version
-    })
-    .await;
-    assert!(ok, "the second node did not load model {version}");
+    let second = second_node(&app, version).await;
     let latest = app.node.app.store.latest_model().await.unwrap().unwrap();
     assert_eq!(latest.version, version, "a model was trained again");
     second.shutdown().await;
@@ -488,20 +498,7 @@ async fn an_interaction_on_one_node_ends_the_picks_on_another_within_a_second() 
     };
     let w = world(&app).await;
     let version = trained(&app, &w.admin).await;
-    let mut config = app.node.app.config.clone();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.node_name = "second".into();
-    config.data_dir = app.dir.0.join("second");
-    // The same signing secret, so the first node's tokens hold on the second.
-    std::fs::create_dir_all(&config.data_dir).unwrap();
-    let secret = app.node.app.config.data_dir.join("jwt_secret");
-    std::fs::copy(&secret, config.data_dir.join("jwt_secret")).unwrap();
-    let second = convene::node::Node::start(config).await.unwrap();
-    let ok = eventually(Duration::from_secs(10), || async {
-        second.app.models.version() == version
-    })
-    .await;
-    assert!(ok, "the second node did not load model {version}");
+    let second = second_node(&app, version).await;
     // Once its follower has read past the model, the second node knows who acted since.
     let learnt = second.app.models.current().unwrap().last_interaction;
     let ok = eventually(Duration::from_secs(5), || async {
@@ -527,14 +524,7 @@ async fn an_interaction_on_one_node_ends_the_picks_on_another_within_a_second() 
     let served = |algorithm: &'static str| {
         let (client, base) = (&app.client, &base);
         async move {
-            let text = client
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = crate::helpers::metrics_text(client, base).await;
             let line = format!("recommendation_latency_seconds_count{{algorithm=\"{algorithm}\"}}");
             crate::commands::metric(&text, &line)
         }
