@@ -118,13 +118,18 @@ pub trait Publisher: Send + Sync {
     /// `nats` or `kafka`: its label in metrics and health.
     fn name(&self) -> &'static str;
 
-    /// Sends the batch, in order for each entity, and returns its acknowledgements. A bus
-    /// that keeps each entity's order across batches in flight (Kafka's idempotent producer)
-    /// returns before they arrive, so the next batch goes out meanwhile; one that must wait
-    /// for them to keep that order (NATS) returns them settled. A batch that failed is sent
-    /// again whole, with every batch after it, and the bus or its consumers drop the
-    /// repeats by id.
+    /// Sends the batch, in order for each entity, and returns its acknowledgements before
+    /// they arrive, so the next batch goes out meanwhile. A batch that failed is sent again
+    /// whole, with every batch after it, and the bus or its consumers drop the repeats by id.
     async fn send(&self, batch: &[Outgoing]) -> Result<Acks, BusError>;
+
+    /// Whether an entity's messages keep their order when a later one is sent before an
+    /// earlier one is acknowledged, a failure included (Kafka's idempotent producer, per
+    /// partition). When not (NATS: a message lost in a reconnection lets the next one through),
+    /// the relay sends an entity's message only once its earlier ones are acknowledged.
+    fn ordered_in_flight(&self) -> bool {
+        true
+    }
 
     /// A batch's acknowledgements failed: the bus mends its client if it has to.
     fn failed(&self) {}

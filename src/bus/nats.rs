@@ -122,10 +122,15 @@ impl Publisher for Nats {
         BUS
     }
 
+    /// Each wave but the last is acknowledged before the next goes out; the last one's
+    /// acknowledgements are returned.
     async fn send(&self, batch: &[Outgoing]) -> Result<Acks, BusError> {
         self.ensure_stream().await?;
+        let mut acks: Vec<jetstream::context::PublishAckFuture> = Vec::new();
         for wave in waves(batch) {
-            let mut acks = Vec::with_capacity(wave.len());
+            for ack in std::mem::take(&mut acks) {
+                ack.await.map_err(|e| BusError::new(BUS, e))?;
+            }
             for m in wave {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert(
@@ -144,11 +149,17 @@ impl Publisher for Nats {
                     .map_err(|e| BusError::new(BUS, e))?;
                 acks.push(ack);
             }
+        }
+        Ok(Box::pin(async move {
             for ack in acks {
                 ack.await.map_err(|e| BusError::new(BUS, e))?;
             }
-        }
-        Ok(Box::pin(std::future::ready(Ok(()))))
+            Ok(())
+        }))
+    }
+
+    fn ordered_in_flight(&self) -> bool {
+        false
     }
 
     async fn up(&self, _probe: bool) -> bool {

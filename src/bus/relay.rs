@@ -1,7 +1,8 @@
 //! The outbox relay, an actor on every node of which one at a time (the holder of the `relay`
 //! lease) publishes: it wakes on each local commit, on PostgreSQL's NOTIFY for commits on other
 //! nodes, and once a second besides; reads the rows past its cursor in commit order, publishes
-//! them to every bus (the next batch is read, and sent, while the last ones are acknowledged),
+//! them to every bus (the next batch is read, and sent, while the last ones are acknowledged;
+//! on a bus that would not keep an entity's order, only once that entity's earlier messages are),
 //! and moves the cursor only past batches every bus acknowledged (a task of its own stores it,
 //! so publishing never waits for that write). A bus that fails makes it
 //! back off with jitter and retry; the rows wait in the outbox.
@@ -256,6 +257,19 @@ impl RelayState {
         }
     }
 
+    /// Whether a batch in flight holds a message for an entity of `out`.
+    fn shares_entity(&self, out: &[Outgoing]) -> bool {
+        if self.in_flight.is_empty() {
+            return false;
+        }
+        let entities: std::collections::HashSet<&str> =
+            out.iter().map(|m| m.entity.as_str()).collect();
+        self.in_flight
+            .iter()
+            .flat_map(|s| &s.out)
+            .any(|m| entities.contains(m.entity.as_str()))
+    }
+
     async fn publish_next(&mut self) -> anyhow::Result<(usize, bool)> {
         let batch = self.args.settings.batch;
         let Read { rows, held_back } = match self.prefetch.take() {
@@ -275,9 +289,15 @@ impl RelayState {
             ));
         }
         let out: Vec<Outgoing> = rows.into_iter().map(Outgoing::new).collect();
+        let publishers = self.args.buses.publishers();
+        if publishers.iter().any(|b| !b.ordered_in_flight()) && self.shares_entity(&out) {
+            // An entity of this batch has a message not yet acknowledged by a bus that would
+            // not keep their order: that one is acknowledged first.
+            self.settle(0).await?;
+        }
         let started = Instant::now();
         let mut acks = Vec::new();
-        for bus in self.args.buses.publishers() {
+        for bus in publishers {
             match bus.send(&out).await {
                 Ok(a) => acks.push((bus, a)),
                 Err(e) => {

@@ -3,14 +3,16 @@
 //! loop (message ids set, acknowledgements awaited per batch) and a bare `rdkafka` idempotent
 //! produce loop. Prints events/s of each and their ratio (target: the relay reaches at least
 //! half the bare loop), then the latency from commit to a subscriber, p50 and p99, beside the
-//! bare publish → subscriber latency (target: p50 under 10 ms to NATS).
+//! bare publish → subscriber latency (target: p50 under 10 ms to NATS). Each side's throughput
+//! is run twice, alternating with the other, and counted over both runs.
 //!
 //! Throughput: a node starts on a fresh PostgreSQL database with the bus while the bench holds
 //! the relay lease, so the node sets its bus up but relays nothing; the outbox is filled with
 //! `--events` rows (one `events.created` per event, so many entities); the clock starts when
-//! the bench gives the lease up (once the node's search indexer has taken the rows, so that
-//! the two do not share the cores) and runs until the relay's cursor is past every row. Needs `DATABASE_URL` (PostgreSQL), NATS at
-//! `NATS_URL` and Kafka at `KAFKA_BROKERS` (`scripts/services up` starts both).
+//! the bench gives the lease up (once the node's search indexer has taken the rows and the
+//! node is idle, so that the two do not share the cores) and runs until the relay's cursor is
+//! past every row. Needs `DATABASE_URL` (PostgreSQL), NATS at `NATS_URL` and Kafka at
+//! `KAFKA_BROKERS` (`scripts/services up` starts both).
 
 use std::time::{Duration, Instant};
 
@@ -170,8 +172,9 @@ async fn relay_throughput(base: &str, bus: Bus, args: &Args) -> anyhow::Result<f
         });
         qb.build().execute(&pool).await?;
     }
-    // The node's search indexer takes the same rows; it is left to finish first, so the clock
-    // measures the relay and not two consumers sharing two cores.
+    // The node's search indexer takes the same rows, and its segments are merged after; both
+    // are left to finish first, so the clock measures the relay and not two consumers sharing
+    // two cores.
     let waited = Instant::now();
     while node.app.search.len() < args.events as u64 {
         anyhow::ensure!(
@@ -180,6 +183,7 @@ async fn relay_throughput(base: &str, bus: Bus, args: &Args) -> anyhow::Result<f
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    settle().await?;
     let started = Instant::now();
     sqlx::query("DELETE FROM leases WHERE name = 'relay'")
         .execute(&pool)
@@ -207,6 +211,43 @@ async fn relay_throughput(base: &str, bus: Bus, args: &Args) -> anyhow::Result<f
     pool.close().await;
     drop_postgres(base, &url).await;
     Ok(rate)
+}
+
+/// This process's CPU time so far (user and system, every thread), from `/proc/self/stat`,
+/// whose clock ticks are 1/100 s on Linux.
+fn cpu_time() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/self/stat"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("unexpected /proc/self/stat"))?
+            .parse()?)
+    };
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}
+
+/// Waits until the node in this process is idle (under a tenth of a core over half a second),
+/// so that background work it started (index merges, caches warming) is not in a clock.
+async fn settle() -> anyhow::Result<()> {
+    let window = Duration::from_millis(500);
+    let waited = Instant::now();
+    loop {
+        let before = cpu_time()?;
+        tokio::time::sleep(window).await;
+        if cpu_time()? - before < window / 10 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            waited.elapsed() < Duration::from_secs(120),
+            "the node did not settle"
+        );
+    }
 }
 
 /// Events/s of a bare JetStream publish loop, batches pipelined, acknowledgements awaited.
@@ -451,6 +492,19 @@ async fn bare_latency(bus: Bus, args: &Args) -> anyhow::Result<(f64, f64)> {
     Ok(quantiles(times))
 }
 
+/// The rate over runs of equal size: events over the summed time.
+fn pooled(rates: &[f64]) -> f64 {
+    rates.len() as f64 / rates.iter().map(|r| 1.0 / r).sum::<f64>()
+}
+
+fn runs(rates: &[f64]) -> String {
+    rates
+        .iter()
+        .map(|r| format!("{r:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -464,15 +518,23 @@ async fn main() -> anyhow::Result<()> {
         args.events, args.batch, args.partitions
     );
     for bus in [Bus::Nats, Bus::Kafka] {
-        let bare = match bus {
-            Bus::Nats => bare_nats(&args).await?,
-            Bus::Kafka => bare_kafka(&args).await?,
-        };
-        let relay = relay_throughput(&base, bus, &args).await?;
+        // Each side runs twice, alternating, and is counted over both runs (events over the
+        // summed time), so one lucky or unlucky run on a shared machine does not decide.
+        let (mut relay, mut bare) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            bare.push(match bus {
+                Bus::Nats => bare_nats(&args).await?,
+                Bus::Kafka => bare_kafka(&args).await?,
+            });
+            relay.push(relay_throughput(&base, bus, &args).await?);
+        }
+        let (relay_all, bare_all) = (pooled(&relay), pooled(&bare));
         println!(
-            "{} throughput: relay {relay:.0} events/s | bare loop {bare:.0} events/s | ratio {:.2} (target >= 0.5)",
+            "{} throughput: relay {relay_all:.0} events/s ({}) | bare loop {bare_all:.0} events/s ({}) | ratio {:.2} (target >= 0.5)",
             bus.name(),
-            relay / bare
+            runs(&relay),
+            runs(&bare),
+            relay_all / bare_all
         );
         let (p50, p99) = relay_latency(&base, bus, &args).await?;
         let (bare50, bare99) = bare_latency(bus, &args).await?;
