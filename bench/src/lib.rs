@@ -182,14 +182,24 @@ pub async fn start_node_with(
 
 /// Starts this program again with `args` and `env` (a server in its own process, so its
 /// resident memory is its own), and returns it with the rest of the first line of its output
-/// that starts with `prefix` (where it listens).
+/// that starts with `prefix` (where it listens). With `BENCH_SERVER_WRAPPER` set (a profiler
+/// such as `heaptrack`), the server runs under it.
 pub async fn spawn_self(
     args: &[&str],
     env: Vec<(String, String)>,
     prefix: &str,
 ) -> anyhow::Result<(tokio::process::Child, String)> {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let mut process = tokio::process::Command::new(std::env::current_exe()?)
+    let exe = std::env::current_exe()?;
+    let mut command = match std::env::var_os("BENCH_SERVER_WRAPPER") {
+        Some(wrapper) => {
+            let mut c = tokio::process::Command::new(wrapper);
+            c.arg(exe);
+            c
+        }
+        None => tokio::process::Command::new(exe),
+    };
+    let mut process = command
         .args(args)
         .envs(env)
         .stdout(std::process::Stdio::piped())

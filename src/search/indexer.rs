@@ -1,12 +1,12 @@
 //! The indexer: an actor on every node that keeps the node's search index following the
 //! outbox in commit order, past the position its last commit recorded, so no event is ever
-//! skipped; it rebuilds the index from the tables when it is missing, of an older schema, or
+//! skipped, and commits at most every [`SPACING`] while it keeps up; it rebuilds the index from the tables when it is missing, of an older schema, or
 //! behind rows already pruned from the outbox.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use convene_actors::model::{Event, topics};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -22,6 +22,10 @@ use crate::store::{OutboxWatch, PRUNED, Position, Read, SqlStore};
 const BATCH: usize = 2000;
 /// Events per page while rebuilding.
 const PAGE: i64 = 1000;
+/// Least time between two commits while the indexer keeps up: each is a segment written and
+/// merged later, so a burst of small transactions (registrations on a busy event) is taken in a
+/// few commits, not one per transaction. Searches and the caches it invalidates lag by as much.
+const SPACING: Duration = Duration::from_millis(100);
 /// Wake-up without any commit seen.
 const POLL: Duration = Duration::from_secs(1);
 /// First and longest wait for an older transaction to end when it holds rows back.
@@ -67,6 +71,8 @@ pub struct IndexerState {
     position: Option<Position>,
     held: Duration,
     backoff: Duration,
+    /// When the last round that left nothing behind committed.
+    applied: Option<Instant>,
     /// Set while a `Wake` is in the mailbox, so a burst of commits queues one.
     woken: Arc<AtomicBool>,
     watcher: JoinHandle<()>,
@@ -212,6 +218,8 @@ impl IndexerState {
         tokio::task::spawn_blocking(move || index.apply(&changes, last)).await??;
         invalidate(&self.args.caches, &read).await;
         self.position = Some(last);
+        // A backlog is read at full speed; only commits that keep up are spaced.
+        self.applied = (!full).then(Instant::now);
         Ok((full, read.held_back))
     }
 }
@@ -249,6 +257,7 @@ impl Actor for Indexer {
             position,
             held: HELD_MIN,
             backoff: BACKOFF_MIN,
+            applied: None,
             woken,
             watcher,
         })
@@ -283,6 +292,15 @@ impl Actor for Indexer {
                 wake(&myself, &state.woken);
             }
             IndexerMessage::Wake => {
+                if let Some(wait) = state
+                    .applied
+                    .and_then(|at| SPACING.checked_sub(at.elapsed()))
+                {
+                    // Commits that arrive meanwhile go into the next round (a `Wake` is already
+                    // counted as queued: this one).
+                    myself.send_after(wait, || IndexerMessage::Wake);
+                    return Ok(());
+                }
                 state.woken.store(false, Ordering::Release);
                 match state.round().await {
                     Ok((full, held_back)) => {

@@ -1,7 +1,9 @@
 //! One hot event, N concurrent clients registering through the HTTP API, next to the same load
 //! applied straight to PostgreSQL (`UPDATE … SET registered = registered + 1 WHERE … AND
-//! registered < capacity` plus an insert, one transaction per request). Prints both rates and
-//! their ratio. Needs `DATABASE_URL` naming a PostgreSQL server; makes and drops its own databases.
+//! registered < capacity` plus an insert, one transaction per request). Each side runs
+//! `--rounds` times, a new hot event each time and the same users, and is counted over all of
+//! them, so a run lasts long enough to measure. Prints both rates and their ratio. Needs
+//! `DATABASE_URL` naming a PostgreSQL server; makes and drops its own databases.
 
 use clap::Parser;
 use convene_bench::{
@@ -14,9 +16,12 @@ struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 200)]
     clients: usize,
-    /// Registrations (one per user) in each run.
+    /// Registrations (one per user) in each round.
     #[arg(long, default_value_t = 3000)]
     registrations: usize,
+    /// Rounds per side, each on a new event.
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
     /// Connections the baseline may open.
     #[arg(long, default_value_t = 40)]
     baseline_connections: u32,
@@ -38,35 +43,41 @@ async fn baseline(base: &str, args: &Args) -> anyhow::Result<convene_bench::Run>
     )
     .execute(&pool)
     .await?;
-    let (event,): (i64,) = sqlx::query_as("INSERT INTO events (capacity) VALUES ($1) RETURNING id")
-        .bind(args.registrations as i64)
-        .fetch_one(&pool)
-        .await?;
-    let jobs: Vec<i64> = (0..args.registrations as i64).collect();
-    let p = pool.clone();
-    let run = drive(args.clients, jobs, move |user: i64| {
-        let pool = p.clone();
-        async move {
-            let Ok(mut tx) = pool.begin().await else { return false };
-            let taken = sqlx::query("UPDATE events SET registered = registered + 1 WHERE id = $1 AND registered < capacity")
-                .bind(event)
-                .execute(&mut *tx)
-                .await;
-            if !matches!(taken, Ok(r) if r.rows_affected() == 1) {
-                return false;
-            }
-            let inserted = sqlx::query("INSERT INTO event_registrations (event_id, user_id) VALUES ($1, $2)")
-                .bind(event)
-                .bind(user)
-                .execute(&mut *tx)
-                .await;
-            inserted.is_ok() && tx.commit().await.is_ok()
-        }
-    })
-    .await;
+    let mut runs = Vec::with_capacity(args.rounds);
+    for _ in 0..args.rounds {
+        let (event,): (i64,) =
+            sqlx::query_as("INSERT INTO events (capacity) VALUES ($1) RETURNING id")
+                .bind(args.registrations as i64)
+                .fetch_one(&pool)
+                .await?;
+        let jobs: Vec<i64> = (0..args.registrations as i64).collect();
+        let p = pool.clone();
+        runs.push(
+            drive(args.clients, jobs, move |user: i64| {
+                let pool = p.clone();
+                async move {
+                    let Ok(mut tx) = pool.begin().await else { return false };
+                    let taken = sqlx::query("UPDATE events SET registered = registered + 1 WHERE id = $1 AND registered < capacity")
+                        .bind(event)
+                        .execute(&mut *tx)
+                        .await;
+                    if !matches!(taken, Ok(r) if r.rows_affected() == 1) {
+                        return false;
+                    }
+                    let inserted = sqlx::query("INSERT INTO event_registrations (event_id, user_id) VALUES ($1, $2)")
+                        .bind(event)
+                        .bind(user)
+                        .execute(&mut *tx)
+                        .await;
+                    inserted.is_ok() && tx.commit().await.is_ok()
+                }
+            })
+            .await,
+        );
+    }
     pool.close().await;
     drop_postgres(base, &url).await;
-    Ok(run)
+    Ok(convene_bench::Run::merge(&runs))
 }
 
 async fn through_convene(base: &str, args: &Args) -> anyhow::Result<convene_bench::Run> {
@@ -75,7 +86,6 @@ async fn through_convene(base: &str, args: &Args) -> anyhow::Result<convene_benc
     let api = node.url();
     let client = http_client(args.clients);
     let (_, owner) = sign_up(&client, &api, "owner@bench.example").await?;
-    let event = create_event(&client, &api, &owner, args.registrations as i64).await?;
     let emails: Vec<String> = (0..args.registrations)
         .map(|i| format!("user{i}@bench.example"))
         .collect();
@@ -95,17 +105,24 @@ async fn through_convene(base: &str, args: &Args) -> anyhow::Result<convene_benc
     })
     .await;
     let tokens = std::mem::take(&mut *tokens.lock().expect("tokens"));
-    let target = format!("{api}/api/v1/events/{event}/registrations");
-    let run = drive(args.clients, tokens, move |token: String| {
-        let (client, target) = (client.clone(), target.clone());
-        async move {
-            matches!(client.post(&target).bearer_auth(token).send().await, Ok(r) if r.status() == 201)
-        }
-    })
-    .await;
+    let mut runs = Vec::with_capacity(args.rounds);
+    for _ in 0..args.rounds {
+        let event = create_event(&client, &api, &owner, args.registrations as i64).await?;
+        let target = format!("{api}/api/v1/events/{event}/registrations");
+        let c = client.clone();
+        runs.push(
+            drive(args.clients, tokens.clone(), move |token: String| {
+                let (client, target) = (c.clone(), target.clone());
+                async move {
+                    matches!(client.post(&target).bearer_auth(token).send().await, Ok(r) if r.status() == 201)
+                }
+            })
+            .await,
+        );
+    }
     node.shutdown().await;
     drop_postgres(base, &url).await;
-    Ok(run)
+    Ok(convene_bench::Run::merge(&runs))
 }
 
 #[tokio::main]
@@ -117,8 +134,8 @@ async fn main() -> anyhow::Result<()> {
         )
     })?;
     println!(
-        "registration: one hot event, {} registrations, {} concurrent clients",
-        args.registrations, args.clients
+        "registration: {} rounds of one hot event, {} registrations each, {} concurrent clients",
+        args.rounds, args.registrations, args.clients
     );
     let base_run = baseline(&base, &args).await?;
     let convene_run = through_convene(&base, &args).await?;
