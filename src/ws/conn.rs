@@ -74,7 +74,9 @@ pub(super) async fn serve(
     token: Option<String>,
     trace: Option<Arc<str>>,
 ) {
-    let Some(user_id) = authenticate(&app, &mut socket, token).await else {
+    // Futures awaited once or now and then are boxed: inline, their state would be part of
+    // the connection's task for as long as it lives, idle or not.
+    let Some(user_id) = Box::pin(authenticate(&app, &mut socket, token)).await else {
         let _ = socket.send(close(CLOSE_UNAUTHORIZED, "unauthorized")).await;
         return;
     };
@@ -114,13 +116,13 @@ pub(super) async fn serve(
         app.metrics.ws_slow_consumers.inc();
     }
     // Let the client answer the close frame before the socket goes.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), async {
         while let Some(Ok(msg)) = stream.next().await {
             if msg.is_close() {
                 break;
             }
         }
-    })
+    }))
     .await;
 }
 
@@ -248,7 +250,7 @@ async fn read(
                     tracing::info_span!("frame", conn = conn.id, trace_id = tracing::field::Empty);
                 let own = convene_cluster::trace::enter(&span, trace);
                 let handled = convene_cluster::trace::scope(own.into(), session.handle(frame));
-                tracing::Instrument::instrument(handled, span).await;
+                Box::pin(tracing::Instrument::instrument(handled, span)).await;
             }
             Err(e) => {
                 conn.push(ServerFrame::error(e.reference, e.reason, e.message).encode());
