@@ -99,8 +99,12 @@ macro_rules! write_outbox {
                 row.push_bind(event.message_id)
                     .push_bind(event.topic.clone())
                     .push_bind(event.key.clone())
-                    .push_bind(Json(event.payload.clone()))
-                    .push_bind(event.occurred_at)
+                    .push_bind(event.payload.to_string());
+                // Text in, typed by the column: `json` on PostgreSQL, `TEXT` on SQLite.
+                if matches!($store.db, Db::Postgres(_)) {
+                    row.push_unseparated("::json");
+                }
+                row.push_bind(event.occurred_at)
                     .push_bind(event.traceparent.clone());
             });
             qb.build().execute(&mut *$tx).await.map_err(unavailable)?;
