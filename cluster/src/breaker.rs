@@ -195,12 +195,19 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert!(b.allow(), "after the pause, one trial");
         assert!(!b.allow(), "and only one");
+        let failed = std::time::Instant::now();
         b.failure("trial failed");
         assert!(!b.allow(), "a failed trial opens it again, for longer");
         std::thread::sleep(Duration::from_millis(60));
-        assert!(!b.allow(), "the pause doubled");
+        // A loaded machine may oversleep past the doubled pause (80 ms): the check holds only
+        // while it has not.
+        let allowed = b.allow();
+        assert!(
+            !allowed || failed.elapsed() >= Duration::from_millis(80),
+            "the pause doubled"
+        );
         std::thread::sleep(Duration::from_millis(60));
-        assert!(b.allow());
+        assert!(allowed || b.allow());
         b.success();
         assert!(
             !b.is_open() && b.allow() && b.allow(),
