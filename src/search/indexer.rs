@@ -1,7 +1,8 @@
 //! The indexer: an actor on every node that keeps the node's search index following the
 //! outbox in commit order, past the position its last commit recorded, so no event is ever
-//! skipped, and commits at most every [`SPACING`] while it keeps up; it rebuilds the index from the tables when it is missing, of an older schema, or
-//! behind rows already pruned from the outbox.
+//! skipped, and commits at most every [`SPACING`] while it keeps up; it rebuilds the index from
+//! the tables when it is missing, of an older schema, or behind rows already pruned from the
+//! outbox.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
