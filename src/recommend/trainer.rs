@@ -132,6 +132,37 @@ fn taken(interactions: &[Interaction]) -> HashSet<(i64, i64)> {
     held
 }
 
+/// The training thread's priority: nice 10, so that while requests keep the cores busy they get
+/// about nine tenths of the time and training the rest, and an idle node trains at full speed.
+const TRAINING_PRIORITY: u8 = 22;
+
+/// Runs `work` on a thread of its own at [`TRAINING_PRIORITY`] (the threads it starts inherit
+/// it), and waits for its result.
+async fn in_background<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("convene-trainer".into())
+        .spawn(move || {
+            let lowered = thread_priority::ThreadPriorityValue::try_from(TRAINING_PRIORITY)
+                .map_err(|e| e.to_owned())
+                .and_then(|p| {
+                    thread_priority::set_current_thread_priority(
+                        thread_priority::ThreadPriority::Crossplatform(p),
+                    )
+                    .map_err(|e| e.to_string())
+                });
+            if let Err(e) = lowered {
+                tracing::debug!(error = %e, "the training thread keeps the usual priority");
+            }
+            let _ = done.send(work());
+        })?;
+    result
+        .await
+        .map_err(|_| anyhow::anyhow!("the training thread panicked"))?
+}
+
 /// Trains, evaluates and stores a model; its version.
 async fn train(store: SqlStore, settings: TrainerSettings) -> anyhow::Result<i64> {
     let started = Instant::now();
@@ -139,7 +170,7 @@ async fn train(store: SqlStore, settings: TrainerSettings) -> anyhow::Result<i64
     let homes = store.user_homes().await?;
     let read = started.elapsed();
     let n = interactions.len();
-    let (bytes, metrics) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let (bytes, metrics) = in_background(move || -> anyhow::Result<_> {
         let eval = evaluate(
             &items,
             &interactions,
@@ -168,7 +199,7 @@ async fn train(store: SqlStore, settings: TrainerSettings) -> anyhow::Result<i64
         );
         Ok((model.to_bytes()?, serde_json::Value::Object(metrics)))
     })
-    .await??;
+    .await?;
     let version = store.save_model(&bytes, last, &metrics).await?;
     let pruned = store.prune_models(settings.keep).await?;
     tracing::info!(
