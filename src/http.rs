@@ -115,7 +115,8 @@ fn api_routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(asyncapi::routes())
         .unify();
-    let (metrics, tracker, admin_app) = (app.metrics.clone(), app.tracker.clone(), app.clone());
+    // warp clones a `map`'s closure into every request's future: it holds the app alone, one
+    // reference count, rather than the metric families and the tracker, dozens of them.
     warp::any()
         .map(Instant::now)
         .and(warp::method())
@@ -129,6 +130,8 @@ fn api_routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
                 let endpoint = route_template(path.as_str());
                 let status = res.status();
                 let headers = res.headers_mut();
+                // Room at once for these and the request id and trace the edge adds.
+                headers.reserve(SECURITY_HEADERS.len() + 2);
                 for (name, value) in SECURITY_HEADERS {
                     if !headers.contains_key(name) {
                         headers.insert(name, warp::http::HeaderValue::from_static(value));
@@ -146,19 +149,19 @@ fn api_routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
                             .insert("allow", warp::http::HeaderValue::from_static(allow));
                     }
                 }
-                metrics
+                app.metrics
                     .http_requests
                     .with_label_values(&[method.as_str(), endpoint, status.as_str()])
                     .inc();
-                metrics
+                app.metrics
                     .http_duration
                     .with_label_values(&[method.as_str(), endpoint])
                     .observe(start.elapsed().as_secs_f64());
-                tracker.request(status.as_u16());
+                app.tracker.request(status.as_u16());
                 if status.is_server_error() {
                     tracing::warn!(%method, route = endpoint, status = status.as_u16(), "server error");
-                    admin_app.admin.record_error(
-                        admin_app.cluster.local(),
+                    app.admin.record_error(
+                        app.cluster.local(),
                         method.as_str(),
                         endpoint,
                         status.as_u16(),
@@ -272,7 +275,11 @@ pub fn request_id(headers: &warp::http::HeaderMap) -> String {
         });
     match given {
         Some(id) => id.to_owned(),
-        None => format!("{:016x}", rand::random::<u64>()),
+        None => {
+            let mut id = String::with_capacity(16);
+            convene_cluster::trace::push_hex(&mut id, &rand::random::<[u8; 8]>());
+            id
+        }
     }
 }
 
