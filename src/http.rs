@@ -275,11 +275,7 @@ pub fn request_id(headers: &warp::http::HeaderMap) -> String {
         });
     match given {
         Some(id) => id.to_owned(),
-        None => {
-            let mut id = String::with_capacity(16);
-            convene_cluster::trace::push_hex(&mut id, &rand::random::<[u8; 8]>());
-            id
-        }
+        None => hex::encode(rand::random::<[u8; 8]>()),
     }
 }
 

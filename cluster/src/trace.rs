@@ -80,32 +80,22 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
 /// A new `traceparent` continuing `given` (its trace id, a new parent id) when it is valid, else
 /// starting a new trace.
 pub fn continue_or_start(given: Option<&str>) -> String {
-    let mut out = String::with_capacity(55);
-    out.push_str("00-");
-    match given.and_then(trace_id) {
-        Some(id) => out.extend(id.chars().map(|c| c.to_ascii_lowercase())),
+    let id = match given.and_then(trace_id) {
+        Some(id) => id.to_ascii_lowercase(),
         None => {
             let mut id: [u8; 16] = rand::random();
             id[15] |= 1; // never all zeros, which the format forbids
-            push_hex(&mut out, &id);
+            hex::encode(id)
         }
-    }
-    out.push('-');
+    };
     let mut parent: [u8; 8] = rand::random();
     parent[7] |= 1;
-    push_hex(&mut out, &parent);
-    out.push_str("-01");
-    out
-}
-
-/// Pushes `bytes` onto `out` as lowercase hex (every request makes ids: no formatting
-/// machinery for them).
-pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    // Built by pushing, not `format!`: every request makes one.
+    let mut out = String::with_capacity(55);
+    for part in ["00-", &id, "-", &hex::encode(parent), "-01"] {
+        out.push_str(part);
     }
+    out
 }
 
 #[cfg(test)]
@@ -133,8 +123,5 @@ mod tests {
         assert_eq!(fresh.len(), 55);
         let upper = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01";
         assert!(continue_or_start(Some(upper)).starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        let mut hex = String::new();
-        push_hex(&mut hex, &[0x00, 0x0f, 0xa5, 0xff]);
-        assert_eq!(hex, "000fa5ff");
     }
 }

@@ -132,8 +132,9 @@ fn taken(interactions: &[Interaction]) -> HashSet<(i64, i64)> {
     held
 }
 
-/// The training thread's priority: nice 10, so that while requests keep the cores busy they get
-/// about nine tenths of the time and training the rest, and an idle node trains at full speed.
+/// The training thread's priority: nice 10 (`thread-priority` maps 0..=99 onto nice 19..=-20),
+/// so that while requests keep the cores busy they get about nine tenths of the time and
+/// training the rest, and an idle node trains at full speed.
 const TRAINING_PRIORITY: u8 = 22;
 
 /// Runs `work` on a thread of its own at [`TRAINING_PRIORITY`] (the threads it starts inherit
