@@ -26,17 +26,18 @@ use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use warp::http::StatusCode;
+use warp::http::header::{self, HeaderName};
 use warp::reply::Response;
 use warp::{Buf, Filter, Rejection, Reply};
 
 use crate::app::App;
 use error::ApiError;
 
-/// Every route of a node, with error recovery, request metrics, security headers, and CORS
-/// for the configured origins.
+/// Every route of a node, with error recovery, and CORS for the configured origins. What every
+/// answer gets besides (metrics, security headers) is added by [`finish`], outside the filters.
 pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
     let cors = cors(&app.config);
-    let routes = api_routes(app);
+    let routes = api_routes(app).recover(error::recover).unify();
     match cors {
         None => routes.boxed(),
         Some(cors) => routes
@@ -78,19 +79,22 @@ fn cors(config: &crate::config::Config) -> Option<warp::filters::cors::Builder> 
 }
 
 /// Headers every answer carries unless its handler set its own.
-const SECURITY_HEADERS: [(&str, &str); 4] = [
-    ("x-content-type-options", "nosniff"),
-    ("x-frame-options", "DENY"),
-    ("referrer-policy", "no-referrer"),
+const SECURITY_HEADERS: [(HeaderName, &str); 4] = [
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::REFERRER_POLICY, "no-referrer"),
     (
-        "content-security-policy",
+        header::CONTENT_SECURITY_POLICY,
         "default-src 'none'; frame-ancestors 'none'",
     ),
 ];
 
-fn api_routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+/// Headers the edge adds to every answer besides the security headers.
+const EDGE_HEADERS: usize = 2;
+
+fn api_routes(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     // The busiest routes first: an `or` tries its filters in order.
-    let api = events::routes(app.clone())
+    events::routes(app.clone())
         .or(registrations::routes(app.clone()))
         .unify()
         .or(search::routes(app.clone()))
@@ -111,65 +115,63 @@ fn api_routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(cluster::routes(app.clone()))
         .unify()
-        .or(admin::routes(app.clone()))
+        .or(admin::routes(app))
         .unify()
         .or(asyncapi::routes())
-        .unify();
-    // warp clones a `map`'s closure into every request's future: it holds the app alone, one
-    // reference count, rather than the metric families and the tracker, dozens of them.
-    warp::any()
-        .map(Instant::now)
-        .and(warp::method())
-        .and(warp::path::full())
-        .and(api.recover(error::recover).unify())
-        .map(
-            move |start: Instant,
-                  method: warp::http::Method,
-                  path: warp::path::FullPath,
-                  mut res: Response| {
-                let endpoint = route_template(path.as_str());
-                let status = res.status();
-                let headers = res.headers_mut();
-                // Room at once for these and the request id and trace the edge adds.
-                headers.reserve(SECURITY_HEADERS.len() + 2);
-                for (name, value) in SECURITY_HEADERS {
-                    if !headers.contains_key(name) {
-                        headers.insert(name, warp::http::HeaderValue::from_static(value));
-                    }
-                }
-                if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    // The rest of the body was never read: this connection cannot carry another
-                    // request, so tell the client not to reuse it.
-                    res.headers_mut()
-                        .insert("connection", warp::http::HeaderValue::from_static("close"));
-                }
-                if status == StatusCode::METHOD_NOT_ALLOWED {
-                    if let Some(allow) = allowed_methods(endpoint) {
-                        res.headers_mut()
-                            .insert("allow", warp::http::HeaderValue::from_static(allow));
-                    }
-                }
-                app.metrics
-                    .http_requests
-                    .with_label_values(&[method.as_str(), endpoint, status.as_str()])
-                    .inc();
-                app.metrics
-                    .http_duration
-                    .with_label_values(&[method.as_str(), endpoint])
-                    .observe(start.elapsed().as_secs_f64());
-                app.tracker.request(status.as_u16());
-                if status.is_server_error() {
-                    tracing::warn!(%method, route = endpoint, status = status.as_u16(), "server error");
-                    app.admin.record_error(
-                        app.cluster.local(),
-                        method.as_str(),
-                        endpoint,
-                        status.as_u16(),
-                    );
-                }
-                res
-            },
-        )
+        .unify()
+}
+
+/// What every answer gets on its way out, whoever made it (a route, the rate limiter, a
+/// WebSocket upgrade): the security headers its handler did not set, `Allow` on a 405,
+/// `Connection: close` after a body too large to read, and the request's metrics, counted
+/// under its route template (`endpoint`, from [`route_template`]).
+pub fn finish(
+    app: &App,
+    started: Instant,
+    method: &warp::http::Method,
+    endpoint: &'static str,
+    res: &mut Response,
+) {
+    let status = res.status();
+    let headers = res.headers_mut();
+    // Room at once for these and the request id and trace the edge adds.
+    headers.reserve(SECURITY_HEADERS.len() + EDGE_HEADERS);
+    for (name, value) in SECURITY_HEADERS {
+        headers
+            .entry(name)
+            .or_insert(warp::http::HeaderValue::from_static(value));
+    }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was never read: this connection cannot carry another request,
+        // so tell the client not to reuse it.
+        headers.insert(
+            header::CONNECTION,
+            warp::http::HeaderValue::from_static("close"),
+        );
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        if let Some(allow) = allowed_methods(endpoint) {
+            headers.insert(header::ALLOW, warp::http::HeaderValue::from_static(allow));
+        }
+    }
+    app.metrics
+        .http_requests
+        .with_label_values(&[method.as_str(), endpoint, status.as_str()])
+        .inc();
+    app.metrics
+        .http_duration
+        .with_label_values(&[method.as_str(), endpoint])
+        .observe(started.elapsed().as_secs_f64());
+    app.tracker.request(status.as_u16());
+    if status.is_server_error() {
+        tracing::warn!(%method, route = endpoint, status = status.as_u16(), "server error");
+        app.admin.record_error(
+            app.cluster.local(),
+            method.as_str(),
+            endpoint,
+            status.as_u16(),
+        );
+    }
 }
 
 /// Every route template and the methods it takes.
@@ -275,7 +277,12 @@ pub fn request_id(headers: &warp::http::HeaderMap) -> String {
         });
     match given {
         Some(id) => id.to_owned(),
-        None => hex::encode(rand::random::<[u8; 8]>()),
+        None => {
+            let mut id = [0u8; 16];
+            // Cannot fail: the buffer holds two digits per byte.
+            let _ = hex::encode_to_slice(rand::random::<[u8; 8]>(), &mut id);
+            String::from_utf8_lossy(&id).into_owned()
+        }
     }
 }
 
@@ -365,7 +372,7 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
 fn json_bytes(body: bytes::Bytes) -> Response {
     let mut res = Response::new(body.into());
     res.headers_mut().insert(
-        "content-type",
+        header::CONTENT_TYPE,
         warp::http::HeaderValue::from_static("application/json"),
     );
     res

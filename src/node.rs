@@ -147,6 +147,9 @@ fn membership(config: &Config, http: SocketAddr) -> anyhow::Result<Option<Networ
     }))
 }
 
+const X_REQUEST_ID: warp::http::HeaderName = warp::http::HeaderName::from_static("x-request-id");
+const TRACEPARENT: warp::http::HeaderName = warp::http::HeaderName::from_static("traceparent");
+
 /// Serves HTTP on `listener` until `stop` fires, then lets requests in flight finish. WebSocket
 /// upgrades at `/ws` are taken here, before the routes, so the socket is configured by us;
 /// everything else goes to the warp routes.
@@ -180,6 +183,9 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
                 // else a new one. It is echoed in the answer and carried by every log line
                 // written while the request is handled.
                 let id = crate::http::request_id(req.headers());
+                let started = Instant::now();
+                let method = req.method().clone();
+                let endpoint = crate::http::route_template(req.uri().path());
                 // Its trace: the caller's `traceparent` continued, or a new one; carried to the
                 // owners of the entities it reaches on other nodes, and echoed.
                 let span = tracing::info_span!("request", id = %id, trace_id = tracing::field::Empty, method = %req.method(), path = %req.uri().path());
@@ -191,11 +197,13 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
                 );
                 let trace: std::sync::Arc<str> = traceparent.into();
                 let echoed = trace.clone();
+                let finishing = app.clone();
                 let handled = async move {
                     if app.limiter.is_on() && !crate::limits::exempt(req.uri().path()) {
-                        if let Err(refused) =
-                            crate::limits::admit(&app, req.headers(), peer.ip()).await
-                        {
+                        // On the heap: it holds a Redis round trip, and most nodes set no limit.
+                        let admitted =
+                            Box::pin(crate::limits::admit(&app, req.headers(), peer.ip())).await;
+                        if let Err(refused) = admitted {
                             return Ok(warp::Reply::into_response(refused));
                         }
                     }
@@ -205,17 +213,25 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
                         tower_service::Service::call(&mut routes, req).await
                     }
                 };
-                async move {
-                    let handled = convene_cluster::trace::scope(trace, handled);
-                    let mut res = tracing::Instrument::instrument(handled, span).await?;
-                    if let Ok(value) = warp::http::HeaderValue::from_str(&id) {
-                        res.headers_mut().insert("x-request-id", value);
-                    }
-                    if let Ok(value) = warp::http::HeaderValue::from_str(&echoed) {
-                        res.headers_mut().insert("traceparent", value);
-                    }
-                    Ok::<_, std::convert::Infallible>(res)
-                }
+                // Combinators rather than another `async` block: hyper moves this future into
+                // place for every request, and each async layer would hold `handled` again.
+                // The answer is finished inside the request's span, so its log lines carry it.
+                let handled = convene_cluster::trace::scope(trace, handled);
+                let finished = futures::FutureExt::map(
+                    handled,
+                    move |res: Result<warp::reply::Response, std::convert::Infallible>| {
+                        let mut res = res?;
+                        crate::http::finish(&finishing, started, &method, endpoint, &mut res);
+                        if let Ok(value) = warp::http::HeaderValue::from_str(&id) {
+                            res.headers_mut().insert(X_REQUEST_ID, value);
+                        }
+                        if let Ok(value) = warp::http::HeaderValue::from_str(&echoed) {
+                            res.headers_mut().insert(TRACEPARENT, value);
+                        }
+                        Ok::<_, std::convert::Infallible>(res)
+                    },
+                );
+                tracing::Instrument::instrument(finished, span)
             },
         );
         let connection = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -227,6 +227,8 @@ impl Actor for EventActor {
         if !matches!(message, EventMessage::Tick) {
             state.idle.touch();
         }
+        // The writes wait on the store in futures of their own, on the heap: this one, which
+        // every read builds and moves, stays a few hundred bytes.
         match message {
             EventMessage::Get { reply } => {
                 let _ = reply.send(state.json());
@@ -262,17 +264,17 @@ impl Actor for EventActor {
                     // handed off) takes no new messages: it commits at once instead.
                     state.flush_scheduled = true;
                     if myself.cast(EventMessage::Flush).is_err() {
-                        state.flush().await;
+                        Box::pin(state.flush()).await;
                     }
                 }
             }
-            EventMessage::Flush => state.flush().await,
+            EventMessage::Flush => Box::pin(state.flush()).await,
             EventMessage::Cancel {
                 user_id,
                 trace,
                 reply,
             } => {
-                let answer = within(trace.as_deref(), state.cancel(user_id)).await;
+                let answer = Box::pin(within(trace.as_deref(), state.cancel(user_id))).await;
                 let _ = reply.send(answer);
             }
             EventMessage::Update {
@@ -282,8 +284,11 @@ impl Actor for EventActor {
                 trace,
                 reply,
             } => {
-                let answer =
-                    within(trace.as_deref(), state.update(&principal, patch, if_match)).await;
+                let answer = Box::pin(within(
+                    trace.as_deref(),
+                    state.update(&principal, patch, if_match),
+                ))
+                .await;
                 let _ = reply.send(answer);
             }
             EventMessage::Delete {
@@ -291,7 +296,7 @@ impl Actor for EventActor {
                 trace,
                 reply,
             } => {
-                let answer = within(trace.as_deref(), state.delete(&principal)).await;
+                let answer = Box::pin(within(trace.as_deref(), state.delete(&principal))).await;
                 let _ = reply.send(answer);
             }
             EventMessage::ListRegistrations { principal, reply } => {

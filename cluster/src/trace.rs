@@ -38,9 +38,10 @@ tokio::task_local! {
     static CURRENT: Arc<str>;
 }
 
-/// Runs `work` with `traceparent` as its trace context.
-pub async fn scope<F: Future>(traceparent: Arc<str>, work: F) -> F::Output {
-    CURRENT.scope(traceparent, work).await
+/// Runs `work` with `traceparent` as its trace context. A plain function, not an `async` one:
+/// the future it answers holds `work` once, not twice.
+pub fn scope<F: Future>(traceparent: Arc<str>, work: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(traceparent, work)
 }
 
 /// Runs `work` with `traceparent` as its trace context when there is one.
@@ -80,22 +81,24 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
 /// A new `traceparent` continuing `given` (its trace id, a new parent id) when it is valid, else
 /// starting a new trace.
 pub fn continue_or_start(given: Option<&str>) -> String {
-    let id = match given.and_then(trace_id) {
-        Some(id) => id.to_ascii_lowercase(),
-        None => {
-            let mut id: [u8; 16] = rand::random();
-            id[15] |= 1; // never all zeros, which the format forbids
-            hex::encode(id)
+    // `00-` + 32 digits + `-` + 16 digits + `-01`, written in place: every request makes one.
+    let mut out = *b"00-________________________________-________________-01";
+    let (id, parent) = out[3..52].split_at_mut(32);
+    match given.and_then(trace_id) {
+        Some(given) => {
+            id.copy_from_slice(given.as_bytes());
+            id.make_ascii_lowercase();
         }
-    };
-    let mut parent: [u8; 8] = rand::random();
-    parent[7] |= 1;
-    // Built by pushing, not `format!`: every request makes one.
-    let mut out = String::with_capacity(55);
-    for part in ["00-", &id, "-", &hex::encode(parent), "-01"] {
-        out.push_str(part);
+        None => {
+            let mut fresh: [u8; 16] = rand::random();
+            fresh[15] |= 1; // never all zeros, which the format forbids
+            let _ = hex::encode_to_slice(fresh, id);
+        }
     }
-    out
+    let mut span: [u8; 8] = rand::random();
+    span[7] |= 1;
+    let _ = hex::encode_to_slice(span, &mut parent[1..]);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
