@@ -371,6 +371,9 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
 /// bytes).
 fn json_bytes(body: bytes::Bytes) -> Response {
     let mut res = Response::new(body.into());
+    // Room for its own headers (the type, a handler's one or two) and the edge's, at once.
+    *res.headers_mut() =
+        warp::http::HeaderMap::with_capacity(4 + SECURITY_HEADERS.len() + EDGE_HEADERS);
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         warp::http::HeaderValue::from_static("application/json"),

@@ -7,7 +7,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use convene_cluster::{Activation, EntityFactory, EntityKey, Inspect, ShardMessage, Spawning};
+use convene_cluster::{
+    Activation, EntityFactory, EntityKey, Inspect, ShardMessage, Spawning, View,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 
@@ -158,6 +160,8 @@ pub struct EventState {
     store: Arc<dyn Store>,
     shard: ActorRef<ShardMessage<EventMessage>>,
     idle: Idle,
+    /// Its JSON, published for reads on this node.
+    view: View,
     /// `None` when no such event exists.
     event: Option<Event>,
     /// The JSON of `event`, kept until its version or its curation changes.
@@ -203,6 +207,7 @@ impl Actor for EventActor {
             store: args.store,
             shard: args.shard,
             idle: Idle::new(args.idle_after),
+            view: args.view,
             event: None,
             json: None,
             curation: None,
@@ -226,6 +231,18 @@ impl Actor for EventActor {
     ) -> Result<(), ActorProcessingErr> {
         if !matches!(message, EventMessage::Tick) {
             state.idle.touch();
+        }
+        let reads_only = matches!(
+            message,
+            EventMessage::Get { .. }
+                | EventMessage::Access { .. }
+                | EventMessage::ListRegistrations { .. }
+                | EventMessage::Tick
+        );
+        if !reads_only {
+            // Withdrawn before anything may change, so no read is served from it once the
+            // change is acknowledged; published again below.
+            state.view.clear();
         }
         // The writes wait on the store in futures of their own, on the heap: this one, which
         // every read builds and moves, stays a few hundred bytes.
@@ -322,6 +339,9 @@ impl Actor for EventActor {
                 let _ = reply.send(answer);
             }
             EventMessage::Tick => {
+                if state.view.take_read() {
+                    state.idle.touch();
+                }
                 if state.pending.is_empty() {
                     state.idle.check(&state.shard, &state.key);
                 }
@@ -331,6 +351,11 @@ impl Actor for EventActor {
                 state.json = None;
             }
             EventMessage::InjectFault => panic!("fault injected into {}", state.key),
+        }
+        if !state.view.is_published() {
+            if let Ok(json) = state.json() {
+                state.view.publish(json);
+            }
         }
         if state.event.is_none() {
             state.idle.release(&state.shard, &state.key);

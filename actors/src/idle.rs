@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use convene_cluster::{Activation, EntityKey, ShardMessage};
+use convene_cluster::{Activation, EntityKey, ShardMessage, View};
 use ractor::{ActorRef, Message};
 
 use crate::store::Store;
@@ -16,6 +16,8 @@ pub struct EntityArgs<M> {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) shard: ActorRef<ShardMessage<M>>,
     pub(crate) idle_after: Duration,
+    /// Where the actor publishes its answer to reads.
+    pub(crate) view: View,
 }
 
 impl<M> EntityArgs<M> {
@@ -25,6 +27,7 @@ impl<M> EntityArgs<M> {
             store,
             shard: activation.shard.clone(),
             idle_after: activation.passivate_after,
+            view: activation.view(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! a key's messages go direct only while none sent through the shard is still on its way to the
 //! actor, and an actor leaves the directory before it is drained or stopped.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -11,16 +12,21 @@ use std::sync::{Arc, PoisonError, RwLock};
 use ractor::{ActorRef, Message, MessagingErr};
 
 use crate::EntityKey;
-use crate::probe::Probe;
+use crate::probe::{KindProbes, Probe};
+use crate::view::View;
 
 /// Running entity actors by key.
 pub(crate) struct Directory<M> {
     entries: RwLock<HashMap<EntityKey, Arc<Entry<M>>>>,
 }
 
+/// A running actor with its probe and its view.
+type Running<M> = (ActorRef<M>, Arc<Probe>, View);
+
 struct Entry<M> {
-    /// The running actor and its probe; `None` while it starts, drains or after it stopped.
-    actor: RwLock<Option<(ActorRef<M>, Arc<Probe>)>>,
+    /// The running actor, its probe and its view; `None` while it starts, drains or after it
+    /// stopped.
+    actor: RwLock<Option<Running<M>>>,
     /// Messages for the key sent through the shard that are not yet in the actor's mailbox.
     in_flight: AtomicUsize,
 }
@@ -86,7 +92,7 @@ impl<M: Message> Directory<M> {
             let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(entry) = entries.get(key) {
                 let actor = entry.actor.read().unwrap_or_else(PoisonError::into_inner);
-                if let Some((actor, probe)) = actor.as_ref()
+                if let Some((actor, probe, _)) = actor.as_ref()
                     && entry.in_flight.load(Ordering::Acquire) == 0
                 {
                     // Counted before it is sent: the actor may handle it at once.
@@ -112,9 +118,34 @@ impl<M: Message> Directory<M> {
     }
 
     /// The actor of `key` runs and has every message the shard held for it.
-    pub(crate) fn running(&self, key: &EntityKey, actor: ActorRef<M>, probe: Arc<Probe>) {
+    pub(crate) fn running(
+        &self,
+        key: &EntityKey,
+        actor: ActorRef<M>,
+        probe: Arc<Probe>,
+        view: View,
+    ) {
         let entry = self.entry(key);
-        *entry.actor.write().unwrap_or_else(PoisonError::into_inner) = Some((actor, probe));
+        *entry.actor.write().unwrap_or_else(PoisonError::into_inner) = Some((actor, probe, view));
+    }
+
+    /// What the running actor of `key` published, if it runs and published a `V`; counted as
+    /// a read of it in `probes`.
+    pub(crate) fn view<V: Any + Send + Sync>(
+        &self,
+        key: &EntityKey,
+        probes: &KindProbes,
+    ) -> Option<Arc<V>> {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let actor = entries
+            .get(key)?
+            .actor
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (_, probe, view) = actor.as_ref()?;
+        let answer = view.read()?;
+        probes.read(probe);
+        Some(answer)
     }
 
     /// The actor of `key` is about to drain or stop, or has stopped: messages go through the

@@ -20,6 +20,7 @@ mod registry;
 mod router;
 mod shard;
 pub mod trace;
+mod view;
 pub mod wire;
 
 pub use directory::Ticket;
@@ -35,3 +36,4 @@ pub use router::{AskError, Router};
 pub use shard::{
     Activation, EntityFactory, KindSettings, Shard, ShardArgs, ShardMessage, ShardStats, Spawning,
 };
+pub use view::View;

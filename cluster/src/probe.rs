@@ -75,6 +75,8 @@ pub struct Probe {
     started_ms: i64,
     waiting: AtomicI64,
     handled: AtomicU64,
+    /// Reads answered from its published view, without a message.
+    reads: AtomicU64,
     /// Handled at the last sample, and the messages per second since the one before.
     sampled: AtomicU64,
     rate: AtomicU64,
@@ -87,6 +89,7 @@ impl Probe {
             started_ms: now_ms(),
             waiting: AtomicI64::new(0),
             handled: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             sampled: AtomicU64::new(0),
             rate: AtomicU64::new(0),
             recent: Mutex::new(Recent {
@@ -187,6 +190,9 @@ pub struct EntityReport {
     pub messages_per_sec: u64,
     /// Messages handled since it was activated.
     pub handled: u64,
+    /// Reads answered from what it published since it was activated: no message, no mailbox.
+    #[serde(default)]
+    pub reads: u64,
     /// The last messages it handled, oldest first.
     pub last: Vec<Handled>,
     /// A summary of its state.
@@ -208,6 +214,9 @@ pub struct KindReport {
     pub messages_per_sec: u64,
     /// Messages handled since the node started.
     pub handled: u64,
+    /// Reads answered from what entities published since the node started, without messages.
+    #[serde(default)]
+    pub reads: u64,
     /// Median handling time over the last ten seconds, in milliseconds.
     pub p50_ms: f64,
     /// 99th percentile of the handling time over the last ten seconds, in milliseconds.
@@ -240,6 +249,7 @@ pub struct KindProbes {
     entities: RwLock<HashMap<EntityKey, Arc<Probe>>>,
     buckets: [AtomicU64; BUCKETS],
     handled: AtomicU64,
+    reads: AtomicU64,
     rate: AtomicU64,
     mailbox: AtomicU64,
     /// Bucket counts at each of the last samples, oldest first.
@@ -265,6 +275,7 @@ impl KindProbes {
             entities: RwLock::new(HashMap::new()),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             handled: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             rate: AtomicU64::new(0),
             mailbox: AtomicU64::new(0),
             history: Mutex::new(VecDeque::with_capacity(WINDOW + 1)),
@@ -376,6 +387,12 @@ impl KindProbes {
         })
     }
 
+    /// A read of the entity `probe` watches was answered from its view.
+    pub(crate) fn read(&self, probe: &Probe) {
+        probe.reads.fetch_add(1, Ordering::Relaxed);
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn report(
         &self,
         restarts: u64,
@@ -390,6 +407,7 @@ impl KindProbes {
             mailbox: self.mailbox.load(Ordering::Relaxed),
             messages_per_sec: self.rate.load(Ordering::Relaxed),
             handled: self.handled.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
             p50_ms,
             p99_ms,
             restarts,
@@ -453,6 +471,7 @@ impl KindProbes {
             mailbox: brief.mailbox,
             messages_per_sec: brief.messages_per_sec,
             handled: brief.handled,
+            reads: probe.reads.load(Ordering::Relaxed),
             last: recent
                 .last
                 .iter()

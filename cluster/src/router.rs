@@ -2,6 +2,7 @@
 //! message for a key this node owns goes to the local shard; one for a key another member owns
 //! is forwarded in one hop to that member's router actor, and its answer comes back the same way.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +14,9 @@ use tokio::sync::oneshot;
 use crate::directory::Directory;
 use crate::probe::KindProbes;
 use crate::registry::LocalKind;
-use crate::shard::{EntityFactory, KindSettings, Shard, ShardArgs, deliver_local, route};
+use crate::shard::{
+    EntityFactory, KindSettings, Shard, ShardArgs, deliver_local, remote_owner, route,
+};
 use crate::wire::{Answer, Forwardable, WireError};
 use crate::{Cluster, EntityKey, ShardMessage, ShardStats};
 
@@ -107,6 +110,15 @@ impl<M: Forwardable> Router<M> {
         } else {
             Err(AskError::Unavailable)
         }
+    }
+
+    /// What the entity of `key` published for reads (see [`crate::View`]), when this node owns
+    /// the key, its actor runs here, and it published a `V`; otherwise ask it.
+    pub fn view<V: Any + Send + Sync>(&self, key: &EntityKey) -> Option<Arc<V>> {
+        if remote_owner::<M>(&self.cluster, key).is_some() {
+            return None;
+        }
+        self.directory.view(key, &self.probes)
     }
 
     /// Sends the message built by `build` to the entity of `key` and waits for its reply.

@@ -20,10 +20,11 @@ mod forward;
 
 use crate::directory::{Directory, Ticket};
 use crate::probe::{Inspect, KindProbes, Probe, Probed};
+use crate::view::View;
 use crate::wire::Forwardable;
 use crate::{Cluster, EntityKey};
-use forward::{Forward, remote_owner};
-pub(crate) use forward::{deliver_local, route};
+use forward::Forward;
+pub(crate) use forward::{deliver_local, remote_owner, route};
 
 /// The spawn of one entity actor, in flight.
 pub type Spawning<M> = Pin<Box<dyn Future<Output = Result<ActorRef<M>, SpawnErr>> + Send>>;
@@ -51,6 +52,14 @@ pub struct Activation<M> {
     pub passivate_after: Duration,
     probe: Arc<Probe>,
     probes: Arc<KindProbes>,
+    view: View,
+}
+
+impl<M> Activation<M> {
+    /// Where the new actor publishes its answer to reads (see [`View`]).
+    pub fn view(&self) -> View {
+        self.view.clone()
+    }
 }
 
 impl<M: Forwardable> Activation<M> {
@@ -113,6 +122,8 @@ pub enum ShardMessage<M> {
         result: Result<ActorRef<M>, String>,
         /// The activation's probe.
         probe: Arc<Probe>,
+        /// The activation's view.
+        view: View,
     },
     /// How many entities are active, for metrics and the console.
     Stats(RpcReplyPort<ShardStats>),
@@ -192,19 +203,26 @@ impl<F: EntityFactory> ShardState<F> {
         let probes = self.args.probes.clone();
         tokio::spawn(async move {
             let probe = Probe::new();
+            let view = View::default();
             let activation = Activation {
                 shard: me.clone(),
                 supervisor: me.get_cell(),
                 passivate_after,
                 probe: probe.clone(),
                 probes,
+                view: view.clone(),
             };
             let result = factory
                 .spawn(key.clone(), activation)
                 .await
                 .map_err(|e| e.to_string());
             // If the shard is gone the new actor is linked to it and stops with it.
-            let _ = me.cast(ShardMessage::Started { key, result, probe });
+            let _ = me.cast(ShardMessage::Started {
+                key,
+                result,
+                probe,
+                view,
+            });
         });
     }
 
@@ -382,7 +400,12 @@ impl<F: EntityFactory> Actor for Shard<F> {
             ShardMessage::Deliver { key, msg, ticket } => {
                 state.deliver(&myself, key, msg, ticket);
             }
-            ShardMessage::Started { key, result, probe } => {
+            ShardMessage::Started {
+                key,
+                result,
+                probe,
+                view,
+            } => {
                 let Some(Slot::Starting(buf)) = state.slots.remove(&key) else {
                     return Ok(());
                 };
@@ -397,7 +420,7 @@ impl<F: EntityFactory> Actor for Shard<F> {
                         state
                             .args
                             .directory
-                            .running(&key, actor.clone(), probe.clone());
+                            .running(&key, actor.clone(), probe.clone(), view);
                         state.args.probes.activated(&key, probe.clone());
                         state.by_actor.insert(actor.get_id(), key.clone());
                         state.slots.insert(key.clone(), Slot::Running(actor, probe));

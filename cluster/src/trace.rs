@@ -23,12 +23,13 @@ pub fn on_span(join: Join) {
 /// field.
 pub fn enter(span: &tracing::Span, given: Option<&str>) -> String {
     let given = given.filter(|g| trace_id(g).is_some());
-    let own = JOIN
+    let joined = JOIN
         .get()
         .and_then(|join| join(span, given.unwrap_or_default()))
-        .filter(|own| trace_id(own).is_some())
-        .unwrap_or_else(|| continue_or_start(given));
-    if let Some(id) = trace_id(&own) {
+        .filter(|own| trace_id(own).is_some());
+    // `continue_or_start` makes a valid one: its trace id needs no second check.
+    let own = joined.unwrap_or_else(|| continue_or_start(given));
+    if let Some(id) = own.get(3..35) {
         span.record("trace_id", id);
     }
     own

@@ -5,7 +5,7 @@ pub mod listing;
 use chrono::{DateTime, SubsecRound, Utc};
 use convene_actors::event::{self, EventMessage};
 pub use convene_actors::model::EventView;
-use convene_actors::model::{Category, EventPatch, NewEvent};
+use convene_actors::model::{Category, EventJson, EventPatch, NewEvent};
 use convene_actors::rules::permissions;
 use convene_cluster::EntityKey;
 use serde::Deserialize;
@@ -28,14 +28,14 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(a())
         .and(raw_query())
-        .then(listing::list)
+        .then(|app, query| Box::pin(listing::list(app, query)))
         .map(respond);
     let create = warp::path!("api" / "v1" / "events")
         .and(warp::post())
         .and(a())
         .and(bearer())
         .and(body(max))
-        .then(create)
+        .then(|app, auth, body| Box::pin(create(app, auth, body)))
         .map(respond);
     let one = || warp::path!("api" / "v1" / "events" / String);
     let get = one()
@@ -50,15 +50,16 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
         .and(bearer())
         .and(warp::header::optional::<String>("if-match"))
         .and(body(max))
-        .then(update)
+        .then(|id, app, auth, if_match, body| Box::pin(update(id, app, auth, if_match, body)))
         .map(respond);
     let delete = one()
         .and(warp::delete())
         .and(a())
         .and(bearer())
-        .then(delete)
+        .then(|id, app, auth| Box::pin(delete(id, app, auth)))
         .map(respond);
-    // The hottest route first: an `or` tries its filters in order.
+    // The hottest route first: an `or` tries its filters in order. The others' handlers run
+    // boxed, so the future every read builds and moves is no larger than its own.
     get.or(list)
         .unify()
         .or(create)
@@ -286,6 +287,27 @@ pub async fn create(
 pub async fn get(id: String, app: App, auth: Option<String>) -> Result<Response, ApiError> {
     let event_id = parse_id(&id)?;
     let key = event::key(event_id);
+    let (version, body) = match app.events.view::<EventJson>(&key) {
+        // The owner runs on this node and published its answer: no wait behind its mailbox.
+        Some(event) => (event.version, event.body.clone()),
+        // On the heap: it may wait on Redis, and the common read above builds none of it.
+        None => Box::pin(ask(&app, event_id, key)).await?,
+    };
+    if auth.is_some() {
+        if let Ok(caller) = app.authenticate(auth.as_deref()).await {
+            app.tracker.view(caller.principal.user_id, event_id);
+        }
+    }
+    let mut res = super::json_bytes(body);
+    if let Ok(v) = warp::http::HeaderValue::from_str(&format!("\"{version}\"")) {
+        res.headers_mut().insert(warp::http::header::ETAG, v);
+    }
+    Ok(res)
+}
+
+/// An event's version and JSON from its owner, or from the shared cache when another node owns
+/// it.
+async fn ask(app: &App, event_id: i64, key: EntityKey) -> Result<(i64, bytes::Bytes), ApiError> {
     // The owner's actor keeps the answer's bytes: the shared cache only saves a hop to another
     // node, and spreads the reads of a hot event over the cluster.
     let cached = if app.cluster.is_local(&key) {
@@ -293,7 +315,7 @@ pub async fn get(id: String, app: App, auth: Option<String>) -> Result<Response,
     } else {
         app.caches.event(event_id).await
     };
-    let (version, body) = match cached
+    let answer = match cached
         .as_ref()
         .and_then(|c| Some((c.version, c.hit.clone()?)))
     {
@@ -311,16 +333,7 @@ pub async fn get(id: String, app: App, auth: Option<String>) -> Result<Response,
             (event.version, event.body)
         }
     };
-    if auth.is_some() {
-        if let Ok(caller) = app.authenticate(auth.as_deref()).await {
-            app.tracker.view(caller.principal.user_id, event_id);
-        }
-    }
-    let mut res = super::json_bytes(body);
-    if let Ok(v) = warp::http::HeaderValue::from_str(&format!("\"{version}\"")) {
-        res.headers_mut().insert("etag", v);
-    }
-    Ok(res)
+    Ok(answer)
 }
 
 /// The version named by `If-Match`; one that names no version can match none (412).

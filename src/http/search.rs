@@ -38,13 +38,14 @@ const SINGLE: [&str; 13] = [
 const MAX_VALUES: usize = 20;
 
 /// The search route.
-pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+pub fn routes(app: App) -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("api" / "v1" / "search" / "events")
         .and(warp::get())
         .and(with_app(app))
         .and(raw_query())
         .then(search)
         .map(respond)
+        .boxed()
 }
 
 /// The parameters of a search (documentation; the handler reads the query string itself, so

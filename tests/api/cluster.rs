@@ -1396,15 +1396,32 @@ async fn a_frozen_member_trips_its_breaker_and_is_used_again_once_it_answers() {
         }
     };
     let url = format!("{}/api/v1/events/{event}", cluster.nodes[0].http);
-    assert_eq!(cluster.client.get(&url).send().await.unwrap().status(), 200);
+    // As many connections as reads below, open and pooled, so those go out at once.
+    let reads = 8;
+    let warm = futures::future::join_all((0..reads).map(|_| cluster.client.get(&url).send())).await;
+    for r in warm {
+        assert_eq!(r.unwrap().status(), 200);
+    }
     assert_eq!(breaker_open(&cluster, 0, "peer:node-1").await, Some(0));
     signal(&cluster, 1, "STOP");
     // Reads forwarded to the frozen member wait for their deadline and fail; its breaker
-    // opens, and the member is taken for lost: its keys are served here meanwhile.
-    let waited = futures::future::join_all((0..5).map(|_| cluster.client.get(&url).send())).await;
-    for r in waited {
-        assert_eq!(r.unwrap().status(), 503);
-    }
+    // opens after 5 failures in a row, and the member is taken for lost: its keys are served
+    // here meanwhile. A read that a loaded machine delays until then is answered here (200).
+    let waited =
+        futures::future::join_all((0..reads).map(|_| cluster.client.get(&url).send())).await;
+    let statuses: Vec<u16> = waited
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert!(
+        statuses.iter().all(|s| [200, 503].contains(s)),
+        "{statuses:?}"
+    );
+    let failed = statuses.iter().filter(|s| **s == 503).count();
+    assert!(
+        failed >= 5,
+        "reads forwarded to the frozen member fail: {statuses:?}"
+    );
     // The edge answers at the request's deadline, the forwards fail at theirs: the last
     // failure may be counted just after the last answer.
     let opened = eventually(Duration::from_secs(3), || async {

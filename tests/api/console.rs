@@ -135,15 +135,20 @@ crate::both_stores! {
         assert_eq!(active["node"], node.as_str(), "{}", a.body);
         assert_eq!(active["summary"]["capacity"], 5, "{}", a.body);
         assert_eq!(active["summary"]["registered"], 0);
+        // The first read activates it through a message; it then publishes its answer, and the
+        // reads after that are answered from it, counted apart.
         let gets = active["last"].as_array().unwrap().iter().filter(|m| m["message"] == "Get").count();
-        assert!(gets >= 3, "the last messages it handled: {}", active["last"]);
-        assert!(active["handled"].as_u64().unwrap() >= 3);
+        assert!(gets >= 1, "the last messages it handled: {}", active["last"]);
+        assert!(active["handled"].as_u64().unwrap() >= 1);
+        assert!(active["reads"].as_u64().unwrap() >= 1, "{active}");
+        assert_eq!(gets as u64 + active["reads"].as_u64().unwrap(), 3, "{active}");
 
         let a = app.send("GET", "/api/v1/admin/actors?top=5", Some(&admin.token), None).await;
         assert_eq!(a.status, 200, "{}", a.body);
         let kinds = a.body["nodes"][0]["kinds"].as_array().unwrap();
         let events = kinds.iter().find(|k| k["kind"] == "event").unwrap();
-        assert!(events["active"].as_u64().unwrap() >= 1 && events["handled"].as_u64().unwrap() >= 3, "{events}");
+        assert!(events["active"].as_u64().unwrap() >= 1 && events["handled"].as_u64().unwrap() >= 1, "{events}");
+        assert!(events["handled"].as_u64().unwrap() + events["reads"].as_u64().unwrap() >= 3, "{events}");
         assert_eq!(app.send("GET", "/api/v1/admin/actors?top=0", Some(&admin.token), None).await.status, 422);
         let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
         let label = format!("convene_actor_messages_total{{kind=\"event\",node=\"{node}\"}}");

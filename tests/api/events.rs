@@ -60,6 +60,50 @@ both_stores! {
         assert_eq!(app.send("DELETE", &path, Some(&owner.token), None).await.status, 404);
     }
 
+    async fn reads_never_miss_an_acknowledged_write(app) {
+        // Reads of a running event are served from what its actor published; writes must
+        // withdraw it before they are acknowledged, whatever reads run meanwhile.
+        let owner = app.sign_up("fresh-owner@example.com").await;
+        let id = app.create_event(&owner, 100).await;
+        let path = format!("/api/v1/events/{id}");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (client, url, stop) = (app.client.clone(), app.url(&path), stop.clone());
+                tokio::spawn(async move {
+                    let (mut reads, mut last) = (0, 0);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let body: serde_json::Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+                        let version = body["version"].as_i64().unwrap();
+                        assert!(version >= last, "a reader saw version {version} after {last}");
+                        last = version;
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        let attendees = app.sign_up_many("fresh", 10).await;
+        for (i, attendee) in attendees.iter().enumerate() {
+            let title = format!("Round {i}");
+            let changed = app.send("PATCH", &path, Some(&owner.token), Some(json!({"title": title}))).await;
+            assert_eq!(changed.status, 200, "{}", changed.body);
+            let read = app.send("GET", &path, None, None).await;
+            assert_eq!(read.body["title"], title.as_str());
+            assert!(read.body["version"].as_i64() >= changed.body["version"].as_i64());
+            let reg = app.send("POST", &format!("{path}/registrations"), Some(&attendee.token), None).await;
+            assert_eq!(reg.status, 201, "{}", reg.body);
+            let read = app.send("GET", &path, None, None).await;
+            assert_eq!(read.body["registered_count"], i as i64 + 1);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for reader in readers {
+            assert!(reader.await.unwrap() > 0, "every reader read while the event changed");
+        }
+        assert_eq!(app.send("DELETE", &path, Some(&owner.token), None).await.status, 204);
+        assert_eq!(app.send("GET", &path, None, None).await.status, 404);
+    }
+
     async fn capacity_cannot_drop_below_registered(app) {
         let owner = app.sign_up("cap-owner@example.com").await;
         let id = app.create_event(&owner, 3).await;
