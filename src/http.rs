@@ -280,7 +280,7 @@ pub fn request_id(headers: &warp::http::HeaderMap) -> String {
         None => {
             let mut id = [0u8; 16];
             // Cannot fail: the buffer holds two digits per byte.
-            let _ = hex::encode_to_slice(rand::random::<[u8; 8]>(), &mut id);
+            let _ = hex::encode_to_slice(convene_cluster::trace::id_bytes::<8>(), &mut id);
             String::from_utf8_lossy(&id).into_owned()
         }
     }

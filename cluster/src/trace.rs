@@ -5,8 +5,12 @@
 //! When spans are exported, the program installs [`on_span`] so the request's span and the
 //! forwarded message's span join the trace, and the `traceparent` carried on is the span's own.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
+
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 
 /// Makes a span the child of a `traceparent` and answers the span's own `traceparent`.
 pub type Join = fn(&tracing::Span, &str) -> Option<String>;
@@ -79,6 +83,18 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
     valid.then_some(id)
 }
 
+thread_local! {
+    static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
+}
+
+/// `N` random bytes for ids that must not repeat but need not be unpredictable (trace, span and
+/// request ids): a fast generator per thread, seeded from the operating system's.
+pub fn id_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    IDS.with(|ids| ids.borrow_mut().fill_bytes(&mut bytes));
+    bytes
+}
+
 /// A new `traceparent` continuing `given` (its trace id, a new parent id) when it is valid, else
 /// starting a new trace.
 pub fn continue_or_start(given: Option<&str>) -> String {
@@ -91,12 +107,12 @@ pub fn continue_or_start(given: Option<&str>) -> String {
             id.make_ascii_lowercase();
         }
         None => {
-            let mut fresh: [u8; 16] = rand::random();
+            let mut fresh: [u8; 16] = id_bytes();
             fresh[15] |= 1; // never all zeros, which the format forbids
             let _ = hex::encode_to_slice(fresh, id);
         }
     }
-    let mut span: [u8; 8] = rand::random();
+    let mut span: [u8; 8] = id_bytes();
     span[7] |= 1;
     let _ = hex::encode_to_slice(span, &mut parent[1..]);
     String::from_utf8_lossy(&out).into_owned()
