@@ -47,78 +47,61 @@ macro_rules! on_pool {
 /// Rows per multi-row insert, well under either database's limit on bound parameters.
 const CHUNK: usize = 500;
 
-/// Writes interactions ([`Interacted`]) inside the transaction `$tx`, to
-/// `interactions` (what the recommendations learn from) and to `analytics_events` (what the
-/// analytics windows count), many rows per statement; the users are marked in `$store`'s
-/// [`Touched`] at once.
-macro_rules! write_interactions {
-    ($store:expr, $tx:expr, $interactions:expr) => {
-        for chunk in $interactions.chunks(CHUNK) {
-            let mut qb = sqlx::QueryBuilder::new(
-                "INSERT INTO interactions (user_id, event_id, kind, occurred_at) ",
-            );
-            qb.push_values(chunk, |mut row, i| {
-                row.push_bind(i.user)
-                    .push_bind(i.event)
-                    .push_bind(i.kind.as_str())
-                    .push_bind(i.at);
-            });
-            qb.push(" RETURNING id, user_id");
-            let written: Vec<(i64, i64)> = qb
-                .build_query_as()
-                .fetch_all(&mut *$tx)
-                .await
-                .map_err(unavailable)?;
-            // Known before the commit: a transaction that rolls back leaves a user marked who
-            // did nothing, which only costs them a live scoring.
-            $store.touched.touch(written);
-            let mut qb = sqlx::QueryBuilder::new(
-                "INSERT INTO analytics_events (user_id, event_type, event_data, timestamp) ",
-            );
-            qb.push_values(chunk, |mut row, i| {
-                row.push_bind(i.user)
-                    .push_bind(i.kind.as_str())
-                    .push_bind(Json(serde_json::json!({ "event_id": i.event, "id": i.id })))
-                    .push_bind(i.at);
-            });
-            qb.build().execute(&mut *$tx).await.map_err(unavailable)?;
-        }
+/// Binds an event's columns, title to deletion, as $1 to $14 of the statements that update
+/// its row.
+macro_rules! bind_event {
+    ($query:expr, $e:expr) => {
+        $query
+            .bind(&$e.title)
+            .bind(&$e.description)
+            .bind($e.date)
+            .bind(&$e.location)
+            .bind($e.latitude)
+            .bind($e.longitude)
+            .bind($e.capacity)
+            .bind($e.registered_count)
+            .bind($e.category.as_str())
+            .bind(sqlx::types::Json(&$e.tags))
+            .bind($e.price_cents)
+            .bind($e.version)
+            .bind($e.updated_at)
+            .bind($e.deleted_at)
     };
 }
 
-/// Writes `events` to the outbox inside the transaction `$tx`, many rows per statement, and
-/// the interactions among them (registrations and their changes) with `write_interactions!`.
+/// Writes interactions ([`Interacted`]) inside the transaction `$tx`, to
+/// `interactions` (what the recommendations learn from) and to `analytics_events` (what the
+/// analytics windows count); the users are marked in `$store`'s [`Touched`] at once.
+macro_rules! write_interactions {
+    ($store:expr, $tx:expr, $interactions:expr) => {
+        let written = $crate::store::batch::Batch::journal(&mut *$tx, &[], $interactions)
+            .await
+            .map_err(unavailable)?;
+        // Known before the commit: a transaction that rolls back leaves a user marked who
+        // did nothing, which only costs them a live scoring.
+        $store.touched.touch(written);
+    };
+}
+
+/// Writes `events` to the outbox inside the transaction `$tx`, and the interactions among
+/// them (registrations and their changes) as `write_interactions!` does.
 macro_rules! write_outbox {
     ($store:expr, $tx:expr, $events:expr) => {
         let events: Vec<&DomainEvent> = $events.into_iter().collect();
-        for chunk in events.chunks(CHUNK) {
-            let mut qb = sqlx::QueryBuilder::new(
-                "INSERT INTO outbox (message_id, topic, entity_key, payload, occurred_at, traceparent) ",
-            );
-            qb.push_values(chunk, |mut row, event| {
-                row.push_bind(event.message_id)
-                    .push_bind(event.topic.clone())
-                    .push_bind(event.key.clone())
-                    .push_bind(event.payload.to_string());
-                // Text in, typed by the column: `json` on PostgreSQL, `TEXT` on SQLite.
-                if matches!($store.db, Db::Postgres(_)) {
-                    row.push_unseparated("::json");
-                }
-                row.push_bind(event.occurred_at)
-                    .push_bind(event.traceparent.clone());
-            });
-            qb.build().execute(&mut *$tx).await.map_err(unavailable)?;
-        }
         let interactions: Vec<_> = events
             .iter()
             .filter_map(|e| $crate::store::interactions::interaction_of(e))
             .collect();
-        write_interactions!($store, $tx, &interactions);
+        let written = $crate::store::batch::Batch::journal(&mut *$tx, &events, &interactions)
+            .await
+            .map_err(unavailable)?;
+        $store.touched.touch(written);
     };
 }
 
 mod admin;
 mod analytics;
+mod batch;
 mod events;
 mod interactions;
 mod outbox;

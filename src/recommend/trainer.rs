@@ -132,13 +132,45 @@ fn taken(interactions: &[Interaction]) -> HashSet<(i64, i64)> {
     held
 }
 
-/// The training thread's priority: nice 10 (`thread-priority` maps 0..=99 onto nice 19..=-20),
-/// so that while requests keep the cores busy they get about nine tenths of the time and
-/// training the rest, and an idle node trains at full speed.
+/// Where `SCHED_IDLE` is missing, the training thread's priority: nice 10 (`thread-priority`
+/// maps 0..=99 onto nice 19..=-20).
+#[cfg(not(target_os = "linux"))]
 const TRAINING_PRIORITY: u8 = 22;
 
-/// Runs `work` on a thread of its own at [`TRAINING_PRIORITY`] (the threads it starts inherit
-/// it), and waits for its result.
+/// Lowers the calling thread (and the threads it starts, which inherit it) below every request.
+/// On Linux it runs under `SCHED_IDLE`: it gets a core only when no request wants one, and a
+/// request thread that wakes takes its core at once, so training on a busy node waits for the
+/// gaps between requests instead of taking a share of their time; an idle node trains at full
+/// speed. Elsewhere it runs at nice 10.
+fn lower_priority() -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+            thread_native_id,
+        };
+        set_thread_priority_and_policy(
+            thread_native_id(),
+            thread_priority::ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        )
+        .map_err(|e| e.to_string())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        thread_priority::ThreadPriorityValue::try_from(TRAINING_PRIORITY)
+            .map_err(|e| e.to_owned())
+            .and_then(|p| {
+                thread_priority::set_current_thread_priority(
+                    thread_priority::ThreadPriority::Crossplatform(p),
+                )
+                .map_err(|e| e.to_string())
+            })
+    }
+}
+
+/// Runs `work` on a thread of its own at the lowest priority ([`lower_priority`]), and waits
+/// for its result.
 async fn in_background<T: Send + 'static>(
     work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
@@ -146,15 +178,7 @@ async fn in_background<T: Send + 'static>(
     std::thread::Builder::new()
         .name("convene-trainer".into())
         .spawn(move || {
-            let lowered = thread_priority::ThreadPriorityValue::try_from(TRAINING_PRIORITY)
-                .map_err(|e| e.to_owned())
-                .and_then(|p| {
-                    thread_priority::set_current_thread_priority(
-                        thread_priority::ThreadPriority::Crossplatform(p),
-                    )
-                    .map_err(|e| e.to_string())
-                });
-            if let Err(e) = lowered {
+            if let Err(e) = lower_priority() {
                 tracing::debug!(error = %e, "the training thread keeps the usual priority");
             }
             let _ = done.send(work());

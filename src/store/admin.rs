@@ -5,9 +5,7 @@ use chrono::{DateTime, Utc};
 use convene_actors::StoreError;
 use convene_actors::model::DomainEvent;
 
-use sqlx::types::Json;
-
-use super::{CHUNK, Db, SqlStore, unavailable};
+use super::{Db, SqlStore, unavailable};
 
 /// An entity pinned to a member.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]

@@ -1,6 +1,8 @@
 //! Events and registrations: the [`EventStore`] the event actors commit through, and the
 //! listings the edges read.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use convene_actors::StoreError;
@@ -14,6 +16,8 @@ use convene_actors::store::{
 use serde_json::{Value, json};
 use sqlx::types::Json;
 
+use super::batch::{self, Batch, NewRegistration, Registrations};
+use super::interactions::{Interacted, interaction_of};
 use super::{CHUNK, Db, SqlStore, corrupt, unavailable, write_error};
 
 /// Filters of the event listing.
@@ -303,7 +307,7 @@ impl SqlStore {
         })
         .map_err(unavailable)?;
         let ids: Vec<i64> = rows.iter().map(|r| r.event_id).collect();
-        let mut events: std::collections::HashMap<i64, Event> = self
+        let mut events: HashMap<i64, Event> = self
             .events_by_ids(&ids)
             .await?
             .into_iter()
@@ -418,56 +422,79 @@ impl EventStore for SqlStore {
     async fn save_event(&self, c: EventCommit<'_>) -> Result<Vec<i64>, StoreError> {
         let e = c.event;
         let scope = format!("event/{}", e.id);
+        // Each changed row's final status in this batch (the last write wins).
+        let mut changed: HashMap<i64, RegistrationStatus> = HashMap::new();
+        for w in c.registrations {
+            if let RegistrationWrite::Update { id, status, .. } = w {
+                changed.insert(*id, *status);
+            }
+        }
+        let inserts: Vec<NewRegistration> = c
+            .registrations
+            .iter()
+            .filter_map(|w| match w {
+                RegistrationWrite::Insert {
+                    user_id,
+                    status,
+                    at,
+                } => Some((*user_id, *status, *at)),
+                RegistrationWrite::Update { .. } => None,
+            })
+            .collect();
+        if !c.registrations.is_empty() && e.registered_count > e.capacity {
+            return Err(StoreError::Invariant(format!(
+                "event {} would hold {} active registrations for {} seats",
+                e.id, e.registered_count, e.capacity
+            )));
+        }
+        // What this batch's own rows add to the active count, beside what the changed rows were.
+        let added_active = inserts
+            .iter()
+            .filter(|(_, status, _)| *status == RegistrationStatus::Active)
+            .count() as i64
+            + changed
+                .values()
+                .filter(|s| **s == RegistrationStatus::Active)
+                .count() as i64;
+        if let Db::Postgres(pool) = &self.db
+            && changed.is_empty()
+            && c.idempotency.is_empty()
+            && !inserts.is_empty()
+        {
+            // New registrations only, the common batch: one statement, one round trip.
+            self.admit()?;
+            let events: Vec<&DomainEvent> = c.events.iter().collect();
+            let interactions: Vec<Interacted> =
+                events.iter().filter_map(|e| interaction_of(e)).collect();
+            let written = batch::register(
+                pool,
+                Registrations {
+                    event: e,
+                    expected_version: c.expected_version,
+                    before: e.registered_count - added_active,
+                    inserts: &inserts,
+                    events: &events,
+                    interactions: &interactions,
+                },
+            )
+            .await
+            .map_err(|err| write_error(err, || StoreError::Conflict))?
+            .ok_or(StoreError::Conflict)?;
+            self.touched.touch(written.interactions);
+            self.outbox_written();
+            let ids: HashMap<i64, i64> = written
+                .registrations
+                .into_iter()
+                .map(|(id, user)| (user, id))
+                .collect();
+            return inserts
+                .iter()
+                .map(|(user, _, _)| ids.get(user).copied().ok_or_else(no_id))
+                .collect();
+        }
         on_pool!(self, write, pool => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
-            // The active rows before this batch: the event's count, which every earlier commit
-            // checked. The batch is checked by its own rows, not by recounting the event's.
-            let before = if c.registrations.is_empty() {
-                None
-            } else {
-                let (n,): (i64,) = sqlx::query_as("SELECT registered_count FROM events WHERE id = $1")
-                    .bind(e.id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                Some(n)
-            };
-            let done = sqlx::query(
-                "UPDATE events SET title = $1, description = $2, date = $3, location = $4, latitude = $5, \
-                 longitude = $6, capacity = $7, registered_count = $8, category = $9, tags = $10, price_cents = $11, \
-                 version = $12, updated_at = $13, deleted_at = $14 WHERE id = $15 AND version = $16",
-            )
-            .bind(&e.title)
-            .bind(&e.description)
-            .bind(e.date)
-            .bind(&e.location)
-            .bind(e.latitude)
-            .bind(e.longitude)
-            .bind(e.capacity)
-            .bind(e.registered_count)
-            .bind(e.category.as_str())
-            .bind(Json(&e.tags))
-            .bind(e.price_cents)
-            .bind(e.version)
-            .bind(e.updated_at)
-            .bind(e.deleted_at)
-            .bind(e.id)
-            .bind(c.expected_version)
-            .execute(&mut *tx)
-            .await
-            .map_err(|err| write_error(err, || StoreError::Conflict))?;
-            if done.rows_affected() != 1 {
-                return Err(StoreError::Conflict);
-            }
-            // Each changed row's final status in this batch (the last write wins), and how many
-            // of those rows were active before it.
-            let mut changed: std::collections::HashMap<i64, RegistrationStatus> =
-                std::collections::HashMap::new();
-            for w in c.registrations {
-                if let RegistrationWrite::Update { id, status, .. } = w {
-                    changed.insert(*id, *status);
-                }
-            }
+            // How many of the changed rows were active before this batch.
             let ids: Vec<i64> = changed.keys().copied().collect();
             let mut were_active = 0;
             for chunk in ids.chunks(CHUNK) {
@@ -487,43 +514,39 @@ impl EventStore for SqlStore {
                     .map_err(unavailable)?;
                 were_active += n;
             }
-            // New rows go in by the hundred; the ids come back keyed by user (unique per event).
-            let inserts: Vec<(i64, RegistrationStatus, DateTime<Utc>)> = c
-                .registrations
-                .iter()
-                .filter_map(|w| match w {
-                    RegistrationWrite::Insert { user_id, status, at } => Some((*user_id, *status, *at)),
-                    RegistrationWrite::Update { .. } => None,
-                })
-                .collect();
-            let mut inserted = std::collections::HashMap::with_capacity(inserts.len());
-            for chunk in inserts.chunks(CHUNK) {
-                let mut qb = sqlx::QueryBuilder::new(
-                    "INSERT INTO event_registrations (event_id, user_id, status, registered_at, updated_at) ",
-                );
-                qb.push_values(chunk, |mut row, (user_id, status, at)| {
-                    row.push_bind(e.id)
-                        .push_bind(*user_id)
-                        .push_bind(status.as_str())
-                        .push_bind(*at)
-                        .push_bind(*at);
-                });
-                qb.push(" RETURNING id, user_id");
-                let rows: Vec<(i64, i64)> = qb
-                    .build_query_as()
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(|err| write_error(err, || StoreError::Conflict))?;
-                inserted.extend(rows.into_iter().map(|(id, user)| (user, id)));
+            // The count the row holds before this batch, which every earlier commit checked:
+            // the batch's own rows must take it to the new count, whatever the actor believed.
+            // A row holding another count is not the one the actor decided against.
+            let before = (!c.registrations.is_empty())
+                .then(|| e.registered_count - added_active + were_active);
+            let done = bind_event!(sqlx::query(
+                "UPDATE events SET title = $1, description = $2, date = $3, location = $4, latitude = $5, \
+                 longitude = $6, capacity = $7, registered_count = $8, category = $9, tags = $10, price_cents = $11, \
+                 version = $12, updated_at = $13, deleted_at = $14 WHERE id = $15 AND version = $16 \
+                 AND ($17 IS NULL OR registered_count = $17)",
+            ), e)
+            .bind(e.id)
+            .bind(c.expected_version)
+            .bind(before)
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| write_error(err, || StoreError::Conflict))?;
+            if done.rows_affected() != 1 {
+                return Err(StoreError::Conflict);
             }
+            // The ids come back keyed by user (unique per event).
+            let inserted: HashMap<i64, i64> = Batch::insert_registrations(&mut *tx, e.id, &inserts)
+                .await
+                .map_err(|err| write_error(err, || StoreError::Conflict))?
+                .into_iter()
+                .map(|(id, user)| (user, id))
+                .collect();
             let mut ids = Vec::with_capacity(inserts.len());
             let mut write_ids = Vec::with_capacity(c.registrations.len());
             for w in c.registrations {
                 match w {
                     RegistrationWrite::Insert { user_id, .. } => {
-                        let id = *inserted.get(user_id).ok_or_else(|| {
-                            StoreError::Unavailable("an inserted registration returned no id".into())
-                        })?;
+                        let id = *inserted.get(user_id).ok_or_else(no_id)?;
                         ids.push(id);
                         write_ids.push(Some(id));
                     }
@@ -542,28 +565,6 @@ impl EventStore for SqlStore {
                         .map_err(unavailable)?;
                         write_ids.push(None);
                     }
-                }
-            }
-            if let Some(before) = before {
-                // The capacity check again, inside the transaction, from the rows written:
-                // whatever the actor believed, the rows never exceed the capacity.
-                let inserted_active = c
-                    .registrations
-                    .iter()
-                    .filter(|w| {
-                        matches!(w, RegistrationWrite::Insert { status: RegistrationStatus::Active, .. })
-                    })
-                    .count() as i64;
-                let now_active = changed
-                    .values()
-                    .filter(|s| **s == RegistrationStatus::Active)
-                    .count() as i64;
-                let active = before - were_active + now_active + inserted_active;
-                if active > e.capacity || active != e.registered_count {
-                    return Err(StoreError::Invariant(format!(
-                        "event {} would hold {active} active registrations for {} seats (count {})",
-                        e.id, e.capacity, e.registered_count
-                    )));
                 }
             }
             for rec in c.idempotency {
@@ -592,4 +593,8 @@ impl EventStore for SqlStore {
             Ok(ids)
         })
     }
+}
+
+fn no_id() -> StoreError {
+    StoreError::Unavailable("an inserted registration returned no id".into())
 }

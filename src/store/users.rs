@@ -9,7 +9,7 @@ use convene_actors::store::UserStore;
 use serde_json::{Value, json};
 use sqlx::types::Json;
 
-use super::{CHUNK, Db, SqlStore, corrupt, unavailable, write_error};
+use super::{Db, SqlStore, corrupt, unavailable, write_error};
 
 const USER_BY_EMAIL: &str = "SELECT id, email, password_hash, name, role, profile, version, created_at, updated_at FROM users WHERE email = $1";
 const USER_BY_ID: &str = "SELECT id, email, password_hash, name, role, profile, version, created_at, updated_at FROM users WHERE id = $1";
