@@ -209,6 +209,9 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
                     }
                     if crate::ws::is_upgrade(&req) {
                         Ok(crate::ws::upgrade(app, req))
+                    } else if let Some(read) = crate::http::events::hot_read(&app, &req) {
+                        // Boxed, as the tree's answers are: this future stays small.
+                        Ok(Box::pin(crate::http::events::read_now(app, read)).await)
                     } else {
                         tower_service::Service::call(&mut routes, req).await
                     }
@@ -222,7 +225,7 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
                     move |res: Result<warp::reply::Response, std::convert::Infallible>| {
                         let mut res = res?;
                         crate::http::finish(&finishing, started, &method, endpoint, &mut res);
-                        if let Ok(value) = warp::http::HeaderValue::from_str(&id) {
+                        if let Ok(value) = warp::http::HeaderValue::try_from(id) {
                             res.headers_mut().insert(X_REQUEST_ID, value);
                         }
                         if let Ok(value) = warp::http::HeaderValue::from_str(&echoed) {
