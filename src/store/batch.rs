@@ -12,6 +12,46 @@ use sqlx::{PgConnection, PgPool, SqliteConnection};
 use super::CHUNK;
 use super::interactions::Interacted;
 
+/// Binds `events` as the outbox's six arrays: ids, topics, keys, payloads, times, traces.
+macro_rules! bind_outbox {
+    ($query:expr, $events:expr) => {
+        $query
+            .bind($events.iter().map(|e| e.message_id).collect::<Vec<_>>())
+            .bind($events.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>())
+            .bind($events.iter().map(|e| e.key.as_str()).collect::<Vec<_>>())
+            .bind(
+                $events
+                    .iter()
+                    .map(|e| e.payload.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind($events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+            .bind(
+                $events
+                    .iter()
+                    .map(|e| e.traceparent.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+    };
+}
+
+/// Binds `interactions` as five arrays: users, events, kinds, times, ids.
+macro_rules! bind_interactions {
+    ($query:expr, $interactions:expr) => {
+        $query
+            .bind($interactions.iter().map(|i| i.user).collect::<Vec<_>>())
+            .bind($interactions.iter().map(|i| i.event).collect::<Vec<_>>())
+            .bind(
+                $interactions
+                    .iter()
+                    .map(|i| i.kind.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind($interactions.iter().map(|i| i.at).collect::<Vec<_>>())
+            .bind($interactions.iter().map(|i| i.id).collect::<Vec<_>>())
+    };
+}
+
 /// A registration row to insert: the user, its status, when.
 pub(super) type NewRegistration = (i64, RegistrationStatus, DateTime<Utc>);
 
@@ -98,57 +138,15 @@ impl Batch for PgConnection {
         let query = match (events.is_empty(), interactions.is_empty()) {
             (true, true) => return Ok(Vec::new()),
             (false, true) => {
-                sqlx::query(PG_OUTBOX)
-                    .bind(events.iter().map(|e| e.message_id).collect::<Vec<_>>())
-                    .bind(events.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>())
-                    .bind(events.iter().map(|e| e.key.as_str()).collect::<Vec<_>>())
-                    .bind(
-                        events
-                            .iter()
-                            .map(|e| e.payload.to_string())
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-                    .bind(
-                        events
-                            .iter()
-                            .map(|e| e.traceparent.as_deref())
-                            .collect::<Vec<_>>(),
-                    )
+                bind_outbox!(sqlx::query(PG_OUTBOX), events)
                     .execute(self)
                     .await?;
                 return Ok(Vec::new());
             }
             (true, false) => sqlx::query_as(PG_INTERACTIONS),
-            (false, false) => sqlx::query_as(PG_JOURNAL)
-                .bind(events.iter().map(|e| e.message_id).collect::<Vec<_>>())
-                .bind(events.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>())
-                .bind(events.iter().map(|e| e.key.as_str()).collect::<Vec<_>>())
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| e.payload.to_string())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-                .bind(
-                    events
-                        .iter()
-                        .map(|e| e.traceparent.as_deref())
-                        .collect::<Vec<_>>(),
-                ),
+            (false, false) => bind_outbox!(sqlx::query_as(PG_JOURNAL), events),
         };
-        query
-            .bind(interactions.iter().map(|i| i.user).collect::<Vec<_>>())
-            .bind(interactions.iter().map(|i| i.event).collect::<Vec<_>>())
-            .bind(
-                interactions
-                    .iter()
-                    .map(|i| i.kind.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(interactions.iter().map(|i| i.at).collect::<Vec<_>>())
-            .bind(interactions.iter().map(|i| i.id).collect::<Vec<_>>())
+        bind_interactions!(query, interactions)
             .fetch_all(self)
             .await
     }
@@ -287,46 +285,17 @@ pub(super) async fn register(
     r: Registrations<'_>,
 ) -> Result<Option<Registered>, sqlx::Error> {
     let e = r.event;
-    let rows: Vec<(i32, i64, i64)> = bind_event!(sqlx::query_as(PG_REGISTER), e)
+    let query = bind_event!(sqlx::query_as(PG_REGISTER), e)
         .bind(e.id)
         .bind(r.expected_version)
         .bind(r.before)
         .bind(r.inserts.iter().map(|r| r.0).collect::<Vec<_>>())
         .bind(r.inserts.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
-        .bind(r.inserts.iter().map(|r| r.2).collect::<Vec<_>>())
-        .bind(r.events.iter().map(|e| e.message_id).collect::<Vec<_>>())
-        .bind(
-            r.events
-                .iter()
-                .map(|e| e.topic.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(r.events.iter().map(|e| e.key.as_str()).collect::<Vec<_>>())
-        .bind(
-            r.events
-                .iter()
-                .map(|e| e.payload.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(r.events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-        .bind(
-            r.events
-                .iter()
-                .map(|e| e.traceparent.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(r.interactions.iter().map(|i| i.user).collect::<Vec<_>>())
-        .bind(r.interactions.iter().map(|i| i.event).collect::<Vec<_>>())
-        .bind(
-            r.interactions
-                .iter()
-                .map(|i| i.kind.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(r.interactions.iter().map(|i| i.at).collect::<Vec<_>>())
-        .bind(r.interactions.iter().map(|i| i.id).collect::<Vec<_>>())
-        .fetch_all(pool)
-        .await?;
+        .bind(r.inserts.iter().map(|r| r.2).collect::<Vec<_>>());
+    let rows: Vec<(i32, i64, i64)> =
+        bind_interactions!(bind_outbox!(query, r.events), r.interactions)
+            .fetch_all(pool)
+            .await?;
     if !rows.iter().any(|(part, _, _)| *part == 0) {
         return Ok(None);
     }
