@@ -231,7 +231,8 @@ impl Batch for SqliteConnection {
     }
 }
 
-/// A batch of new registrations and what it journals, as one statement.
+/// A batch of new registrations, what it journals and the answers it keeps for idempotency
+/// keys, as one statement.
 pub(super) struct Registrations<'a> {
     /// The event as it is after the batch.
     pub event: &'a Event,
@@ -242,6 +243,20 @@ pub(super) struct Registrations<'a> {
     pub inserts: &'a [NewRegistration],
     pub events: &'a [&'a DomainEvent],
     pub interactions: &'a [Interacted],
+    /// Where the idempotency keys are kept, such as `event/42`.
+    pub scope: &'a str,
+    pub idempotency: &'a [Idempotent],
+}
+
+/// An answer to keep for an idempotency key.
+pub(super) struct Idempotent {
+    pub user: i64,
+    pub key: String,
+    /// The answer's JSON.
+    pub outcome: String,
+    /// When the answer holds a registration this batch inserts: that row's user, whose id goes
+    /// into `registration.id`.
+    pub inserted_for: Option<i64>,
 }
 
 /// What [`Registrations`] wrote: the registrations' rows and the interactions' rows.
@@ -273,7 +288,14 @@ const PG_REGISTER: &str = "WITH ev AS (\
      an AS (\
      INSERT INTO analytics_events (user_id, event_type, event_data, timestamp) \
      SELECT q.u, q.k, jsonb_build_object('event_id', q.e, 'id', q.m), q.o \
-     FROM ev, UNNEST($27::bigint[], $28::bigint[], $29::text[], $30::timestamptz[], $31::uuid[]) AS q(u, e, k, o, m)) \
+     FROM ev, UNNEST($27::bigint[], $28::bigint[], $29::text[], $30::timestamptz[], $31::uuid[]) AS q(u, e, k, o, m)), \
+     idem AS (\
+     INSERT INTO idempotency_keys (scope, user_id, key, outcome, created_at) \
+     SELECT $32, i.u, i.k, CASE WHEN reg.id IS NULL THEN i.o::jsonb \
+     ELSE jsonb_set(i.o::jsonb, '{registration,id}', to_jsonb(reg.id)) END, $13 \
+     FROM ev CROSS JOIN UNNEST($33::bigint[], $34::text[], $35::text[], $36::bigint[]) AS i(u, k, o, w) \
+     LEFT JOIN reg ON reg.user_id = i.w \
+     ON CONFLICT (scope, user_id, key) DO NOTHING) \
      SELECT 0 AS part, id, 0::bigint AS user_id FROM ev \
      UNION ALL SELECT 1, id, user_id FROM reg \
      UNION ALL SELECT 2, id, user_id FROM ia";
@@ -294,6 +316,26 @@ pub(super) async fn register(
         .bind(r.inserts.iter().map(|r| r.2).collect::<Vec<_>>());
     let rows: Vec<(i32, i64, i64)> =
         bind_interactions!(bind_outbox!(query, r.events), r.interactions)
+            .bind(r.scope)
+            .bind(r.idempotency.iter().map(|i| i.user).collect::<Vec<_>>())
+            .bind(
+                r.idempotency
+                    .iter()
+                    .map(|i| i.key.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                r.idempotency
+                    .iter()
+                    .map(|i| i.outcome.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                r.idempotency
+                    .iter()
+                    .map(|i| i.inserted_for)
+                    .collect::<Vec<_>>(),
+            )
             .fetch_all(pool)
             .await?;
     if !rows.iter().any(|(part, _, _)| *part == 0) {

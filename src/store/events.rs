@@ -16,7 +16,7 @@ use convene_actors::store::{
 use serde_json::{Value, json};
 use sqlx::types::Json;
 
-use super::batch::{self, Batch, NewRegistration, Registrations};
+use super::batch::{self, Batch, Idempotent, NewRegistration, Registrations};
 use super::interactions::{Interacted, interaction_of};
 use super::{CHUNK, Db, SqlStore, corrupt, unavailable, write_error};
 
@@ -458,11 +458,24 @@ impl EventStore for SqlStore {
                 .count() as i64;
         if let Db::Postgres(pool) = &self.db
             && changed.is_empty()
-            && c.idempotency.is_empty()
             && !inserts.is_empty()
         {
             // New registrations only, the common batch: one statement, one round trip.
             self.admit()?;
+            // Every write is an insert, so a record's write index is an index into `inserts`.
+            let idempotency: Vec<Idempotent> = c
+                .idempotency
+                .iter()
+                .map(|rec| Idempotent {
+                    user: rec.user_id,
+                    key: rec.key.clone(),
+                    outcome: rec.outcome.to_string(),
+                    inserted_for: rec
+                        .write
+                        .and_then(|w| inserts.get(w))
+                        .map(|(user, _, _)| *user),
+                })
+                .collect();
             let events: Vec<&DomainEvent> = c.events.iter().collect();
             let interactions: Vec<Interacted> =
                 events.iter().filter_map(|e| interaction_of(e)).collect();
@@ -475,6 +488,8 @@ impl EventStore for SqlStore {
                     inserts: &inserts,
                     events: &events,
                     interactions: &interactions,
+                    scope: &scope,
+                    idempotency: &idempotency,
                 },
             )
             .await

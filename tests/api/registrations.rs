@@ -166,6 +166,40 @@ both_stores! {
         assert_eq!(bad.status, 400);
     }
 
+    async fn kept_answers_outlive_the_actor_and_name_their_rows(app) {
+        let admin = app.admin("kept-admin@example.com").await;
+        let owner = app.sign_up("kept-owner@example.com").await;
+        let event = app.create_event(&owner, 3).await;
+        let users = app.sign_up_many("kept", 5).await;
+        let path = format!("/api/v1/events/{event}/registrations");
+        let burst = || futures::future::join_all(users.iter().map(|u| {
+            app.send_with("POST", &path, Some(&u.token), None, &[("Idempotency-Key", "seat")])
+        }));
+        // One burst: its answers are kept by the commits that take the seats.
+        let first = burst().await;
+        let mut statuses: Vec<u16> = first.iter().map(|a| a.status).collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 201, 201, 409, 409]);
+        for a in first.iter().filter(|a| a.status == 201) {
+            assert!(a.body["registration"]["id"].as_i64().unwrap() > 0, "{}", a.body);
+        }
+
+        // The actor goes; the next one knows the answers only from the store.
+        let key = format!("event/{event}");
+        let gone = app.send("POST", "/api/v1/admin/entities/passivate", Some(&admin.token), Some(json!({"key": key}))).await;
+        assert_eq!(gone.status, 200, "{}", gone.body);
+        let passivated = crate::helpers::eventually(std::time::Duration::from_secs(5), || async {
+            app.send("GET", &format!("/api/v1/admin/entities?key={key}"), Some(&admin.token), None).await.body["active"] == json!([])
+        }).await;
+        assert!(passivated, "the event actor stopped");
+
+        let again = burst().await;
+        for (a, b) in first.iter().zip(&again) {
+            assert_eq!((a.status, &a.body), (b.status, &b.body), "a retry answers as the first request did");
+        }
+        assert_eq!(app.active_in_db(event).await, (3, 3));
+    }
+
     async fn past_events_take_no_registration(app) {
         let owner = app.sign_up("past-owner@example.com").await;
         let event = app.create_event(&owner, 5).await;
