@@ -187,9 +187,13 @@ impl SqlStore {
             .collect();
         let held_back = match &self.db {
             Db::Postgres(pool) if !full => {
+                // Whether the newest row lies past the horizon. Asked as the newest row, not as
+                // "any row past the horizon": the planner serves that from the end of the index
+                // whatever it believes of the table, where a filter it guesses to match a third
+                // of the rows would have it scan the whole table for one.
                 let (held,): (bool,) = sqlx::query_as(
-                    "SELECT EXISTS (SELECT 1 FROM outbox \
-                     WHERE xid >= pg_snapshot_xmin(pg_current_snapshot()))",
+                    "SELECT COALESCE((SELECT xid >= pg_snapshot_xmin(pg_current_snapshot()) \
+                     FROM outbox ORDER BY xid DESC LIMIT 1), false)",
                 )
                 .fetch_one(pool)
                 .await
