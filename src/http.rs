@@ -307,24 +307,46 @@ fn body(max: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone 
         })
         .untuple_one()
         .and(warp::body::stream())
-        .and_then(move |stream| collect_limited(stream, max))
+        .and_then(move |stream| async move {
+            collect_limited(stream, max)
+                .await
+                .map_err(warp::reject::custom)
+        })
 }
 
-async fn collect_limited<S, B>(stream: S, max: u64) -> Result<Bytes, Rejection>
+/// The body of a request taken ahead of the route tree, as [`body`] takes it once its announced
+/// length passed.
+async fn read_body(body: hyper::body::Incoming, max: u64) -> Result<Bytes, ApiError> {
+    let data = futures::stream::unfold(body, |mut body| async move {
+        loop {
+            let frame = std::future::poll_fn(|cx| {
+                hyper::body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
+            })
+            .await?;
+            match frame.map(hyper::body::Frame::into_data) {
+                Ok(Ok(data)) => return Some((Ok(data), body)),
+                // Trailers carry no body.
+                Ok(Err(_)) => {}
+                Err(e) => return Some((Err(e), body)),
+            }
+        }
+    });
+    collect_limited(data, max).await
+}
+
+async fn collect_limited<S, B, E>(stream: S, max: u64) -> Result<Bytes, ApiError>
 where
-    S: futures::Stream<Item = Result<B, warp::Error>>,
+    S: futures::Stream<Item = Result<B, E>>,
     B: Buf,
+    E: std::fmt::Display,
 {
     let mut stream = std::pin::pin!(stream);
     let mut buf = BytesMut::new();
     while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
-        let mut chunk = chunk.map_err(|e| {
-            warp::reject::custom(ApiError::BadRequest(format!(
-                "reading the body failed: {e}"
-            )))
-        })?;
+        let mut chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("reading the body failed: {e}")))?;
         if buf.len() as u64 + chunk.remaining() as u64 > max {
-            return Err(warp::reject::custom(ApiError::PayloadTooLarge(max)));
+            return Err(ApiError::PayloadTooLarge(max));
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();

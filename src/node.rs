@@ -212,6 +212,13 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
                     } else if let Some(read) = crate::http::events::hot_read(&app, &req) {
                         // Boxed, as the tree's answers are: this future stays small.
                         Ok(Box::pin(crate::http::events::read_now(app, read)).await)
+                    } else if let Some(seat) = crate::http::registrations::hot_register(&app, &req)
+                    {
+                        let body = req.into_body();
+                        Ok(
+                            Box::pin(crate::http::registrations::register_now(app, seat, body))
+                                .await,
+                        )
                     } else {
                         tower_service::Service::call(&mut routes, req).await
                     }

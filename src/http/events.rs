@@ -316,14 +316,28 @@ pub fn hot_read(
         return None;
     }
     let id = req.uri().path().strip_prefix("/api/v1/events/")?;
-    if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) {
+    if !plain_id(id) {
         return None;
     }
-    let auth = match req.headers().get(warp::http::header::AUTHORIZATION) {
-        Some(v) => Some(v.to_str().ok()?.to_owned()),
-        None => None,
-    };
+    let auth = readable(req.headers(), warp::http::header::AUTHORIZATION)?;
     Some((id.to_owned(), auth))
+}
+
+/// Whether a path segment is an id the hot paths take: 1 to 19 decimal digits.
+pub(super) fn plain_id(segment: &str) -> bool {
+    !segment.is_empty() && segment.len() <= 19 && segment.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A header as the route tree's `header::optional` reads it: `Some(None)` when absent, `None`
+/// when present but not text (the tree answers that).
+pub(super) fn readable(
+    headers: &warp::http::HeaderMap,
+    name: impl warp::http::header::AsHeaderName,
+) -> Option<Option<String>> {
+    match headers.get(name) {
+        Some(v) => Some(Some(v.to_str().ok()?.to_owned())),
+        None => Some(None),
+    }
 }
 
 /// Answers a read [`hot_read`] recognised, as the route tree would.

@@ -100,6 +100,56 @@ pub async fn register(
     Ok(json(status, &answer))
 }
 
+/// A seat request recognised ahead of the route tree: the event's id and the headers the route
+/// reads.
+pub struct HotSeat {
+    id: String,
+    auth: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+/// `POST /api/v1/events/{id}/registrations` recognised ahead of the route tree, as the hottest
+/// read is ([`super::events::hot_read`]): only a plain decimal id, readable headers, a length
+/// that is absent or within the limit, and no CORS. Anything else goes through the tree, which
+/// answers the same.
+pub fn hot_register(
+    app: &App,
+    req: &warp::http::Request<hyper::body::Incoming>,
+) -> Option<HotSeat> {
+    if req.method() != warp::http::Method::POST || !app.config.cors_origins.is_empty() {
+        return None;
+    }
+    let id = req
+        .uri()
+        .path()
+        .strip_prefix("/api/v1/events/")?
+        .strip_suffix("/registrations")?;
+    if !super::events::plain_id(id) {
+        return None;
+    }
+    let headers = req.headers();
+    if let Some(len) = headers.get(warp::http::header::CONTENT_LENGTH) {
+        let len: u64 = len.to_str().ok()?.parse().ok()?;
+        if len > app.config.max_body_bytes {
+            return None;
+        }
+    }
+    Some(HotSeat {
+        id: id.to_owned(),
+        auth: super::events::readable(headers, warp::http::header::AUTHORIZATION)?,
+        idempotency_key: super::events::readable(headers, "idempotency-key")?,
+    })
+}
+
+/// Answers a seat request [`hot_register`] recognised, as the route tree would.
+pub async fn register_now(app: App, seat: HotSeat, body: hyper::body::Incoming) -> Response {
+    let answer = match super::read_body(body, app.config.max_body_bytes).await {
+        Ok(body) => register(seat.id, app, seat.auth, seat.idempotency_key, body).await,
+        Err(e) => Err(e),
+    };
+    respond(answer)
+}
+
 /// Asks the event's actor for a seat for `user_id`, as the HTTP API and the bus commands do:
 /// 201 taken, 200 already had one, 202 waitlisted; `event_full` and `event_past` conflicts.
 pub async fn take_seat(

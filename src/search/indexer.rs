@@ -1,6 +1,7 @@
 //! The indexer: an actor on every node that keeps the node's search index following the
 //! outbox in commit order, past the position its last commit recorded, so no event is ever
-//! skipped, and commits at most every [`SPACING`] while it keeps up; it rebuilds the index from
+//! skipped, and commits at most every [`SPACING`] while it keeps up ([`SEAT_SPACING`] after a
+//! commit of seat counts alone); it rebuilds the index from
 //! the tables when it is missing, of an older schema, or behind rows already pruned from the
 //! outbox.
 
@@ -27,6 +28,10 @@ const PAGE: i64 = 1000;
 /// merged later, so a burst of small transactions (registrations on a busy event) is taken in a
 /// few commits, not one per transaction. Searches and the caches it invalidates lag by as much.
 const SPACING: Duration = Duration::from_millis(100);
+/// Least time after a commit that changed seat counts alone (a round of registration rows)
+/// before the next: a sold-out event's registrations keep coming for as long as it sells, and
+/// search shows its seats up to this late rather than writing a segment ten times a second.
+const SEAT_SPACING: Duration = Duration::from_secs(1);
 /// Wake-up without any commit seen.
 const POLL: Duration = Duration::from_secs(1);
 /// First and longest wait for an older transaction to end when it holds rows back.
@@ -72,8 +77,9 @@ pub struct IndexerState {
     position: Option<Position>,
     held: Duration,
     backoff: Duration,
-    /// When the last round that left nothing behind committed.
-    applied: Option<Instant>,
+    /// When the last round that left nothing behind committed, and the spacing that follows
+    /// it.
+    applied: Option<(Instant, Duration)>,
     /// Set while a `Wake` is in the mailbox, so a burst of commits queues one.
     woken: Arc<AtomicBool>,
     watcher: JoinHandle<()>,
@@ -208,6 +214,15 @@ impl IndexerState {
             return Ok((false, read.held_back));
         };
         let full = read.rows.len() == BATCH;
+        let spacing = if read
+            .rows
+            .iter()
+            .all(|r| r.topic.starts_with("registrations."))
+        {
+            SEAT_SPACING
+        } else {
+            SPACING
+        };
         let changes = changes(&self.args.store, &read).await?;
         for change in &changes {
             self.args.events.forget(match change {
@@ -220,7 +235,7 @@ impl IndexerState {
         invalidate(&self.args.caches, &read).await;
         self.position = Some(last);
         // A backlog is read at full speed; only commits that keep up are spaced.
-        self.applied = (!full).then(Instant::now);
+        self.applied = (!full).then(|| (Instant::now(), spacing));
         Ok((full, read.held_back))
     }
 }
@@ -295,7 +310,7 @@ impl Actor for Indexer {
             IndexerMessage::Wake => {
                 if let Some(wait) = state
                     .applied
-                    .and_then(|at| SPACING.checked_sub(at.elapsed()))
+                    .and_then(|(at, spacing)| spacing.checked_sub(at.elapsed()))
                 {
                     // Commits that arrive meanwhile go into the next round (a `Wake` is already
                     // counted as queued: this one).
