@@ -156,8 +156,10 @@ pub struct Config {
     pub recommend_workers: usize,
     /// The trainer retrains at least this often.
     pub recommend_retrain_secs: u64,
-    /// ...and as soon as this many interactions arrived since the last model.
+    /// ...and as soon as this many interactions arrived since the last model,
     pub recommend_retrain_after: u64,
+    /// ...once this long after the last training.
+    pub recommend_retrain_gap_secs: u64,
     /// Models kept in the database (older ones are deleted).
     pub recommend_models_kept: i64,
     /// Users whose recommendations are worked out at training time, the most active first

@@ -415,6 +415,7 @@ impl Node {
                     train: config.recommend_settings(),
                     every: Duration::from_secs(config.recommend_retrain_secs.max(1)),
                     after: config.recommend_retrain_after.max(1),
+                    gap: Duration::from_secs(config.recommend_retrain_gap_secs),
                     keep: config.recommend_models_kept.max(1),
                     precomputed_users: config.recommend_precomputed_users,
                     lease: Duration::from_millis(config.relay_lease_ms.max(100)),

@@ -35,8 +35,11 @@ pub struct TrainerSettings {
     pub train: Settings,
     /// Train at least this often.
     pub every: Duration,
-    /// ...or once this many interactions arrived since the last model.
+    /// ...or once this many interactions arrived since the last model,
     pub after: u64,
+    /// ...and this long after the last training: a burst of interactions does not keep the
+    /// trainer (and its reads of every interaction) going back to back.
+    pub gap: Duration,
     /// Models kept in the database.
     pub keep: i64,
     /// Users whose recommendations are worked out at training time (those with the longest
@@ -304,16 +307,16 @@ impl TrainerState {
             return Ok(newest > 0);
         };
         let since = newest.saturating_sub(info.last_interaction);
-        let stale = match self.last_trained {
-            Some(at) => at.elapsed() >= self.args.settings.every,
-            None => {
-                (chrono::Utc::now() - info.trained_at)
-                    .to_std()
-                    .unwrap_or_default()
-                    >= self.args.settings.every
-            }
+        let settings = &self.args.settings;
+        let trained_ago = match self.last_trained {
+            Some(at) => at.elapsed(),
+            None => (chrono::Utc::now() - info.trained_at)
+                .to_std()
+                .unwrap_or_default(),
         };
-        Ok(since > 0 && (stale || since as u64 >= self.args.settings.after))
+        let stale = trained_ago >= settings.every;
+        let busy = since as u64 >= settings.after && trained_ago >= settings.gap;
+        Ok(since > 0 && (stale || busy))
     }
 
     async fn tick(&mut self, myself: &ActorRef<TrainerMessage>) -> anyhow::Result<()> {

@@ -583,3 +583,84 @@ async fn a_crashed_trainer_is_restarted_and_trains_again() {
     assert!(second > first);
     assert_eq!(app.node.app.models.version(), second);
 }
+
+/// The version of the newest stored model, 0 for none.
+async fn newest_model(app: &TestApp) -> i64 {
+    app.node
+        .app
+        .store
+        .latest_model()
+        .await
+        .unwrap()
+        .map_or(0, |m| m.version)
+}
+
+/// Records `n` views of `event` by `user`.
+async fn views(app: &TestApp, user: &TestUser, event: i64, n: usize) {
+    for _ in 0..n {
+        let a = app
+            .send(
+                "POST",
+                "/api/v1/interactions",
+                Some(&user.token),
+                Some(json!({"event_id": event, "kind": "view"})),
+            )
+            .await;
+        assert_eq!(a.status, 204, "{}", a.body);
+    }
+}
+
+/// A node's first model once its first interaction arrived; then a burst past
+/// `recommend_retrain_after`. Returns that first model's version.
+async fn first_model_then_a_burst(app: &TestApp) -> i64 {
+    let owner = app.sign_up("host@example.com").await;
+    let user = app.sign_up("fan@example.com").await;
+    let e = event(app, &owner, "Rust meetup", "tech", BERLIN, 7).await;
+    views(app, &user, e, 1).await;
+    let ok = eventually(Duration::from_secs(60), || async {
+        newest_model(app).await > 0
+    })
+    .await;
+    assert!(ok, "no first model within a minute");
+    // Nothing arrives since, so nothing trains again before the burst.
+    let first = newest_model(app).await;
+    views(app, &user, e, 5).await;
+    first
+}
+
+/// Interactions past `recommend_retrain_after` retrain the model only once
+/// `recommend_retrain_gap_secs` passed since the last training: a node with no gap retrains
+/// after the burst, one with an hour's gap keeps its model all the while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_interactions_retrains_only_past_the_gap() {
+    use crate::helpers::{Settings, spawn_app_with};
+    let settings = |gap: &str| Settings {
+        env: vec![
+            ("CONVENE_RECOMMEND_RETRAIN_AFTER".into(), "3".into()),
+            ("CONVENE_RECOMMEND_RETRAIN_GAP_SECS".into(), gap.into()),
+        ],
+        ..Settings::default()
+    };
+    let spaced = spawn_app_with(Backend::Sqlite, settings("3600"))
+        .await
+        .unwrap();
+    let unspaced = spawn_app_with(Backend::Sqlite, settings("0"))
+        .await
+        .unwrap();
+    let (kept, first) = futures::join!(
+        first_model_then_a_burst(&spaced),
+        first_model_then_a_burst(&unspaced)
+    );
+    let ok = eventually(Duration::from_secs(60), || async {
+        newest_model(&unspaced).await > first
+    })
+    .await;
+    assert!(ok, "the node without a gap did not retrain after the burst");
+    // A few of the trainer's ticks more than the other node needed.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        newest_model(&spaced).await,
+        kept,
+        "the node with an hour's gap retrained within it"
+    );
+}
