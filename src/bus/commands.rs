@@ -105,7 +105,8 @@ impl Command {
     /// (no body for 204).
     pub async fn run(self, app: &App) -> Result<(StatusCode, Option<Value>), ApiError> {
         let key = event_key(&self.event)?;
-        // A seat of an unknown user would fail the event's whole commit batch: refuse it here.
+        // The user must exist: the store takes the id as given (no foreign key on PostgreSQL),
+        // and on SQLite an unknown one would fail the event's whole commit batch.
         match app
             .users
             .ask(user::key(self.user_id), |reply| UserMessage::Get { reply })
