@@ -256,14 +256,14 @@ fn describe(e: &validator::ValidationError) -> String {
     }
 }
 
-/// Turns every rejection into the JSON error body with the right status.
+/// Turns every rejection into the JSON error body with the right status. A route whose path and
+/// method matched says most about the request, so what it found wrong with the request (a
+/// header, the query, the body) comes before the other routes' "not this method".
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let error = if let Some(e) = rejection.find::<ApiError>() {
         e.clone()
     } else if rejection.is_not_found() {
         ApiError::NotFound
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::MethodNotAllowed
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::PayloadTooLarge(0)
     } else if rejection
@@ -277,6 +277,8 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         ApiError::BadRequest(e.to_string())
     } else if let Some(e) = rejection.find::<warp::filters::cors::CorsForbidden>() {
         ApiError::Forbidden(e.to_string())
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
     } else {
         tracing::warn!(?rejection, "unhandled rejection");
         ApiError::BadRequest("the request could not be understood".into())

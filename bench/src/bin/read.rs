@@ -20,6 +20,9 @@ struct Args {
     /// Distinct events read.
     #[arg(long, default_value_t = 50)]
     events: usize,
+    /// Rounds per side, alternating; each side's best counts.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 async fn load(url_of: impl Fn(usize) -> String, args: &Args) -> convene_bench::Run {
@@ -79,7 +82,8 @@ async fn main() -> anyhow::Result<()> {
         "read: {} GETs over {} events, {} concurrent clients",
         args.requests, args.events, args.clients
     );
-    // Warm both, then measure the baseline and Convene alternately, twice, keeping the best.
+    // Warm both, then measure the baseline and Convene alternately, `--rounds` times, keeping
+    // each side's best: a round the machine slowed down for one side does not decide the ratio.
     let ids = Arc::new(ids);
     let convene_url = |i: usize| format!("{api}/api/v1/events/{}", ids[i]);
     let bare_url = |i: usize| format!("http://{bare_addr}/api/v1/events/{}", ids[i]);
@@ -90,9 +94,14 @@ async fn main() -> anyhow::Result<()> {
     load(&convene_url, &warm).await;
     load(&bare_url, &warm).await;
     let mut best = (None::<convene_bench::Run>, None::<convene_bench::Run>);
-    for _ in 0..2 {
+    for round in 1..=args.rounds {
         let b = load(&bare_url, &args).await;
         let c = load(&convene_url, &args).await;
+        println!(
+            "  round {round}: convene {:.0}/s, bare {:.0}/s",
+            c.rate(),
+            b.rate()
+        );
         if best.0.as_ref().is_none_or(|x| b.rate() > x.rate()) {
             best.0 = Some(b);
         }
