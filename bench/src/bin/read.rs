@@ -14,14 +14,14 @@ struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// Requests in each run.
-    #[arg(long, default_value_t = 40000)]
+    /// Requests in each round, per side.
+    #[arg(long, default_value_t = 20000)]
     requests: usize,
     /// Distinct events read.
     #[arg(long, default_value_t = 50)]
     events: usize,
-    /// Rounds per side, alternating; each side's best counts.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds per side, in turns; each side counts over all of its rounds.
+    #[arg(long, default_value_t = 8)]
     rounds: usize,
 }
 
@@ -79,11 +79,12 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(warp::serve(bare).incoming(listener).run());
 
     println!(
-        "read: {} GETs over {} events, {} concurrent clients",
-        args.requests, args.events, args.clients
+        "read: {} rounds of {} GETs over {} events, {} concurrent clients",
+        args.rounds, args.requests, args.events, args.clients
     );
-    // Warm both, then measure the baseline and Convene alternately, `--rounds` times, keeping
-    // each side's best: a round the machine slowed down for one side does not decide the ratio.
+    // Warm both, then measure the two sides in turns, `--rounds` short rounds each (which goes
+    // first alternates), and count each side over all its rounds, as bench/registration does: a
+    // moment the machine slows down falls on one round of one side, and weighs little.
     let ids = Arc::new(ids);
     let convene_url = |i: usize| format!("{api}/api/v1/events/{}", ids[i]);
     let bare_url = |i: usize| format!("http://{bare_addr}/api/v1/events/{}", ids[i]);
@@ -93,25 +94,31 @@ async fn main() -> anyhow::Result<()> {
     };
     load(&convene_url, &warm).await;
     load(&bare_url, &warm).await;
-    let mut best = (None::<convene_bench::Run>, None::<convene_bench::Run>);
+    let (mut bare_runs, mut convene_runs) = (Vec::new(), Vec::new());
     for round in 1..=args.rounds {
-        let b = load(&bare_url, &args).await;
-        let c = load(&convene_url, &args).await;
+        let (b, c) = if round % 2 == 1 {
+            let b = load(&bare_url, &args).await;
+            (b, load(&convene_url, &args).await)
+        } else {
+            let c = load(&convene_url, &args).await;
+            (load(&bare_url, &args).await, c)
+        };
         println!(
-            "  round {round}: convene {:.0}/s, bare {:.0}/s",
+            "  round {round}: convene {:.0}/s, bare {:.0}/s ({:.2})",
             c.rate(),
-            b.rate()
+            b.rate(),
+            c.rate() / b.rate()
         );
-        if best.0.as_ref().is_none_or(|x| b.rate() > x.rate()) {
-            best.0 = Some(b);
-        }
-        if best.1.as_ref().is_none_or(|x| c.rate() > x.rate()) {
-            best.1 = Some(c);
-        }
+        bare_runs.push(b);
+        convene_runs.push(c);
     }
-    if let (Some(b), Some(c)) = best {
-        report("event reads", c, "bare warp + HashMap", b, 0.85);
-    }
+    report(
+        "event reads",
+        convene_bench::Run::merge(&convene_runs),
+        "bare warp + HashMap",
+        convene_bench::Run::merge(&bare_runs),
+        0.85,
+    );
     node.shutdown().await;
     Ok(())
 }
