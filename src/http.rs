@@ -174,6 +174,16 @@ pub fn finish(
     }
 }
 
+/// A request's id, asked for and echoed.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// A request's W3C trace context, continued and echoed.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The template of an event's route, which the hot paths answer ahead of the tree.
+pub const EVENT_ROUTE: &str = "/api/v1/events/{id}";
+/// The template of an event's registrations.
+pub const REGISTRATIONS_ROUTE: &str = "/api/v1/events/{id}/registrations";
+
 /// Every route template and the methods it takes.
 const ROUTES: &[(&str, &str)] = &[
     ("/api/v1/auth/register", "POST"),
@@ -191,8 +201,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("/api/v1/analytics/events/{id}", "GET"),
     ("/api/v1/analytics/summary", "GET"),
     ("/api/v1/events", "GET, POST"),
-    ("/api/v1/events/{id}", "GET, PATCH, DELETE"),
-    ("/api/v1/events/{id}/registrations", "GET, POST"),
+    (EVENT_ROUTE, "GET, PATCH, DELETE"),
+    (REGISTRATIONS_ROUTE, "GET, POST"),
     ("/api/v1/events/{id}/registrations/me", "DELETE"),
     ("/api/v1/search/events", "GET"),
     ("/api/v1/rooms/{room}/presence", "GET"),
@@ -266,22 +276,22 @@ fn allowed_methods(template: &str) -> Option<&'static str> {
 
 /// The id of a request: its `X-Request-Id` when that is 1 to 128 characters of letters, digits
 /// and `-_.:`, else 16 new hex digits.
-pub fn request_id(headers: &warp::http::HeaderMap) -> String {
-    let given = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            (1..=128).contains(&v.len())
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        });
+pub fn request_id(headers: &warp::http::HeaderMap) -> warp::http::HeaderValue {
+    let given = headers.get(X_REQUEST_ID).filter(|v| {
+        (1..=128).contains(&v.len())
+            && v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    });
     match given {
-        Some(id) => id.to_owned(),
+        // Shares the request's bytes.
+        Some(id) => id.clone(),
         None => {
             let mut id = [0u8; 16];
             // Cannot fail: the buffer holds two digits per byte.
             let _ = hex::encode_to_slice(convene_cluster::trace::id_bytes::<8>(), &mut id);
-            String::from_utf8_lossy(&id).into_owned()
+            warp::http::HeaderValue::from_bytes(&id)
+                .unwrap_or(warp::http::HeaderValue::from_static("0"))
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::bus::relay::{Relay, RelayArgs, RelayMessage, RelaySettings};
 use crate::bus::{Buses, bridge, commands, consumer, interactions};
 use crate::config::Config;
 use crate::curator::{CuratorActor, CuratorArgs, CuratorMessage};
+use crate::http::{TRACEPARENT, X_REQUEST_ID};
 use crate::keeper::{Keeper, KeeperMessage};
 use crate::metrics::Metrics;
 use crate::recommend::serving::{self as recommend, EventCache, Models, Sources};
@@ -147,8 +148,12 @@ fn membership(config: &Config, http: SocketAddr) -> anyhow::Result<Option<Networ
     }))
 }
 
-const X_REQUEST_ID: warp::http::HeaderName = warp::http::HeaderName::from_static("x-request-id");
-const TRACEPARENT: warp::http::HeaderName = warp::http::HeaderName::from_static("traceparent");
+/// A request's answer and the route template its metrics count under (a type of its own: a
+/// bare `&'static str` in an async block's output trips the compiler's `Send` check).
+type Answered = Result<(warp::reply::Response, Template), std::convert::Infallible>;
+
+/// A route template.
+struct Template(&'static str);
 
 /// Serves HTTP on `listener` until `stop` fires, then lets requests in flight finish. WebSocket
 /// upgrades at `/ws` are taken here, before the routes, so the socket is configured by us;
@@ -185,18 +190,14 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
                 let id = crate::http::request_id(req.headers());
                 let started = Instant::now();
                 let method = req.method().clone();
-                let endpoint = crate::http::route_template(req.uri().path());
                 // Its trace: the caller's `traceparent` continued, or a new one; carried to the
                 // owners of the entities it reaches on other nodes, and echoed.
-                let span = tracing::info_span!("request", id = %id, trace_id = tracing::field::Empty, method = %req.method(), path = %req.uri().path());
-                let traceparent = convene_cluster::trace::enter(
+                let span = tracing::info_span!("request", id = %id.to_str().unwrap_or_default(), trace_id = tracing::field::Empty, method = %req.method(), path = %req.uri().path());
+                let trace = convene_cluster::trace::enter(
                     &span,
-                    req.headers()
-                        .get("traceparent")
-                        .and_then(|v| v.to_str().ok()),
+                    req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()),
                 );
-                let trace: std::sync::Arc<str> = traceparent.into();
-                let echoed = trace.clone();
+                let echoed = warp::http::HeaderValue::from_str(&trace);
                 let finishing = app.clone();
                 let handled = async move {
                     if app.limiter.is_on() && !crate::limits::exempt(req.uri().path()) {
@@ -204,43 +205,46 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
                         let admitted =
                             Box::pin(crate::limits::admit(&app, req.headers(), peer.ip())).await;
                         if let Err(refused) = admitted {
-                            return Ok(warp::Reply::into_response(refused));
+                            let endpoint = Template(crate::http::route_template(req.uri().path()));
+                            return Ok((warp::Reply::into_response(refused), endpoint));
                         }
                     }
-                    if crate::ws::is_upgrade(&req) {
-                        Ok(crate::ws::upgrade(app, req))
+                    let answered = if crate::ws::is_upgrade(&req) {
+                        let endpoint = Template(crate::http::route_template(req.uri().path()));
+                        (crate::ws::upgrade(app, req), endpoint)
+                    } else if let Some(res) = crate::http::events::read_published(&app, &req) {
+                        (res, Template(crate::http::EVENT_ROUTE))
                     } else if let Some(read) = crate::http::events::hot_read(&app, &req) {
                         // Boxed, as the tree's answers are: this future stays small.
-                        Ok(Box::pin(crate::http::events::read_now(app, read)).await)
+                        let res = Box::pin(crate::http::events::read_now(app, read)).await;
+                        (res, Template(crate::http::EVENT_ROUTE))
                     } else if let Some(seat) = crate::http::registrations::hot_register(&app, &req)
                     {
                         let body = req.into_body();
-                        Ok(
+                        let res =
                             Box::pin(crate::http::registrations::register_now(app, seat, body))
-                                .await,
-                        )
+                                .await;
+                        (res, Template(crate::http::REGISTRATIONS_ROUTE))
                     } else {
-                        tower_service::Service::call(&mut routes, req).await
-                    }
+                        let endpoint = Template(crate::http::route_template(req.uri().path()));
+                        let res = tower_service::Service::call(&mut routes, req).await?;
+                        (res, endpoint)
+                    };
+                    Answered::Ok(answered)
                 };
                 // Combinators rather than another `async` block: hyper moves this future into
                 // place for every request, and each async layer would hold `handled` again.
                 // The answer is finished inside the request's span, so its log lines carry it.
                 let handled = convene_cluster::trace::scope(trace, handled);
-                let finished = futures::FutureExt::map(
-                    handled,
-                    move |res: Result<warp::reply::Response, std::convert::Infallible>| {
-                        let mut res = res?;
-                        crate::http::finish(&finishing, started, &method, endpoint, &mut res);
-                        if let Ok(value) = warp::http::HeaderValue::try_from(id) {
-                            res.headers_mut().insert(X_REQUEST_ID, value);
-                        }
-                        if let Ok(value) = warp::http::HeaderValue::from_str(&echoed) {
-                            res.headers_mut().insert(TRACEPARENT, value);
-                        }
-                        Ok::<_, std::convert::Infallible>(res)
-                    },
-                );
+                let finished = futures::FutureExt::map(handled, move |answered: Answered| {
+                    let (mut res, endpoint) = answered?;
+                    crate::http::finish(&finishing, started, &method, endpoint.0, &mut res);
+                    res.headers_mut().insert(X_REQUEST_ID, id);
+                    if let Ok(value) = echoed {
+                        res.headers_mut().insert(TRACEPARENT, value);
+                    }
+                    Ok::<_, std::convert::Infallible>(res)
+                });
                 tracing::Instrument::instrument(finished, span)
             },
         );

@@ -25,14 +25,17 @@ pub fn on_span(join: Join) {
 /// The trace context of the work `span` covers: `given` continued (or a new trace), with
 /// `span` joined to it when spans are exported. Records the trace id in the span's `trace_id`
 /// field.
-pub fn enter(span: &tracing::Span, given: Option<&str>) -> String {
+pub fn enter(span: &tracing::Span, given: Option<&str>) -> Arc<str> {
     let given = given.filter(|g| trace_id(g).is_some());
     let joined = JOIN
         .get()
         .and_then(|join| join(span, given.unwrap_or_default()))
         .filter(|own| trace_id(own).is_some());
-    // `continue_or_start` makes a valid one: its trace id needs no second check.
-    let own = joined.unwrap_or_else(|| continue_or_start(given));
+    // `next` makes a valid one: its trace id needs no second check.
+    let own: Arc<str> = match joined {
+        Some(own) => own.into(),
+        None => Arc::from(next(given).as_str()),
+    };
     if let Some(id) = own.get(3..35) {
         span.record("trace_id", id);
     }
@@ -98,7 +101,22 @@ pub fn id_bytes<const N: usize>() -> [u8; N] {
 /// A new `traceparent` continuing `given` (its trace id, a new parent id) when it is valid, else
 /// starting a new trace.
 pub fn continue_or_start(given: Option<&str>) -> String {
-    // `00-` + 32 digits + `-` + 16 digits + `-01`, written in place: every request makes one.
+    next(given).as_str().to_owned()
+}
+
+/// A `traceparent` written in place, on the stack: every request makes one.
+struct Written([u8; 55]);
+
+impl Written {
+    fn as_str(&self) -> &str {
+        // Only ASCII is ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// [`continue_or_start`] without its allocation.
+fn next(given: Option<&str>) -> Written {
+    // `00-` + 32 digits + `-` + 16 digits + `-01`.
     let mut out = *b"00-________________________________-________________-01";
     let (id, parent) = out[3..52].split_at_mut(32);
     match given.and_then(trace_id) {
@@ -115,7 +133,7 @@ pub fn continue_or_start(given: Option<&str>) -> String {
     let mut span: [u8; 8] = id_bytes();
     span[7] |= 1;
     let _ = hex::encode_to_slice(span, &mut parent[1..]);
-    String::from_utf8_lossy(&out).into_owned()
+    Written(out)
 }
 
 #[cfg(test)]

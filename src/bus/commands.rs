@@ -196,7 +196,7 @@ pub fn serve_nats(
                 .as_ref()
                 .and_then(|h| h.get("traceparent"))
                 .map(|v| v.as_str().to_owned());
-            let trace: Arc<str> = convene_cluster::trace::enter(&span, given.as_deref()).into();
+            let trace = convene_cluster::trace::enter(&span, given.as_deref());
             let echoed = trace.clone();
             let work = async move {
                 answer(&app, &client, &prefix, request, &echoed).await;

@@ -243,7 +243,7 @@ pub fn serve_kafka(
                 trace_id = tracing::field::Empty
             );
             let trace = convene_cluster::trace::enter(&span, given.as_deref());
-            let carried = convene_cluster::trace::scope(trace.into(), carry_out(&app, m.payload()));
+            let carried = convene_cluster::trace::scope(trace, carry_out(&app, m.payload()));
             let status = match tracing::Instrument::instrument(carried, span).await {
                 Outcome::Done(status) => status.as_str().to_owned(),
                 Outcome::Dead(reason) => {

@@ -298,11 +298,37 @@ pub async fn get(id: String, app: App, auth: Option<String>) -> Result<Response,
             app.tracker.view(caller.principal.user_id, event_id);
         }
     }
+    Ok(answer(version, body))
+}
+
+/// An event's answer: its JSON, tagged with its version.
+fn answer(version: i64, body: bytes::Bytes) -> Response {
     let mut res = super::json_bytes(body);
     if let Ok(v) = warp::http::HeaderValue::try_from(format!("\"{version}\"")) {
         res.headers_mut().insert(warp::http::header::ETAG, v);
     }
-    Ok(res)
+    res
+}
+
+/// The commonest read answered at once, without a task or an allocation of its own: an
+/// anonymous `GET /api/v1/events/{id}` of an event whose owner runs here and has published its
+/// answer. Anything else is left to [`hot_read`] and the tree, which answer the same.
+pub fn read_published(
+    app: &App,
+    req: &warp::http::Request<hyper::body::Incoming>,
+) -> Option<Response> {
+    if req.method() != warp::http::Method::GET
+        || !app.config.cors_origins.is_empty()
+        || req
+            .headers()
+            .contains_key(warp::http::header::AUTHORIZATION)
+    {
+        return None;
+    }
+    let id = req.uri().path().strip_prefix("/api/v1/events/")?;
+    let event_id = parse_id(id).ok().filter(|_| plain_id(id))?;
+    let event = app.events.view::<EventJson>(&event::key(event_id))?;
+    Some(answer(event.version, event.body.clone()))
 }
 
 /// `GET /api/v1/events/{id}` recognised ahead of the route tree, so the hottest read skips its

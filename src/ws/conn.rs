@@ -249,7 +249,7 @@ async fn read(
                 let span =
                     tracing::info_span!("frame", conn = conn.id, trace_id = tracing::field::Empty);
                 let own = convene_cluster::trace::enter(&span, trace);
-                let handled = convene_cluster::trace::scope(own.into(), session.handle(frame));
+                let handled = convene_cluster::trace::scope(own, session.handle(frame));
                 Box::pin(tracing::Instrument::instrument(handled, span)).await;
             }
             Err(e) => {

@@ -15,13 +15,13 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     clients: usize,
     /// Requests in each round, per side.
-    #[arg(long, default_value_t = 20000)]
+    #[arg(long, default_value_t = 4000)]
     requests: usize,
     /// Distinct events read.
     #[arg(long, default_value_t = 50)]
     events: usize,
     /// Rounds per side, in turns; each side counts over all of its rounds.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 40)]
     rounds: usize,
 }
 
@@ -50,28 +50,22 @@ async fn main() -> anyhow::Result<()> {
     let client = http_client(4);
     let (_, token) = sign_up(&client, &api, "reader@bench.example").await?;
     let mut ids = Vec::new();
-    let mut bodies = HashMap::new();
     for _ in 0..args.events {
-        let id = create_event(&client, &api, &token, 100).await?;
-        let body = client
-            .get(format!("{api}/api/v1/events/{id}"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        bodies.insert(id, body);
-        ids.push(id);
+        ids.push(create_event(&client, &api, &token, 100).await?);
     }
-    let bodies = Arc::new(bodies);
+    // The bare side serves Convene's answers byte for byte: taken once they have settled, since
+    // the curator adds its findings to an event shortly after it is created.
+    let bodies = Arc::new(settled_bodies(&client, &api, &ids).await?);
+    let served = bodies.clone();
     let bare =
-        warp::path!("api" / "v1" / "events" / i64).map(move |id: i64| match bodies.get(&id) {
+        warp::path!("api" / "v1" / "events" / i64).map(move |id: i64| match served.get(&id) {
             Some(b) => warp::http::Response::builder()
                 .header("content-type", "application/json")
                 .body(b.clone())
                 .unwrap_or_default(),
             None => warp::http::Response::builder()
                 .status(404)
-                .body(String::new())
+                .body(bytes::Bytes::new())
                 .unwrap_or_default(),
         });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -83,8 +77,10 @@ async fn main() -> anyhow::Result<()> {
         args.rounds, args.requests, args.events, args.clients
     );
     // Warm both, then measure the two sides in turns, `--rounds` short rounds each (which goes
-    // first alternates), and count each side over all its rounds, as bench/registration does: a
-    // moment the machine slows down falls on one round of one side, and weighs little.
+    // first alternates), and count each side over all its rounds, as bench/registration does.
+    // Each round opens its own connections, and how their tasks fall on the runtime's threads
+    // moves a round's rate by a tenth or more either way: many short rounds average that out,
+    // as they do a moment the machine slows down.
     let ids = Arc::new(ids);
     let convene_url = |i: usize| format!("{api}/api/v1/events/{}", ids[i]);
     let bare_url = |i: usize| format!("http://{bare_addr}/api/v1/events/{}", ids[i]);
@@ -94,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     };
     load(&convene_url, &warm).await;
     load(&bare_url, &warm).await;
-    let (mut bare_runs, mut convene_runs) = (Vec::new(), Vec::new());
+    let (mut bare_runs, mut convene_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.rounds {
         let (b, c) = if round % 2 == 1 {
             let b = load(&bare_url, &args).await;
@@ -103,15 +99,27 @@ async fn main() -> anyhow::Result<()> {
             let c = load(&convene_url, &args).await;
             (load(&bare_url, &args).await, c)
         };
-        println!(
-            "  round {round}: convene {:.0}/s, bare {:.0}/s ({:.2})",
-            c.rate(),
-            b.rate(),
-            c.rate() / b.rate()
-        );
+        ratios.push(c.rate() / b.rate());
         bare_runs.push(b);
         convene_runs.push(c);
     }
+    for (n, chunk) in ratios.chunks(10).enumerate() {
+        let shown: Vec<String> = chunk.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "  rounds {}-{}: {}",
+            n * 10 + 1,
+            n * 10 + chunk.len(),
+            shown.join(" ")
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "  ratio by round: median {:.2}, middle half {:.2} to {:.2}",
+        at(0.5),
+        at(0.25),
+        at(0.75)
+    );
     report(
         "event reads",
         convene_bench::Run::merge(&convene_runs),
@@ -119,6 +127,53 @@ async fn main() -> anyhow::Result<()> {
         convene_bench::Run::merge(&bare_runs),
         0.85,
     );
+    let after = fetch_bodies(&client, &api, &ids).await?;
+    for id in ids.iter() {
+        if after.get(id) != bodies.get(id) {
+            println!(
+                "  event {id} changed during the run ({} bytes, then {}): the sides served different answers",
+                bodies.get(id).map_or(0, |b| b.len()),
+                after.get(id).map_or(0, |b| b.len())
+            );
+        }
+    }
     node.shutdown().await;
     Ok(())
+}
+
+/// Each event's answer from Convene.
+async fn fetch_bodies(
+    client: &reqwest::Client,
+    api: &str,
+    ids: &[i64],
+) -> anyhow::Result<HashMap<i64, bytes::Bytes>> {
+    let mut bodies = HashMap::new();
+    for &id in ids {
+        let res = client
+            .get(format!("{api}/api/v1/events/{id}"))
+            .send()
+            .await?
+            .error_for_status()?;
+        bodies.insert(id, res.bytes().await?);
+    }
+    Ok(bodies)
+}
+
+/// Each event's answer once two reads 1.5 s apart agree on every one (at most a minute): the
+/// curator looks at what is new about once a second.
+async fn settled_bodies(
+    client: &reqwest::Client,
+    api: &str,
+    ids: &[i64],
+) -> anyhow::Result<HashMap<i64, bytes::Bytes>> {
+    let mut last = fetch_bodies(client, api, ids).await?;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let now = fetch_bodies(client, api, ids).await?;
+        if now == last {
+            return Ok(now);
+        }
+        last = now;
+    }
+    anyhow::bail!("the events' answers did not settle within a minute")
 }
