@@ -31,10 +31,10 @@ pub fn enter(span: &tracing::Span, given: Option<&str>) -> Arc<str> {
         .get()
         .and_then(|join| join(span, given.unwrap_or_default()))
         .filter(|own| trace_id(own).is_some());
-    // `next` makes a valid one: its trace id needs no second check.
+    // `continue_or_start` makes a valid one: its trace id needs no second check.
     let own: Arc<str> = match joined {
         Some(own) => own.into(),
-        None => Arc::from(next(given).as_str()),
+        None => Arc::from(continue_or_start(given).as_str()),
     };
     if let Some(id) = own.get(3..35) {
         span.record("trace_id", id);
@@ -98,12 +98,6 @@ pub fn id_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
-/// A new `traceparent` continuing `given` (its trace id, a new parent id) when it is valid, else
-/// starting a new trace.
-pub fn continue_or_start(given: Option<&str>) -> String {
-    next(given).as_str().to_owned()
-}
-
 /// A `traceparent` written in place, on the stack: every request makes one.
 struct Written([u8; 55]);
 
@@ -114,8 +108,9 @@ impl Written {
     }
 }
 
-/// [`continue_or_start`] without its allocation.
-fn next(given: Option<&str>) -> Written {
+/// A new `traceparent` continuing `given` (its trace id, a new parent id) when it is valid, else
+/// starting a new trace.
+fn continue_or_start(given: Option<&str>) -> Written {
     // `00-` + 32 digits + `-` + 16 digits + `-01`.
     let mut out = *b"00-________________________________-________________-01";
     let (id, parent) = out[3..52].split_at_mut(32);
@@ -154,12 +149,18 @@ mod tests {
             assert_eq!(trace_id(bad), None, "{bad}");
         }
         let next = continue_or_start(Some(tp));
-        assert_eq!(trace_id(&next), trace_id(tp));
+        let next = next.as_str();
+        assert_eq!(trace_id(next), trace_id(tp));
         assert_ne!(next, tp, "a new parent id");
         let fresh = continue_or_start(Some("garbage"));
-        assert!(trace_id(&fresh).is_some());
+        let fresh = fresh.as_str();
+        assert!(trace_id(fresh).is_some());
         assert_eq!(fresh.len(), 55);
         let upper = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01";
-        assert!(continue_or_start(Some(upper)).starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(
+            continue_or_start(Some(upper))
+                .as_str()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
     }
 }

@@ -310,7 +310,7 @@ fn answer(version: i64, body: bytes::Bytes) -> Response {
     res
 }
 
-/// The commonest read answered at once, without a task or an allocation of its own: an
+/// The commonest read answered at once, without a boxed future or a copy of its id: an
 /// anonymous `GET /api/v1/events/{id}` of an event whose owner runs here and has published its
 /// answer. Anything else is left to [`hot_read`] and the tree, which answer the same.
 pub fn read_published(
