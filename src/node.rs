@@ -26,6 +26,7 @@ use crate::bus::relay::{Relay, RelayArgs, RelayMessage, RelaySettings};
 use crate::bus::{Buses, bridge, commands, consumer, interactions};
 use crate::config::Config;
 use crate::curator::{CuratorActor, CuratorArgs, CuratorMessage};
+use crate::http::events::HotRead;
 use crate::http::{TRACEPARENT, X_REQUEST_ID};
 use crate::keeper::{Keeper, KeeperMessage};
 use crate::metrics::Metrics;
@@ -155,6 +156,13 @@ type Answered = Result<(warp::reply::Response, Template), std::convert::Infallib
 /// A route template.
 struct Template(&'static str);
 
+impl Template {
+    /// The template `req`'s path matches.
+    fn of<B>(req: &hyper::Request<B>) -> Self {
+        Self(crate::http::route_template(req.uri().path()))
+    }
+}
+
 /// Serves HTTP on `listener` until `stop` fires, then lets requests in flight finish. WebSocket
 /// upgrades at `/ws` are taken here, before the routes, so the socket is configured by us;
 /// everything else goes to the warp routes.
@@ -205,18 +213,21 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
                         let admitted =
                             Box::pin(crate::limits::admit(&app, req.headers(), peer.ip())).await;
                         if let Err(refused) = admitted {
-                            let endpoint = Template(crate::http::route_template(req.uri().path()));
+                            let endpoint = Template::of(&req);
                             return Ok((warp::Reply::into_response(refused), endpoint));
                         }
                     }
                     let answered = if crate::ws::is_upgrade(&req) {
-                        let endpoint = Template(crate::http::route_template(req.uri().path()));
+                        let endpoint = Template::of(&req);
                         (crate::ws::upgrade(app, req), endpoint)
-                    } else if let Some(res) = crate::http::events::read_published(&app, &req) {
-                        (res, Template(crate::http::EVENT_ROUTE))
                     } else if let Some(read) = crate::http::events::hot_read(&app, &req) {
-                        // Boxed, as the tree's answers are: this future stays small.
-                        let res = Box::pin(crate::http::events::read_now(app, read)).await;
+                        let res = match read {
+                            HotRead::Answered(res) => res,
+                            // Boxed, as the tree's answers are: this future stays small.
+                            HotRead::Ask(id, auth) => {
+                                Box::pin(crate::http::events::read_now(app, id, auth)).await
+                            }
+                        };
                         (res, Template(crate::http::EVENT_ROUTE))
                     } else if let Some(seat) = crate::http::registrations::hot_register(&app, &req)
                     {
@@ -226,7 +237,7 @@ async fn serve(listener: tokio::net::TcpListener, app: App, stop: oneshot::Recei
                                 .await;
                         (res, Template(crate::http::REGISTRATIONS_ROUTE))
                     } else {
-                        let endpoint = Template(crate::http::route_template(req.uri().path()));
+                        let endpoint = Template::of(&req);
                         let res = tower_service::Service::call(&mut routes, req).await?;
                         (res, endpoint)
                     };

@@ -310,34 +310,19 @@ fn answer(version: i64, body: bytes::Bytes) -> Response {
     res
 }
 
-/// The commonest read answered at once, without a boxed future or a copy of its id: an
-/// anonymous `GET /api/v1/events/{id}` of an event whose owner runs here and has published its
-/// answer. Anything else is left to [`hot_read`] and the tree, which answer the same.
-pub fn read_published(
-    app: &App,
-    req: &warp::http::Request<hyper::body::Incoming>,
-) -> Option<Response> {
-    if req.method() != warp::http::Method::GET
-        || !app.config.cors_origins.is_empty()
-        || req
-            .headers()
-            .contains_key(warp::http::header::AUTHORIZATION)
-    {
-        return None;
-    }
-    let id = req.uri().path().strip_prefix("/api/v1/events/")?;
-    let event_id = parse_id(id).ok().filter(|_| plain_id(id))?;
-    let event = app.events.view::<EventJson>(&event::key(event_id))?;
-    Some(answer(event.version, event.body.clone()))
+/// `GET /api/v1/events/{id}` as recognised ahead of the route tree.
+pub enum HotRead {
+    /// Answered at once: anonymous, and the event's owner runs here and has published its
+    /// answer. No task, no boxed future, no copy of the id.
+    Answered(Response),
+    /// To be answered by [`read_now`]: the id and the `Authorization` value.
+    Ask(String, Option<String>),
 }
 
 /// `GET /api/v1/events/{id}` recognised ahead of the route tree, so the hottest read skips its
-/// filters: the id and the `Authorization` value. Only a plain decimal id and a readable
-/// header, and only without CORS; anything else goes through the tree, which answers the same.
-pub fn hot_read(
-    app: &App,
-    req: &warp::http::Request<hyper::body::Incoming>,
-) -> Option<(String, Option<String>)> {
+/// filters. Only a plain decimal id and a readable `Authorization` header, and only without
+/// CORS; anything else goes through the tree, which answers the same.
+pub fn hot_read(app: &App, req: &warp::http::Request<hyper::body::Incoming>) -> Option<HotRead> {
     if req.method() != warp::http::Method::GET || !app.config.cors_origins.is_empty() {
         return None;
     }
@@ -346,7 +331,13 @@ pub fn hot_read(
         return None;
     }
     let auth = readable(req.headers(), warp::http::header::AUTHORIZATION)?;
-    Some((id.to_owned(), auth))
+    if auth.is_none()
+        && let Ok(event_id) = parse_id(id)
+        && let Some(event) = app.events.view::<EventJson>(&event::key(event_id))
+    {
+        return Some(HotRead::Answered(answer(event.version, event.body.clone())));
+    }
+    Some(HotRead::Ask(id.to_owned(), auth))
 }
 
 /// Whether a path segment is an id the hot paths take: 1 to 19 decimal digits.
@@ -366,8 +357,8 @@ pub(super) fn readable(
     }
 }
 
-/// Answers a read [`hot_read`] recognised, as the route tree would.
-pub async fn read_now(app: App, (id, auth): (String, Option<String>)) -> Response {
+/// Answers a read [`hot_read`] left to ask, as the route tree would.
+pub async fn read_now(app: App, id: String, auth: Option<String>) -> Response {
     respond(get(id, app, auth).await)
 }
 
